@@ -1,0 +1,1 @@
+"""Sandbox providers: one interface, a docker and a local implementation."""

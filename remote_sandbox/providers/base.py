@@ -1,0 +1,117 @@
+"""The interface every sandbox provider implements.
+
+A provider owns the lifecycle of sandboxes and runs commands in them. The
+workspace of every sandbox is a directory on the host (bind-mounted into a
+container by the docker provider), so file operations are shared code in
+``remote_sandbox.workspace`` and never go through the provider.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protos.tether.sandbox.v1 import sandbox_pb2 as pb
+
+
+class ProviderError(Exception):
+    """Base of the errors a provider raises; the server maps each to one status code."""
+
+
+class SandboxNotFound(ProviderError):
+    """No such sandbox: never made, destroyed, or its container vanished (NOT_FOUND)."""
+
+
+class SandboxNotRunning(ProviderError):
+    """The sandbox exists but is not running, or its setup failed (FAILED_PRECONDITION)."""
+
+
+class InvalidRequest(ProviderError):
+    """The request itself is wrong: bad recipe, path outside the workspace (INVALID_ARGUMENT)."""
+
+
+class LimitExceeded(ProviderError):
+    """A configured limit was hit; the message names it (RESOURCE_EXHAUSTED)."""
+
+
+@dataclass
+class ExecSpec:
+    """One command to run, as the server hands it to a provider."""
+
+    argv: list[str] | None
+    """Program and arguments, or None when ``shell`` is set."""
+    shell: str | None
+    """A string for ``/bin/sh -c``, or None when ``argv`` is set."""
+    cwd: str
+    """Working directory as the sandbox sees it (already resolved inside the workspace)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment on top of the recipe's."""
+    stdin: bytes = b""
+    """Bytes fed to the command's standard input, then EOF."""
+    timeout_s: float = 120.0
+    """Wall-clock limit; past it the whole process group is killed."""
+    output_cap: int = 1 << 20
+    """Bytes of output streamed before the rest goes only to the spill file."""
+    report_cwd: bool = False
+    """Report the shell's final working directory in ``Exited.cwd``."""
+
+
+@dataclass
+class SandboxRecord:
+    """What the host remembers about one sandbox."""
+
+    sandbox_id: str
+    tenant: str
+    recipe: pb.Recipe
+    workspace: Path
+    """The workspace directory on the host."""
+    workdir: str
+    """The workspace path as commands in the sandbox see it."""
+    isolation: str
+    os: str = ""
+    created_unix_ms: int = 0
+    last_used_unix_ms: int = 0
+    warnings: list[str] = field(default_factory=list)
+    handle: object = None
+    """Provider-private state (a container, a bwrap command line...)."""
+
+
+class Provider(abc.ABC):
+    """Creates, runs commands in, and destroys sandboxes of one kind."""
+
+    name: str
+    """``docker`` or ``local``."""
+
+    @abc.abstractmethod
+    async def provision(self, record: SandboxRecord) -> None:
+        """Start the sandbox for ``record`` (workspace dir already created) and run setup.
+
+        Fills in ``record.isolation``, ``record.os``, ``record.warnings``,
+        ``record.handle``. Raises ``SandboxNotRunning`` with the setup output if a
+        setup command fails, after cleaning up everything it started.
+        """
+
+    @abc.abstractmethod
+    async def destroy(self, record: SandboxRecord) -> None:
+        """Stop the sandbox and everything running in it. Idempotent."""
+
+    @abc.abstractmethod
+    async def is_running(self, record: SandboxRecord) -> bool:
+        """Whether the sandbox can still run commands."""
+
+    @abc.abstractmethod
+    def exec(self, record: SandboxRecord, spec: ExecSpec) -> AsyncIterator[pb.ExecEvent]:
+        """Run ``spec`` and yield Started, Output..., Exited.
+
+        The command runs in its own process group. When the consumer stops
+        iterating (``aclose``, task cancelled: the client cancelled the RPC) or
+        the timeout passes, the whole group is killed before this returns.
+        Output past ``spec.output_cap`` is not yielded but written, with all the
+        rest, to a spill file inside the workspace's spill area; ``Exited``
+        reports ``truncated`` and ``spill_path``.
+        """
+
+    async def close(self) -> None:
+        """Release provider-wide resources (clients, pools). Sandboxes are left as they are."""

@@ -1,0 +1,7 @@
+"""Fixtures shared by the whole suite live in tests/fixtures/, one module per idea."""
+
+pytest_plugins = [
+    "tests.fixtures.fake_api",
+    "tests.fixtures.docker_engine",
+    "tests.fixtures.sandbox_host",
+]

@@ -1,0 +1,204 @@
+"""`tether sessions ...`: list, show, search and export sessions from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import NoReturn, TextIO
+
+from session.errors import SessionStoreError
+from session.index import SearchHit, SessionSummary, summarize
+from session.store import SessionStore
+from session.transcript import render_markdown
+
+PROG = "tether sessions"
+"""How the command names itself in messages."""
+
+
+class UsageError(Exception):
+    """The command line could not be understood."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line and exit code 1, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise UsageError instead of printing usage and exiting with 2."""
+        raise UsageError(f"{message} (see `{PROG} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser for `tether sessions`."""
+    parser = _Parser(prog=PROG, description="List, show, search and export tether sessions.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    listing = commands.add_parser("list", help="sessions of this project (or all), newest first")
+    listing.add_argument("--all", action="store_true", help="sessions of every project")
+    listing.add_argument("--project", metavar="DIR", type=Path, help="sessions of DIR (default: the current directory)")
+
+    show = commands.add_parser("show", help="a session's summary and transcript")
+    show.add_argument("session_id", metavar="ID", help="a session id or a unique prefix of one")
+
+    search = commands.add_parser("search", help="sessions whose messages or tool results hold every word")
+    search.add_argument("text", metavar="TEXT", nargs="+", help="the words to look for")
+    search.add_argument("--all", action="store_true", help="search every project")
+    search.add_argument("--project", metavar="DIR", type=Path, help="search DIR's sessions (default: the current directory)")
+    search.add_argument("--limit", type=int, default=50, help="at most this many sessions (default 50)")
+
+    export = commands.add_parser("export", help="a session as Markdown or as the API's messages JSON")
+    export.add_argument("session_id", metavar="ID", help="a session id or a unique prefix of one")
+    export.add_argument("--format", choices=["md", "json"], default="md", help="md (default) or json")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run `tether sessions` with argv (without the program name); return the exit code."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.WARNING, format=f"{PROG}: warning: %(message)s", stream=sys.stderr)
+    try:
+        try:
+            arguments = build_parser().parse_args(argv)
+        except SystemExit as finished:  # --help
+            return finished.code if isinstance(finished.code, int) else 0
+        store = SessionStore()
+        try:
+            return _COMMANDS[arguments.command](store, arguments, sys.stdout)
+        finally:
+            store.close()
+    except (UsageError, SessionStoreError) as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader (`| head`) went away: not an error, and no traceback on the way out.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _list(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
+    """`list`: one line per session."""
+    project = None if arguments.all else (arguments.project or Path.cwd())
+    summaries = store.list(project)
+    if not summaries:
+        where = "any project" if project is None else str(project)
+        print(f"No sessions in {where}.", file=out)
+        return 0
+    rows = [("ID", "UPDATED", "MSGS", *(["PROJECT"] if project is None else []), "TITLE")]
+    for summary in summaries:
+        rows.append(
+            (
+                summary.session_id[:8],
+                _local_time(summary.updated),
+                str(summary.message_count),
+                *([_short_path(summary.project_dir)] if project is None else []),
+                summary.title or "(untitled)",
+            )
+        )
+    _print_table(rows, out, right_aligned={2})
+    return 0
+
+
+def _show(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
+    """`show`: the summary, then the transcript of the live conversation."""
+    log = store.open(arguments.session_id)
+    summary = summarize(log.session_id, log.path, log.events())
+    _print_summary(summary, out)
+    transcript = render_markdown(log.live_path())
+    print(file=out)
+    out.write(transcript or "(no messages yet)\n")
+    return 0
+
+
+def _search(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
+    """`search`: one entry per matching session, with the matching text."""
+    project = None if arguments.all else (arguments.project or Path.cwd())
+    hits = store.search(" ".join(arguments.text), project, limit=arguments.limit)
+    if not hits:
+        where = "any project" if project is None else str(project)
+        print(f"No matches in {where}.", file=out)
+        return 0
+    for hit in hits:
+        _print_hit(hit, out, show_project=project is None)
+    return 0
+
+
+def _export(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
+    """`export`: Markdown transcript, or {session_id, project_dir, messages} as JSON."""
+    log = store.open(arguments.session_id)
+    if arguments.format == "json":
+        document = {
+            "session_id": log.session_id,
+            "project_dir": str(log.project_dir),
+            "messages": log.conversation(),
+        }
+        json.dump(document, out, indent=2, ensure_ascii=False)
+        out.write("\n")
+        return 0
+    summary = summarize(log.session_id, log.path, log.events())
+    out.write(f"# {summary.title or 'Untitled session'}\n\n")
+    out.write(f"- Session: `{log.session_id}`\n- Project: `{log.project_dir}`\n")
+    out.write(f"- Created: {_local_time(summary.created)}\n- Updated: {_local_time(summary.updated)}\n\n")
+    out.write(render_markdown(log.live_path()))
+    return 0
+
+
+_COMMANDS = {"list": _list, "show": _show, "search": _search, "export": _export}
+
+
+def _print_summary(summary: SessionSummary, out: TextIO) -> None:
+    """The facts about one session, one per line."""
+    rows = [
+        ("Session", summary.session_id),
+        ("Title", summary.title or "(untitled)"),
+        ("Project", str(summary.project_dir)),
+        ("Created", _local_time(summary.created)),
+        ("Updated", _local_time(summary.updated)),
+        ("Messages", str(summary.message_count)),
+        ("Cost", f"${summary.cost_usd:.4f}"),
+        ("Log", str(summary.path)),
+    ]
+    for label, value in rows:
+        print(f"{label:<9} {value}", file=out)
+
+
+def _print_hit(hit: SearchHit, out: TextIO, *, show_project: bool) -> None:
+    """A search hit: id, time and title, then the snippet indented below."""
+    project = f"  ({_short_path(hit.project_dir)})" if show_project else ""
+    print(f"{hit.session_id[:8]}  {_local_time(hit.updated)}  {hit.title or '(untitled)'}{project}", file=out)
+    print(f"    {hit.kind}: {hit.snippet}", file=out)
+
+
+def _print_table(rows: list[tuple[str, ...]], out: TextIO, *, right_aligned: set[int]) -> None:
+    """Rows as aligned columns; the last column is left free to run long."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [
+            cell.rjust(widths[column]) if column in right_aligned else cell.ljust(widths[column])
+            for column, cell in enumerate(row[:-1])
+        ]
+        print("  ".join([*cells, row[-1]]), file=out)
+
+
+def _local_time(timestamp: str) -> str:
+    """A UTC ISO-8601 timestamp as local 'YYYY-MM-DD HH:MM' (or as given if unparsable)."""
+    try:
+        return datetime.fromisoformat(timestamp.replace("Z", "+00:00")).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return timestamp or "?"
+
+
+def _short_path(path: Path) -> str:
+    """path with the home directory written as ~."""
+    home = str(Path.home())
+    text = str(path)
+    return "~" + text[len(home):] if home != "/" and (text == home or text.startswith(home + "/")) else text
+
+
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

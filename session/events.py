@@ -1,0 +1,115 @@
+"""One event of a session log: its shape, its types, and its one-line JSON form."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+"""The log format version written in every `meta` event."""
+
+
+class EventType(StrEnum):
+    """The event types tether writes; readers keep any other type and skip it."""
+
+    META = "meta"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL_RESULT = "tool_result"
+    SANDBOX = "sandbox"
+    COMPACTION = "compaction"
+    TITLE = "title"
+    INTERRUPTION = "interruption"
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of a session log: a node in the session's tree of events."""
+
+    uuid: str
+    """This event's id, unique within the session."""
+    parent_uuid: str | None
+    """The event this one follows; None for a root (the `meta` event)."""
+    session_id: str
+    """The session this event belongs to."""
+    timestamp: str
+    """When it was written: UTC, ISO-8601, millisecond precision."""
+    type: str
+    """What kind of event this is; see EventType and FORMAT.md."""
+    payload: dict[str, Any]
+    """The type-specific fields."""
+
+    def to_json_line(self) -> bytes:
+        """The event as one UTF-8 JSON line ending in a newline."""
+        record = {
+            "uuid": self.uuid,
+            "parent_uuid": self.parent_uuid,
+            "session_id": self.session_id,
+            "timestamp": self.timestamp,
+            "type": self.type,
+            "payload": self.payload,
+        }
+        # JSON escapes every control character, so the line holds exactly one "\n".
+        return (_ENCODER.encode(record) + "\n").encode("utf-8")
+
+
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+_second_formatted: tuple[int, str] = (-1, "")
+
+
+def utc_timestamp() -> str:
+    """The current time as the log writes it: 2025-01-31T12:34:56.789Z."""
+    global _second_formatted
+    now = time.time()
+    second = int(now)
+    cached_second, prefix = _second_formatted
+    if second != cached_second:  # strftime is slow next to an append; reuse it within a second
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _second_formatted = (second, prefix)
+    return f"{prefix}.{int((now - second) * 1000):03d}Z"
+
+
+class LineRejected(ValueError):
+    """A log line that cannot be read as an event; the message says why."""
+
+
+def parse_line(line: bytes | str) -> Event:
+    """Read one log line (without its newline) as an Event, or raise LineRejected."""
+    # A crash can leave NUL padding where a write was lost; the bytes around it may be sound.
+    text = line.strip(b"\x00 \t\r") if isinstance(line, bytes) else line.strip("\x00 \t\r")
+    if not text:
+        raise LineRejected("blank line or a run of NUL bytes")
+    try:
+        record = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise LineRejected(f"not JSON ({error.__class__.__name__}: {error})") from None
+    if type(record) is not dict:
+        raise LineRejected("not a JSON object")
+    try:
+        uuid = record["uuid"]
+        parent_uuid = record["parent_uuid"]
+        session_id = record["session_id"]
+        timestamp = record["timestamp"]
+        event_type = record["type"]
+        payload = record["payload"]
+    except KeyError as missing:
+        raise LineRejected(f"missing field {missing}") from None
+    if not (
+        type(uuid) is str
+        and uuid
+        and (parent_uuid is None or type(parent_uuid) is str)
+        and type(session_id) is str
+        and type(timestamp) is str
+        and type(event_type) is str
+        and type(payload) is dict
+    ):
+        raise LineRejected("a field has the wrong type")
+    return Event(uuid, parent_uuid, session_id, timestamp, event_type, payload)

@@ -1,0 +1,268 @@
+"""One session's append-only event log: a JSONL file whose parent links form a tree."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import os
+import uuid
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Final
+
+from session.blobs import BlobStore
+from session.conversation import build_messages
+from session.durable import append_record, ends_with_newline, fsync_directory, open_for_append
+from session.errors import SessionStoreError, describe_os_error
+from session.events import Event, EventType, LineRejected, parse_line, utc_timestamp
+from session.tree import link_events, path_to
+
+logger = logging.getLogger(__name__)
+
+
+class _Leaf:
+    """The type of LEAF: 'hang the new event below the current leaf'."""
+
+    def __repr__(self) -> str:
+        return "LEAF"
+
+
+LEAF: Final = _Leaf()
+"""Default parent for SessionLog.append: the newest event on the live branch."""
+
+
+class EventNotFound(SessionStoreError):
+    """The session has no event with the given uuid."""
+
+
+class SessionLog:
+    """A session's event log on disk, with its events held in memory once loaded.
+
+    One process writes a given log at a time; appends by another process after
+    this object loaded the file are not seen until the log is opened again.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        session_id: str,
+        project_dir: Path,
+        blobs: BlobStore,
+        events: list[Event],
+    ) -> None:
+        self.path: Path = path
+        """The JSONL file."""
+        self.session_id: str = session_id
+        """The session's id (a uuid4 string; also the file's stem)."""
+        self.project_dir: Path = project_dir
+        """The project directory the session belongs to."""
+        self._blobs = blobs
+        self._events = events
+        self._by_uuid = {event.uuid: event for event in events}
+        self._leaf: str | None = events[-1].uuid if events else None
+        self._fd: int | None = None
+        self._tail_is_clean = False
+
+    # -- construction ------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, path: Path, session_id: str, project_dir: Path, blobs: BlobStore, meta: dict[str, Any]
+    ) -> SessionLog:
+        """Create a new log file at path whose first line is a `meta` event."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise describe_os_error("create the session directory", path.parent, error) from None
+        fd = open_for_append(path, create=True)
+        log = cls(path, session_id, project_dir, blobs, [])
+        log._adopt_fd(fd)
+        log._tail_is_clean = True
+        try:
+            log.append(EventType.META, meta, parent_uuid=None)
+            fsync_directory(path.parent)
+        except (SessionStoreError, OSError) as error:
+            log.close()
+            path.unlink(missing_ok=True)
+            if isinstance(error, OSError):
+                raise describe_os_error("create the session log", path, error) from None
+            raise
+        return log
+
+    @classmethod
+    def load(cls, path: Path, blobs: BlobStore) -> SessionLog:
+        """Read an existing log, skipping (with a warning) whatever cannot be read."""
+        events = link_events(read_log(path), path)
+        project_dir = next(
+            (
+                Path(event.payload["project_dir"])
+                for event in events
+                if event.type == EventType.META and isinstance(event.payload.get("project_dir"), str)
+            ),
+            # Without a readable meta line the store's project folder is the best we know.
+            path.parent,
+        )
+        return cls(path, path.stem, project_dir, blobs, events)
+
+    # -- reading -----------------------------------------------------------
+
+    def events(self) -> list[Event]:
+        """All readable events in file order, dangling parents re-attached (see tree.py)."""
+        return list(self._events)
+
+    def event(self, event_uuid: str) -> Event:
+        """The event with this uuid; EventNotFound if there is none."""
+        try:
+            return self._by_uuid[event_uuid]
+        except KeyError:
+            raise EventNotFound(f"session {self.session_id} has no event {event_uuid}", self.path) from None
+
+    @property
+    def leaf_uuid(self) -> str | None:
+        """The event the next append hangs below by default."""
+        return self._leaf
+
+    def live_path(self) -> list[Event]:
+        """The events from the root to the current leaf."""
+        return path_to(self._leaf, self._by_uuid)
+
+    def conversation(self) -> list[dict[str, Any]]:
+        """The Messages API `messages` list for the live path, repaired (see conversation.py)."""
+        with _collector_paused():
+            return build_messages(self.live_path())
+
+    # -- writing -----------------------------------------------------------
+
+    def append(
+        self, type: str, payload: dict[str, Any], *, parent_uuid: str | None | _Leaf = LEAF
+    ) -> Event:
+        """Write one event as one line (one write, then fsync) and make it the leaf."""
+        parent = self._leaf if isinstance(parent_uuid, _Leaf) else parent_uuid
+        if parent is not None and parent not in self._by_uuid:
+            raise EventNotFound(f"session {self.session_id} has no event {parent}", self.path)
+        event = Event(str(uuid.uuid4()), parent, self.session_id, utc_timestamp(), str(type), payload)
+        line = event.to_json_line()  # serialise first: a bad payload must not touch the file
+        fd = self._writable_fd()
+        if not self._tail_is_clean:
+            try:
+                torn = not ends_with_newline(fd)
+            except OSError as error:
+                raise describe_os_error("read the end of the session log", self.path, error) from None
+            if torn:
+                logger.warning("%s: the last line is torn; starting a fresh line", self.path)
+                line = b"\n" + line
+        try:
+            append_record(fd, line, self.path)
+        except SessionStoreError:
+            self._tail_is_clean = False
+            raise
+        self._tail_is_clean = True
+        # Keep what a reload would read, not the caller's dict: callers go on using
+        # (and decorating, e.g. with cache_control) the objects they passed in.
+        event = dataclasses.replace(event, payload=json.loads(line)["payload"])
+        self._events.append(event)
+        self._by_uuid[event.uuid] = event
+        self._leaf = event.uuid
+        return event
+
+    def fork_at(self, event_uuid: str) -> None:
+        """Make later appends hang below event_uuid: a new branch; nothing is rewritten."""
+        self.event(event_uuid)
+        self._leaf = event_uuid
+
+    def put_blob(self, data: bytes) -> str:
+        """Store data in the project's blob directory; return its sha256 hex."""
+        return self._blobs.put(data)
+
+    def get_blob(self, sha: str) -> bytes:
+        """The bytes of a stored blob."""
+        return self._blobs.get(sha)
+
+    def close(self) -> None:
+        """Release the file descriptor (the log stays usable; it reopens on the next append)."""
+        if self._fd is not None:
+            self._closer.detach()
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> SessionLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SessionLog({self.session_id!r}, path={str(self.path)!r})"
+
+    def _writable_fd(self) -> int:
+        """The append descriptor, opened on first use so read-only logs can still be read."""
+        if self._fd is None:
+            self._adopt_fd(open_for_append(self.path, create=False))
+            self._tail_is_clean = False
+        assert self._fd is not None
+        return self._fd
+
+    def _adopt_fd(self, fd: int) -> None:
+        """Hold fd, closing it when this object is collected if close() was never called."""
+        self._fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)
+
+
+def read_log(path: Path) -> list[Event]:
+    """Read a log file's events in file order, warning about each unreadable line."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise describe_os_error("read the session log", path, error) from None
+    try:
+        # Decoding once is much faster than letting json.loads decode line by line.
+        lines: list[bytes] | list[str] = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = data.split(b"\n")  # some line is not UTF-8: parse_line rejects just that one
+    del data  # a long log is tens of megabytes: hold as few copies of it as possible
+    return _parse_lines(lines, path)
+
+
+def _parse_lines(lines: list[bytes] | list[str], source: Path) -> list[Event]:
+    """Parse split lines (consuming the list), warning about each unreadable one."""
+    tail = lines.pop()  # what follows the last newline: empty unless the last write was torn
+    count = len(lines)
+    # Parse from a reversed list, popping: each raw line is freed as soon as it is parsed,
+    # so the memory it held is reused for the next event instead of growing the heap.
+    lines.reverse()
+    events: list[Event] = []
+    append = events.append
+    pop = lines.pop
+    with _collector_paused():
+        for number in range(1, count + 1):
+            line = pop()
+            try:
+                append(parse_line(line))
+            except LineRejected as reason:
+                logger.warning("%s:%d: skipping an unreadable line: %s", source, number, reason)
+        if tail:
+            try:
+                append(parse_line(tail))
+            except LineRejected as reason:
+                logger.warning("%s:%d: skipping a torn last line: %s", source, count + 1, reason)
+    return events
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many objects that all stay alive.
+
+    Parsing a large log makes hundreds of thousands of dicts; each automatic
+    collection would walk all of them again, for nothing: none is garbage yet.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -76,6 +76,8 @@ class SandboxRecord:
     warnings: list[str] = field(default_factory=list)
     handle: object = None
     """Provider-private state (a container, a bwrap command line...)."""
+    spill_mount: str = "/tmp/tether-spill"
+    """The spill area (the host's ``<workspace>/../spill``) as commands in the sandbox see it."""
 
 
 class Provider(abc.ABC):

@@ -1,0 +1,138 @@
+"""The sandbox host's command line: ``tether sandbox serve`` and ``python -m remote_sandbox serve``.
+
+When the host is ready it prints exactly one line on stdout,
+``tether sandbox host listening on <address>``, which launchers wait for.
+Everything else (one line per RPC, warnings) goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+READY_LINE_PREFIX = "tether sandbox host listening on "
+"""The start of the one line printed on stdout once the host accepts calls."""
+
+DEFAULT_LISTEN = "127.0.0.1:50451"
+"""Where ``serve`` listens unless told otherwise: loopback only."""
+
+TOKEN_HELP = (
+    "a token file is required (--token-file F): one token per line, or 'TENANT TOKEN' lines; "
+    "make one with: python -c 'import secrets; print(secrets.token_hex(32))' > F && chmod 600 F"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``tether sandbox``."""
+    parser = argparse.ArgumentParser(prog="tether sandbox", description="Run a tether sandbox host.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve sandboxes over gRPC")
+    serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR", help=f"HOST:PORT or unix:///path (default {DEFAULT_LISTEN}; port 0 picks a free one)")
+    serve.add_argument("--provider", choices=("docker", "local"), default="local", help="docker containers, or local directories under bubblewrap (default local)")
+    serve.add_argument("--token-file", type=Path, metavar="F", help="bearer tokens, one per line ('TOKEN' or 'TENANT TOKEN'); required")
+    serve.add_argument("--tls-cert", type=Path, metavar="F", help="PEM certificate chain: serve TLS (grpcs://)")
+    serve.add_argument("--tls-key", type=Path, metavar="F", help="PEM private key of --tls-cert")
+    serve.add_argument("--state-dir", type=Path, metavar="D", help="where sandboxes live (default: the user state dir)")
+    serve.add_argument("--default-image", default="", metavar="IMG", help="docker: the image of recipes that name none")
+    serve.add_argument("--exit-with-parent", action="store_true", help="shut down cleanly when stdin reaches EOF")
+    serve.add_argument("--keep-sandboxes", action="store_true", help="leave sandboxes in place when the host stops")
+    serve.add_argument("--allow-base", type=Path, action="append", default=[], metavar="DIR", help="local: let recipes copy a 'base' directory from under DIR (repeatable)")
+    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO: one line per RPC)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run ``tether sandbox <argv>``; return the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Imported here: argument errors and --help stay fast.
+    from remote_sandbox.auth import TokenFileError, load_token_file, token_file_is_private
+    from remote_sandbox.server import HostConfig, HostStartError, default_state_dir
+
+    if args.token_file is None:
+        print(f"tether sandbox serve: {TOKEN_HELP}", file=sys.stderr)
+        return 2
+    try:
+        tokens = load_token_file(args.token_file)
+    except TokenFileError as exc:
+        print(f"tether sandbox serve: {exc}", file=sys.stderr)
+        return 2
+    if not token_file_is_private(args.token_file):
+        logging.getLogger("remote_sandbox").warning(
+            "token file %s can be read by other users; chmod 600 it", args.token_file
+        )
+    config = HostConfig(
+        listen=args.listen,
+        provider=args.provider,
+        tokens=tokens,
+        state_dir=args.state_dir or default_state_dir(),
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        default_image=args.default_image,
+        destroy_on_exit=not args.keep_sandboxes,
+        allow_base=args.allow_base,
+    )
+    try:
+        return asyncio.run(_serve(config, exit_with_parent=args.exit_with_parent))
+    except HostStartError as exc:
+        print(f"tether sandbox serve: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _serve(config: object, *, exit_with_parent: bool) -> int:
+    """Start the host, announce it, and run until SIGTERM, SIGINT or (optionally) stdin EOF."""
+    from remote_sandbox.server import SandboxHost
+
+    host = SandboxHost(config)  # type: ignore[arg-type]
+    address = await host.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop.set)
+    watcher = asyncio.ensure_future(_wait_stdin_eof(stop)) if exit_with_parent else None
+    sys.stdout.write(f"{READY_LINE_PREFIX}{address}\n")
+    sys.stdout.flush()
+    try:
+        await stop.wait()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await host.stop(grace=2.0)
+    return 0
+
+
+async def _wait_stdin_eof(stop: asyncio.Event) -> None:
+    """Set ``stop`` when stdin reaches EOF: the parent that holds the pipe has gone."""
+    loop = asyncio.get_running_loop()
+    try:
+        mode = os.fstat(sys.stdin.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        mode = 0  # no stdin at all: nobody holds it, so it counts as EOF
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while await reader.read(4096):
+            pass
+    elif mode:
+        # A terminal, a file or /dev/null: the event loop cannot watch every kind, a thread can.
+        await asyncio.to_thread(_drain_blocking)
+    stop.set()
+
+
+def _drain_blocking() -> None:
+    """Read stdin until EOF, blocking."""
+    stream = sys.stdin.buffer if sys.stdin is not None else None
+    while stream is not None and stream.read(4096):
+        pass

@@ -1,0 +1,453 @@
+"""The harness's only way to a sandbox host: a gRPC client with typed errors.
+
+Every ``grpc.aio.AioRpcError`` becomes one ``SandboxError`` subclass here, at
+the boundary where the status code is understood, carrying the host's own
+words. Cancelling a task that awaits ``exec`` (or closing an ``exec_stream``
+early) cancels the RPC, and the host kills the command's process group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+
+import grpc
+import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from protos.tether.sandbox.v1 import sandbox_pb2 as pb
+from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 16 << 20
+"""Largest gRPC message either way (the host allows the same)."""
+
+WRITE_CHUNK = 1 << 20
+"""Bytes of file data per WriteFile message."""
+
+CALL_TIMEOUT_S = 60.0
+"""Deadline of quick calls (lifecycle, Stat, ListDir)."""
+
+PROVISION_TIMEOUT_S = 15 * 60.0
+"""Deadline of Provision: an image's setup commands may take minutes."""
+
+TRANSFER_TIMEOUT_S = 30 * 60.0
+"""Deadline of file and tar transfers."""
+
+EXEC_DEFAULT_TIMEOUT_S = 120.0
+"""The host's own limit when a command gives none (see remote_sandbox.server)."""
+
+EXEC_DEADLINE_MARGIN_S = 30.0
+"""Exec's RPC deadline is the command's timeout plus this: the host's timeout fires first."""
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Fail fast and retry at this level: a dead host must not hang a tool call.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
+]
+"""Channel options, set explicitly."""
+
+
+class SandboxError(Exception):
+    """Something went wrong with the sandbox; ``str()`` is a sentence a user can read."""
+
+
+class SandboxAuthError(SandboxError):
+    """The host refused our credentials (UNAUTHENTICATED)."""
+
+
+class SandboxGone(SandboxError):
+    """The sandbox does not exist any more (NOT_FOUND)."""
+
+
+class SandboxNotRunning(SandboxError):
+    """The sandbox exists but is not running, or its setup failed (FAILED_PRECONDITION)."""
+
+
+class SandboxInvalidRequest(SandboxError):
+    """The host refused the request itself: a path outside the workspace, a bad recipe (INVALID_ARGUMENT)."""
+
+
+class SandboxLimitExceeded(SandboxError):
+    """A limit of the host or sandbox was hit; the message says which (RESOURCE_EXHAUSTED)."""
+
+
+class HostUnreachable(SandboxError):
+    """The host could not be reached or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED)."""
+
+
+@dataclass
+class ExecResult:
+    """How a command ended, with all the output the stream carried."""
+
+    exit_code: int
+    """The exit code; -1 when killed by a signal."""
+    signal: int
+    """The killing signal, or 0."""
+    timed_out: bool
+    """Whether the timeout killed it (and its whole process group)."""
+    truncated: bool
+    """Whether output passed the cap; ``spill_path`` then holds all of it."""
+    spill_path: str
+    """Sandbox path of the full output when truncated, else empty."""
+    stdout: bytes
+    """Standard output as streamed (the head only, when truncated)."""
+    stderr: bytes
+    """Standard error as streamed (the head only, when truncated)."""
+    cwd: str
+    """The shell's final directory, with ``report_cwd`` (empty if unknown)."""
+    duration_ms: int
+    """Wall-clock time of the command."""
+
+
+def parse_target(target: str) -> tuple[str, bool]:
+    """The gRPC channel target and whether it uses TLS, from ``grpc://``, ``grpcs://``, ``unix://`` or ``host:port``."""
+    if target.startswith("grpcs://"):
+        return target[len("grpcs://") :].rstrip("/"), True
+    if target.startswith("grpc://"):
+        return target[len("grpc://") :].rstrip("/"), False
+    if target.startswith("unix:"):
+        path = target[len("unix:") :].removeprefix("//")
+        if not path.startswith("/"):
+            raise SandboxError(f"{target!r} is not a sandbox host address: a unix socket needs an absolute path (unix:///path)")
+        return f"unix://{path}", False
+    if "://" in target or ":" not in target:
+        raise SandboxError(
+            f"{target!r} is not a sandbox host address; use grpc://HOST:PORT, grpcs://HOST:PORT or unix:///PATH"
+        )
+    return target, False
+
+
+class SandboxClient:
+    """Calls one sandbox host; safe to share between concurrent tasks of one event loop."""
+
+    def __init__(self, target: str, token: str | None = None, *, ca_file: str | None = None) -> None:
+        """Prepare to call ``target`` (grpc://h:p, grpcs://h:p or unix:///path) with bearer ``token``."""
+        self.target = target
+        """The host's address as given."""
+        self._channel_target, self._tls = parse_target(target)
+        self._token = token
+        self._ca_file = ca_file
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.SandboxStub | None = None
+
+    # ----- connection
+
+    @property
+    def stub(self) -> pb_grpc.SandboxStub:
+        """The service stub, opening the channel on first use (inside the running loop)."""
+        if self._stub is None:
+            if self._tls:
+                root = None
+                if self._ca_file:
+                    try:
+                        with open(self._ca_file, "rb") as handle:
+                            root = handle.read()
+                    except OSError as exc:
+                        raise SandboxError(f"cannot read the CA file {self._ca_file}: {exc.strerror}") from None
+                credentials = grpc.ssl_channel_credentials(root_certificates=root)
+                self._channel = grpc.aio.secure_channel(self._channel_target, credentials, options=CHANNEL_OPTIONS)
+            else:
+                self._channel = grpc.aio.insecure_channel(self._channel_target, options=CHANNEL_OPTIONS)
+            self._stub = pb_grpc.SandboxStub(self._channel)
+        return self._stub
+
+    @property
+    def _metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self._token}"),) if self._token else ()
+
+    async def close(self) -> None:
+        """Close the channel; running calls are cancelled."""
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    async def __aenter__(self) -> SandboxClient:
+        """Use as ``async with SandboxClient(...) as client``."""
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Close the channel."""
+        await self.close()
+
+    def _error(self, exc: grpc.aio.AioRpcError, what: str) -> SandboxError:
+        """The typed error for a failed call; ``what`` names the operation for the message."""
+        code = exc.code()
+        details = (exc.details() or "").strip() or code.name.lower().replace("_", " ")
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return SandboxAuthError(
+                f"authentication with the sandbox host at {self.target} failed ({details}); "
+                "check the sandbox token (--sandbox-token or TETHER_SANDBOX_TOKEN)"
+            )
+        if code == grpc.StatusCode.NOT_FOUND:
+            return SandboxGone(details)
+        if code == grpc.StatusCode.FAILED_PRECONDITION:
+            return SandboxNotRunning(details)
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            return SandboxInvalidRequest(details)
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return SandboxLimitExceeded(details)
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return HostUnreachable(f"the sandbox host at {self.target} did not finish {what} in time")
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
+            return HostUnreachable(f"the sandbox host at {self.target} is unreachable during {what}: {details}")
+        return SandboxError(f"the sandbox host at {self.target} failed {what}: {code.name}: {details}")
+
+    async def wait_ready(self, timeout: float = 10.0) -> None:
+        """Wait until the host answers and accepts our token; HostUnreachable or SandboxAuthError otherwise."""
+        health = health_pb2_grpc.HealthStub(self._channel_or_open())
+        try:
+            response = await health.Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise HostUnreachable(
+                    f"the sandbox host at {self.target} did not answer within {timeout:g} s"
+                ) from None
+            raise self._error(exc, "the health check") from None
+        if response.status != health_pb2.HealthCheckResponse.SERVING:
+            raise HostUnreachable(f"the sandbox host at {self.target} is not serving (it may be shutting down)")
+        # Health needs no token; a cheap authenticated call proves ours now, not at the first tool call.
+        try:
+            await self.stub.ListSandboxes(pb.ListSandboxesRequest(), metadata=self._metadata, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "the token check") from None
+
+    def _channel_or_open(self) -> grpc.aio.Channel:
+        self.stub  # noqa: B018 - opens the channel
+        assert self._channel is not None
+        return self._channel
+
+    # ----- lifecycle
+
+    async def provision(self, recipe: pb.Recipe, request_id: str | None = None) -> pb.SandboxInfo:
+        """Create a sandbox from ``recipe``; retrying with the same ``request_id`` returns the same one."""
+        request = pb.ProvisionRequest(recipe=recipe, request_id=request_id or "")
+        try:
+            return await self.stub.Provision(request, metadata=self._metadata, timeout=PROVISION_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "provisioning a sandbox") from None
+
+    async def get(self, sandbox_id: str) -> pb.SandboxInfo:
+        """Describe a sandbox."""
+        try:
+            return await self.stub.GetSandbox(pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "describing the sandbox") from None
+
+    async def list(self) -> list[pb.SandboxInfo]:
+        """Our sandboxes on this host."""
+        try:
+            response = await self.stub.ListSandboxes(pb.ListSandboxesRequest(), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "listing sandboxes") from None
+        return list(response.sandboxes)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Destroy a sandbox and everything in it."""
+        try:
+            await self.stub.Destroy(pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "destroying the sandbox") from None
+
+    async def touch(self, sandbox_id: str) -> pb.SandboxInfo:
+        """Mark a sandbox as used now (restarts its idle TTL)."""
+        try:
+            return await self.stub.Touch(pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "touching the sandbox") from None
+
+    # ----- commands
+
+    async def exec_stream(
+        self,
+        sandbox_id: str,
+        *,
+        shell: str | None = None,
+        argv: list[str] | None = None,
+        cwd: str = "",
+        env: dict[str, str] | None = None,
+        stdin: bytes = b"",
+        timeout_ms: int = 0,
+        output_cap: int = 0,
+        report_cwd: bool = False,
+    ) -> AsyncIterator[pb.ExecEvent]:
+        """Run a command; yield Started, Output..., Exited. Stopping early cancels the command."""
+        if (shell is None) == (argv is None):
+            raise SandboxInvalidRequest("a command needs exactly one of shell or argv")
+        request = pb.ExecRequest(
+            sandbox_id=sandbox_id,
+            cwd=cwd,
+            env=env or {},
+            stdin=stdin,
+            timeout_ms=timeout_ms,
+            output_cap_bytes=output_cap,
+            report_cwd=report_cwd,
+        )
+        if shell is not None:
+            request.shell = shell
+        else:
+            request.argv.args.extend(argv or [])
+        limit = timeout_ms / 1000 if timeout_ms else EXEC_DEFAULT_TIMEOUT_S
+        call = self.stub.Exec(request, metadata=self._metadata, timeout=limit + EXEC_DEADLINE_MARGIN_S)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "running the command") from None
+        finally:
+            # Closing the stream early (or a cancelled task) must stop the command on the host.
+            call.cancel()
+
+    async def exec(
+        self,
+        sandbox_id: str,
+        *,
+        shell: str | None = None,
+        argv: list[str] | None = None,
+        cwd: str = "",
+        env: dict[str, str] | None = None,
+        stdin: bytes = b"",
+        timeout_ms: int = 0,
+        output_cap: int = 0,
+        report_cwd: bool = False,
+        on_output: Callable[[int, bytes], None] | None = None,
+    ) -> ExecResult:
+        """Run a command to the end and collect its output; ``on_output(stream, data)`` sees it live.
+
+        ``stream`` is ``pb.Output.STDOUT`` or ``pb.Output.STDERR``. Cancelling the
+        awaiting task cancels the RPC, and the host kills the command's group.
+        """
+        stdout, stderr = bytearray(), bytearray()
+        exited: pb.Exited | None = None
+        stream = self.exec_stream(
+            sandbox_id,
+            shell=shell,
+            argv=argv,
+            cwd=cwd,
+            env=env,
+            stdin=stdin,
+            timeout_ms=timeout_ms,
+            output_cap=output_cap,
+            report_cwd=report_cwd,
+        )
+        try:
+            async for event in stream:
+                which = event.WhichOneof("event")
+                if which == "output":
+                    (stdout if event.output.stream == pb.Output.STDOUT else stderr).extend(event.output.data)
+                    if on_output is not None:
+                        on_output(event.output.stream, event.output.data)
+                elif which == "exited":
+                    exited = event.exited
+        finally:
+            await stream.aclose()
+        if exited is None:
+            raise SandboxError(f"the sandbox host at {self.target} ended the command without saying how it exited")
+        return ExecResult(
+            exit_code=exited.exit_code,
+            signal=exited.signal,
+            timed_out=exited.timed_out,
+            truncated=exited.truncated,
+            spill_path=exited.spill_path,
+            stdout=bytes(stdout),
+            stderr=bytes(stderr),
+            cwd=exited.cwd,
+            duration_ms=exited.duration_ms,
+        )
+
+    # ----- files
+
+    async def read_file(self, sandbox_id: str, path: str, offset: int = 0, length: int = 0) -> bytes:
+        """The bytes of a file (``length`` 0 = to the end)."""
+        request = pb.ReadFileRequest(sandbox_id=sandbox_id, path=path, offset=offset, length=length)
+        call = self.stub.ReadFile(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+        data = bytearray()
+        try:
+            async for chunk in call:
+                data.extend(chunk.data)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, f"reading {path}") from None
+        finally:
+            call.cancel()
+        return bytes(data)
+
+    async def write_file(
+        self, sandbox_id: str, path: str, data: bytes, mode: int = 0o644, create_parents: bool = True
+    ) -> pb.FileInfo:
+        """Write a file atomically (it is replaced whole or not at all)."""
+        header = pb.WriteFileHeader(sandbox_id=sandbox_id, path=path, mode=mode, create_parents=create_parents)
+
+        def messages() -> Iterator[pb.WriteFileRequest]:
+            yield pb.WriteFileRequest(header=header)
+            view = memoryview(data)
+            for start in range(0, len(view), WRITE_CHUNK):
+                yield pb.WriteFileRequest(data=bytes(view[start : start + WRITE_CHUNK]))
+
+        try:
+            return await self.stub.WriteFile(messages(), metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, f"writing {path}") from None
+
+    async def stat(self, sandbox_id: str, path: str) -> pb.FileInfo:
+        """Describe a path; ``exists`` is false when nothing is there."""
+        try:
+            return await self.stub.Stat(pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, f"inspecting {path}") from None
+
+    async def list_dir(self, sandbox_id: str, path: str) -> list[pb.FileInfo]:
+        """The entries of a directory, sorted by path; symlinks are reported, not followed."""
+        try:
+            response = await self.stub.ListDir(pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, f"listing {path}") from None
+        return list(response.entries)
+
+    # ----- workspace snapshots
+
+    async def manifest(self, sandbox_id: str, paths: list[str] | None = None) -> list[pb.ManifestEntry]:
+        """sha256, size and mode of every file and symlink under ``paths`` (workspace-relative; None = all)."""
+        request = pb.ManifestRequest(sandbox_id=sandbox_id, paths=paths or [])
+        try:
+            response = await self.stub.Manifest(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "listing the workspace") from None
+        return list(response.entries)
+
+    async def export(self, sandbox_id: str, paths: list[str] | None = None) -> AsyncIterator[bytes]:
+        """A tar stream of ``paths`` (workspace-relative; None = the whole workspace), chunk by chunk."""
+        call = self.stub.Export(pb.ExportRequest(sandbox_id=sandbox_id, paths=paths or []), metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+        try:
+            async for chunk in call:
+                yield chunk.data
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "exporting the workspace") from None
+        finally:
+            call.cancel()
+
+    async def import_tar(self, sandbox_id: str, chunks: AsyncIterator[bytes] | list[bytes] | bytes) -> pb.ImportResponse:
+        """Unpack a tar stream (bytes, or chunks) into the workspace."""
+
+        async def messages() -> AsyncIterator[pb.ImportRequest]:
+            yield pb.ImportRequest(sandbox=pb.SandboxRef(sandbox_id=sandbox_id))
+            if isinstance(chunks, bytes):
+                for start in range(0, len(chunks), WRITE_CHUNK):
+                    yield pb.ImportRequest(data=chunks[start : start + WRITE_CHUNK])
+            elif isinstance(chunks, list):
+                for chunk in chunks:
+                    yield pb.ImportRequest(data=chunk)
+            else:
+                async for chunk in chunks:
+                    yield pb.ImportRequest(data=chunk)
+
+        try:
+            return await self.stub.Import(messages(), metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "importing into the workspace") from None
+

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.fake_api",
     "tests.fixtures.docker_engine",
     "tests.fixtures.sandbox_host",
+    "tests.fixtures.tether_cli",
 ]

@@ -1,0 +1,178 @@
+"""The harness: one session's model, sandbox, log and loop, wired together for any driver.
+
+Start-up work overlaps: the ``anthropic`` import runs on a thread while the
+embedded sandbox host starts and the sandbox is provisioned.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import events as ev
+from agent.embedded_host import EmbeddedHost
+from agent.lease import SandboxLease
+from agent.loop import AgentLoop, Emit
+from agent.model import DEFAULT_MODEL, ModelClient, preload_sdk
+from agent.permissions import (
+    PermissionGate,
+    PermissionSettings,
+    SettingsError,
+    project_settings_path,
+    user_settings_path,
+)
+from agent.sandbox_client import SandboxClient, SandboxError
+from protos.recipes import load_recipe, recipe_to_dict
+from session.store import SessionLog, SessionStore
+
+
+@dataclass
+class HarnessOptions:
+    """Everything a driver chose on the command line or in config."""
+
+    project_dir: Path
+    model: str = ""
+    """Empty: ``TETHER_MODEL`` or the default."""
+    sandbox: str = ""
+    """A host URL (grpc://, grpcs://, unix://); empty = the embedded host."""
+    sandbox_token: str = ""
+    sandbox_ca_file: str = ""
+    recipe: str = ""
+    """A recipe name or TOML file; empty = default."""
+    max_turns: int | None = None
+    resume: str = ""
+    """A session id (or unique prefix) to resume."""
+    continue_latest: bool = False
+    """Continue the newest session of this project."""
+    permission_mode: str = "default"
+    """default | acceptEdits | plan | bypassPermissions"""
+    allowed_tools: list[str] = field(default_factory=list)
+    """Extra allow rules from the command line, e.g. ``Bash(git status:*)``."""
+    disallowed_tools: list[str] = field(default_factory=list)
+    """Extra deny rules from the command line."""
+
+
+class HarnessError(Exception):
+    """Start-up failed in a way the user must fix; the message says how."""
+
+
+class Harness:
+    """One session, ready to take prompts."""
+
+    def __init__(self, options: HarnessOptions, emit: Emit) -> None:
+        self.options = options
+        self.emit = emit
+        self.embedded: EmbeddedHost | None = None
+        self.client: SandboxClient | None = None
+        self.lease: SandboxLease | None = None
+        self.log: SessionLog | None = None
+        self.loop: AgentLoop | None = None
+        self.model = ModelClient(model=options.model or os.environ.get("TETHER_MODEL") or DEFAULT_MODEL)
+        self.started_at = time.monotonic()
+
+    @property
+    def session_id(self) -> str:
+        """The session's id (after start)."""
+        assert self.log is not None
+        return self.log.session_id
+
+    @property
+    def host_label(self) -> str:
+        """Where the sandbox runs, for the status bar and notices."""
+        return self.options.sandbox or "embedded"
+
+    async def start(self) -> None:
+        """Open the session, reach the sandbox host and begin provisioning."""
+        preload_sdk()
+        opts = self.options
+        store = SessionStore()
+        try:
+            recipe = load_recipe(opts.recipe or None)
+        except (OSError, ValueError) as exc:
+            raise HarnessError(f"tether: bad recipe {opts.recipe!r}: {exc}") from exc
+        try:
+            settings = PermissionSettings.load(
+                [user_settings_path(), project_settings_path(opts.project_dir)],
+                allow=opts.allowed_tools,
+                deny=opts.disallowed_tools,
+            )
+            gate = PermissionGate(opts.permission_mode, settings, opts.project_dir, lambda: self.lease.workdir)
+        except SettingsError as exc:
+            raise HarnessError(f"tether: {exc}") from exc
+        if opts.sandbox:
+            token = opts.sandbox_token or os.environ.get("TETHER_SANDBOX_TOKEN", "")
+            self.client = SandboxClient(opts.sandbox, token or None, ca_file=opts.sandbox_ca_file or None)
+            await self.client.wait_ready()
+        else:
+            self.client = await self._embedded_client()
+        self.lease = SandboxLease(self.client, host=self.host_label, recipe=recipe)
+        self.lease.start()
+        if opts.resume:
+            self.log = store.open(opts.resume)
+        elif opts.continue_latest:
+            self.log = store.latest(opts.project_dir)
+            if self.log is None:
+                raise HarnessError(f"tether: no session to continue in {opts.project_dir}")
+        else:
+            self.log = store.create(opts.project_dir)
+        info = await self.lease.ready()
+        self.log.append(
+            "sandbox",
+            {
+                "event": "provisioned",
+                "host": self.host_label,
+                "sandbox_id": info.sandbox_id,
+                "provider": info.provider,
+                "isolation": info.isolation,
+                "recipe": recipe_to_dict(recipe),
+                "generation": self.lease.generation,
+            },
+        )
+        for warning in info.warnings:
+            await self.emit(ev.Status(warning))
+        self.loop = AgentLoop(
+            model=self.model,
+            lease=self.lease,
+            log=self.log,
+            project_dir=opts.project_dir,
+            emit=self.emit,
+            max_turns=opts.max_turns,
+            gate=gate,
+        )
+
+    async def _embedded_client(self) -> SandboxClient:
+        """A client of the embedded host: the resident harness's shared one if it answers, else our own."""
+        shared = os.environ.get("TETHER_SHARED_HOST")
+        if shared:
+            client = SandboxClient(shared, os.environ.get("TETHER_SHARED_HOST_TOKEN") or None)
+            try:
+                await client.wait_ready(timeout=5.0)
+                return client
+            except SandboxError:
+                await client.close()  # the shared host died; start one of our own
+        self.embedded = EmbeddedHost()
+        target, token = await self.embedded.start()
+        client = SandboxClient(target, token)
+        await client.wait_ready()
+        return client
+
+    async def run(self, prompt: str) -> ev.TurnFinished:
+        """Answer one prompt."""
+        assert self.loop is not None, "start() first"
+        return await self.loop.run(prompt)
+
+    def interrupt(self) -> bool:
+        """Stop the running turn (model stream and tool); False if nothing was running."""
+        return self.loop.interrupt() if self.loop is not None else False
+
+    async def close(self) -> None:
+        """Release the sandbox, the host and the connections; never raises."""
+        if self.lease is not None:
+            await self.lease.release()
+        if self.client is not None:
+            await self.client.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
+        await self.model.close()

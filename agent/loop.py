@@ -1,0 +1,339 @@
+"""The agent loop: prompt -> model -> tool calls in the sandbox -> results -> ... -> answer.
+
+It emits typed events to its driver and records every whole message in the
+session log; it knows nothing of screens or terminals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent import events as ev
+from agent.lease import SandboxLease
+from agent.model import ModelClient, ModelError
+from agent.permissions import PermissionGate
+from agent.prompt import system_prompt
+from agent.sandbox_client import SandboxError
+from agent.toolset import ToolCall, ToolSet
+from session.conversation import COMPACTION_PREAMBLE
+from session.store import SessionLog
+
+Emit = Callable[[ev.AgentEvent], Awaitable[None]]
+
+COMPACT_PROMPT = (
+    "Your context is being compacted. Write a summary of the conversation so far that lets you "
+    "continue the work without it: the user's requests and intent, decisions made, files read "
+    "and changed (with paths), commands run and what they showed, errors and how they were "
+    "resolved, and what remains to do next. Be specific and complete; reply with the summary only."
+)
+
+
+def summary_message(summary: str) -> str:
+    """The user message a compacted conversation starts from (the same text a resumed log rebuilds)."""
+    return COMPACTION_PREAMBLE + summary
+
+
+@dataclass
+class SessionTotals:
+    """Running totals across the session, for the result object and the status bar."""
+
+    usage: dict[str, int] = field(
+        default_factory=lambda: {
+            "input_tokens": 0,
+            "output_tokens": 0,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0,
+        }
+    )
+    cost_usd: float | None = 0.0
+    """None once any response's price was unknown."""
+    api_ms: int = 0
+
+
+@dataclass
+class AgentLoop:
+    """Drives one session: holds the conversation, the model, the tools and the log."""
+
+    model: ModelClient
+    lease: SandboxLease
+    log: SessionLog
+    project_dir: Path
+    emit: Emit
+    max_turns: int | None = None
+    """Model requests allowed per prompt; None = no limit."""
+    gate: PermissionGate | None = None
+    """Permission checks for tool calls; None = every call runs."""
+    tools: ToolSet = field(init=False)
+    totals: SessionTotals = field(default_factory=SessionTotals)
+    _messages: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _system: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _task: asyncio.Task | None = field(default=None, repr=False)
+    _interrupted: bool = field(default=False, repr=False)
+    _turns: int = field(default=0, repr=False)
+    compact_at_tokens: int = 160_000
+    """Compact automatically once the context reaches this many tokens (80% of a 200k window)."""
+    _context_tokens: int = field(default=0, repr=False)
+    _pending_calls: list[ToolCall] = field(default_factory=list, repr=False)
+    """Tool calls of the last assistant message whose results are not recorded yet."""
+
+    def __post_init__(self) -> None:
+        self.tools = ToolSet(self.lease, gate=self.gate)
+
+    async def run(self, prompt: str) -> ev.TurnFinished:
+        """Answer one user prompt, running tools until the model ends its turn.
+
+        ``interrupt()`` stops it: the model stream is closed, a running tool is
+        cancelled (its process group killed in the sandbox), unanswered tool
+        calls get error results, and the turn ends; the next prompt goes on cleanly.
+        """
+        self._interrupted = False
+        self._turns = 0
+        task = asyncio.ensure_future(self._run(prompt))
+        self._task = task
+        try:
+            return await task
+        except asyncio.CancelledError:
+            if not self._interrupted:
+                raise
+            return await self._record_interruption()
+        finally:
+            self._task = None
+
+    def interrupt(self) -> bool:
+        """Stop the running turn; returns False if there was none."""
+        if self._task is None or self._task.done():
+            return False
+        self._interrupted = True
+        self._task.cancel()
+        return True
+
+    async def _record_interruption(self) -> ev.TurnFinished:
+        assert self._messages is not None
+        message = "Interrupted by the user; the tool did not finish and may or may not have run."
+        if self._pending_calls:
+            blocks = []
+            for call in self._pending_calls:
+                self.log.append(
+                    "tool_result",
+                    {
+                        "tool_use_id": call.id,
+                        "tool_name": call.name,
+                        "content": message,
+                        "is_error": True,
+                        "output_blob": None,
+                        "output_bytes": 0,
+                    },
+                )
+                blocks.append({"type": "tool_result", "tool_use_id": call.id, "content": message, "is_error": True})
+                await self.emit(ev.ToolFinished(call.id, call.name, message, True))
+            self._messages.append({"role": "user", "content": blocks})
+            self._pending_calls = []
+        self.log.append("interruption", {"reason": "user"})
+        await self.emit(ev.Status("Interrupted."))
+        return await self._finish("Interrupted by the user.", "interrupted", self._turns, is_error=True)
+
+    async def _run(self, prompt: str) -> ev.TurnFinished:
+        if self._messages is None:
+            self._messages = self.log.conversation()
+        if prompt.strip().split(" ", 1)[0] == "/compact":
+            try:
+                summary = await self.compact(prompt.strip()[len("/compact") :].strip())
+            except ModelError as exc:
+                return await self._fail(f"Compaction failed: {exc}", 0)
+            return await self._finish(summary, "compacted", 1)
+        self.log.append("user", {"content": prompt})
+        self._messages.append({"role": "user", "content": [{"type": "text", "text": prompt}]})
+        _merge_user_tail(self._messages)
+        final_text = ""
+        stop_reason: str | None = None
+        try:
+            system = await self._system_blocks()
+            while True:
+                if self.max_turns is not None and self._turns >= self.max_turns:
+                    return await self._finish(
+                        f"Stopped after {self._turns} model turns (--max-turns {self.max_turns}).",
+                        "max_turns",
+                        self._turns,
+                        is_error=True,
+                    )
+                self._turns += 1
+                if self._context_tokens >= self.compact_at_tokens:
+                    await self.compact("")
+                response = await self.model.respond(
+                    system=system,
+                    messages=_with_cache_breakpoint(self._messages),
+                    tools=self.tools.schemas(),
+                    emit=self.emit,
+                )
+                await self._record_response(response)
+                stop_reason = response.stop_reason
+                final_text = "".join(b["text"] for b in response.content if b["type"] == "text")
+                calls = list(self._pending_calls)
+                if not calls:
+                    return await self._finish(final_text, stop_reason, self._turns)
+                results = await self.tools.run_all(calls, self.emit)
+                blocks = []
+                for call, result in zip(calls, results):
+                    blob = self.log.put_blob(result.full_output) if result.full_output is not None else None
+                    self.log.append(
+                        "tool_result",
+                        {
+                            "tool_use_id": call.id,
+                            "tool_name": call.name,
+                            "content": result.content,
+                            "is_error": result.is_error,
+                            "output_blob": blob,
+                            "output_bytes": len(result.full_output) if result.full_output is not None else len(result.content.encode()),
+                        },
+                    )
+                    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call.id, "content": result.content}
+                    if result.is_error:
+                        block["is_error"] = True
+                    blocks.append(block)
+                self._messages.append({"role": "user", "content": blocks})
+                self._pending_calls = []
+        except ModelError as exc:
+            return await self._fail(str(exc), self._turns)
+        except SandboxError as exc:
+            return await self._fail(f"Sandbox: {exc}", self._turns)
+
+    async def compact(self, instructions: str) -> str:
+        """Replace the conversation with a model-written summary; the log keeps everything.
+
+        Returns the summary. The summary request sends the same system prompt and
+        tools as every other request (with tools switched off) so it reuses the cache.
+        """
+        assert self._messages is not None
+        await self.emit(ev.Status("Compacting the conversation…"))
+        ask = COMPACT_PROMPT + (f"\n\nAdditional instructions from the user: {instructions}" if instructions else "")
+        request = [*self._messages, {"role": "user", "content": [{"type": "text", "text": ask}]}]
+        _merge_user_tail(request)
+        if not request or request[0]["role"] != "user":
+            return ""
+        response = await self.model.respond(
+            system=await self._system_blocks(),
+            messages=_with_cache_breakpoint(request),
+            tools=self.tools.schemas(),
+            tool_choice={"type": "none"},
+            emit=self.emit,
+            quiet=True,
+        )
+        summary = "".join(b["text"] for b in response.content if b["type"] == "text").strip()
+        if not summary:
+            raise ModelError("the model returned an empty summary; the conversation was left as it was")
+        self._count_usage(response)
+        self.log.append("compaction", {"summary": summary, "instructions": instructions})
+        self._messages[:] = [{"role": "user", "content": [{"type": "text", "text": summary_message(summary)}]}]
+        self._context_tokens = 0
+        await self.emit(ev.Status("Conversation compacted; the full history stays in the session log."))
+        return summary
+
+    async def _system_blocks(self) -> list[dict[str, Any]]:
+        if self._system is None:
+            info = await self.lease.ready()
+            text = system_prompt(
+                workdir=info.workdir,
+                sandbox_os=info.os,
+                project_dir=self.project_dir,
+                plan_mode=self.gate is not None and self.gate.mode == "plan",
+            )
+            self._system = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
+        return self._system
+
+    async def _record_response(self, response) -> None:
+        message = {
+            "id": response.id,
+            "model": response.model,
+            "content": response.content,
+            "stop_reason": response.stop_reason,
+            "usage": response.usage,
+        }
+        self.log.append("assistant", {"message": message, "cost_usd": response.cost_usd})
+        assert self._messages is not None
+        self._messages.append({"role": "assistant", "content": response.content})
+        # Set before any await, so an interrupt from here on answers these calls.
+        self._pending_calls = [
+            ToolCall(b["id"], b["name"], b["input"]) for b in response.content if b["type"] == "tool_use"
+        ]
+        self._count_usage(response)
+        u = response.usage
+        self._context_tokens = (
+            u["input_tokens"] + u["cache_creation_input_tokens"] + u["cache_read_input_tokens"] + u["output_tokens"]
+        )
+        await self.emit(ev.AssistantMessage(response.content, response.stop_reason))
+        await self.emit(
+            ev.UsageUpdate(
+                input_tokens=response.usage["input_tokens"],
+                output_tokens=response.usage["output_tokens"],
+                cache_creation_input_tokens=response.usage["cache_creation_input_tokens"],
+                cache_read_input_tokens=response.usage["cache_read_input_tokens"],
+                cost_usd=response.cost_usd,
+                session_cost_usd=self.totals.cost_usd,
+            )
+        )
+
+    def _count_usage(self, response) -> None:
+        for key, value in response.usage.items():
+            self.totals.usage[key] = self.totals.usage.get(key, 0) + value
+        if self.totals.cost_usd is not None:
+            self.totals.cost_usd = None if response.cost_usd is None else self.totals.cost_usd + response.cost_usd
+
+    async def _finish(self, text: str, stop_reason: str | None, num_turns: int, *, is_error: bool = False) -> ev.TurnFinished:
+        done = ev.TurnFinished(text, stop_reason, num_turns, is_error=is_error)
+        await self.emit(done)
+        return done
+
+    async def _fail(self, message: str, num_turns: int) -> ev.TurnFinished:
+        await self.emit(ev.ErrorEvent(message))
+        return await self._finish(message, None, num_turns, is_error=True)
+
+
+def _merge_user_tail(messages: list[dict[str, Any]]) -> None:
+    """Keep roles alternating: a new user message after a user message joins it."""
+    if len(messages) >= 2 and messages[-1]["role"] == messages[-2]["role"] == "user":
+        last = messages.pop()
+        prev = messages[-1]
+        if isinstance(prev["content"], str):
+            prev["content"] = [{"type": "text", "text": prev["content"]}]
+        prev["content"] = list(prev["content"]) + list(last["content"])
+
+
+def _with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The messages with a cache breakpoint on the last block, without touching the originals."""
+    if not messages:
+        return messages
+    last = copy.copy(messages[-1])
+    content = last["content"]
+    if isinstance(content, str):
+        content = [{"type": "text", "text": content}]
+    content = list(content)
+    if content:
+        content[-1] = {**content[-1], "cache_control": {"type": "ephemeral"}}
+    last["content"] = content
+    return messages[:-1] + [last]
+
+
+def result_json(done: ev.TurnFinished, *, session_id: str, duration_ms: int, totals: SessionTotals) -> str:
+    """The headless ``--output-format json`` result object, shaped as other agents print it."""
+    return json.dumps(
+        {
+            "type": "result",
+            "subtype": "success" if not done.is_error else "error",
+            "is_error": done.is_error,
+            "result": done.result,
+            "session_id": session_id,
+            "num_turns": done.num_turns,
+            "duration_ms": duration_ms,
+            "duration_api_ms": totals.api_ms,
+            "stop_reason": done.stop_reason,
+            "usage": totals.usage,
+            "total_cost_usd": totals.cost_usd if totals.cost_usd is not None else 0.0,
+            "cost_known": totals.cost_usd is not None,
+        }
+    )

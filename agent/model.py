@@ -1,0 +1,249 @@
+"""The model client: one streamed Messages API call, with retries the user can see.
+
+``anthropic`` is imported lazily (it takes seconds to import on a busy
+machine); ``preload_sdk`` starts that import on a background thread so it
+overlaps the rest of start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import events as ev
+from agent.pricing import cost_usd
+
+DEFAULT_MODEL = "claude-sonnet-5-5"
+"""A current Sonnet model that the installed SDK knows and does not mark deprecated."""
+
+DEFAULT_MAX_TOKENS = 16_000
+RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
+RETRYABLE_STREAM_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
+
+_preload: threading.Thread | None = None
+_ssl_context: tuple[tuple[str | None, str | None], Any] | None = None
+"""A TLS context made ahead of time by the resident harness (loading CA certificates takes ~50 ms),
+with the SSL_CERT_FILE / SSL_CERT_DIR it was made for."""
+
+
+def _ssl_env() -> tuple[str | None, str | None]:
+    return os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+
+
+def prepare_ssl_context() -> None:
+    """Build the default TLS context now, so later clients reuse it."""
+    global _ssl_context
+    import httpcore2
+
+    _ssl_context = (_ssl_env(), httpcore2.default_ssl_context())
+
+
+def preload_sdk() -> None:
+    """Start importing ``anthropic`` on a background thread (idempotent)."""
+    global _preload
+    if _preload is None:
+        _preload = threading.Thread(target=_import_sdk, name="anthropic-import", daemon=True)
+        _preload.start()
+
+
+def _import_sdk() -> None:
+    import anthropic  # noqa: F401
+
+
+class ModelError(Exception):
+    """The model could not be reached or refused the request; the message says why."""
+
+
+@dataclass
+class ModelResponse:
+    """One whole assistant message, as plain data."""
+
+    id: str
+    model: str
+    content: list[dict[str, Any]]
+    stop_reason: str | None
+    usage: dict[str, int]
+    cost_usd: float | None
+
+
+@dataclass
+class ModelClient:
+    """Streams assistant messages from the Messages API for one session."""
+
+    model: str = DEFAULT_MODEL
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    max_attempts: int = 5
+    """Tries per request on retryable failures (429, 5xx, overloaded, connection lost)."""
+    base_delay: float = 1.0
+    """First backoff delay in seconds; doubles each try, with jitter, capped at 30 s."""
+    api_key: str | None = None
+    base_url: str | None = None
+    _client: Any = field(default=None, repr=False)
+
+    def _sdk_client(self) -> Any:
+        if self._client is None:
+            import anthropic
+
+            key = self.api_key or os.environ.get("ANTHROPIC_API_KEY")
+            token = os.environ.get("ANTHROPIC_AUTH_TOKEN")
+            if not key and not token:
+                # A compatible endpoint reached through ANTHROPIC_BASE_URL may need no key.
+                key = "unused"
+            extra: dict[str, Any] = {}
+            if _ssl_context is not None and _ssl_context[0] == _ssl_env():
+                extra["http_client"] = anthropic.DefaultAsyncHttpxClient(verify=_ssl_context[1])
+            self._client = anthropic.AsyncAnthropic(
+                api_key=key,
+                base_url=self.base_url or os.environ.get("ANTHROPIC_BASE_URL") or None,
+                max_retries=0,  # retries are ours, so the user sees them
+                **extra,
+            )
+        return self._client
+
+    async def close(self) -> None:
+        """Close the HTTP connections."""
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def respond(
+        self,
+        *,
+        system: list[dict[str, Any]],
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        emit: Callable[[ev.AgentEvent], Awaitable[None]],
+        tool_choice: dict[str, Any] | None = None,
+        quiet: bool = False,
+    ) -> ModelResponse:
+        """Stream one assistant message, emitting deltas; retry what is worth retrying.
+
+        ``quiet`` streams without emitting text (for summaries the user does not read live).
+        """
+        import anthropic
+
+        client = self._sdk_client()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._stream_once(client, system, messages, tools, tool_choice, emit, quiet)
+            except anthropic.APIStatusError as exc:
+                # An `event: error` mid-stream arrives as status 200 with the type in the body.
+                retryable = exc.status_code in RETRYABLE_STATUS or (
+                    exc.status_code == 200 and _error_type(exc) in RETRYABLE_STREAM_ERRORS
+                )
+                if not retryable or attempt >= self.max_attempts:
+                    raise ModelError(_describe_status_error(exc, attempt)) from exc
+                delay = _retry_after(exc) or self._backoff(attempt)
+                what = _error_type(exc) + (f" ({exc.status_code})" if exc.status_code != 200 else " mid-answer")
+            except (anthropic.APIConnectionError, anthropic.APIResponseValidationError, *_transport_errors()) as exc:
+                if attempt >= self.max_attempts:
+                    raise ModelError(
+                        f"Could not reach the model after {attempt} tries: {exc}"
+                    ) from exc
+                delay = self._backoff(attempt)
+                what = "connection lost"
+            await emit(
+                ev.Status(
+                    f"Model API: {what}; retrying in {delay:.0f} s "
+                    f"(attempt {attempt + 1} of {self.max_attempts})"
+                )
+            )
+            await asyncio.sleep(delay)
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(30.0, self.base_delay * (2 ** (attempt - 1)))
+        return delay * (0.8 + 0.4 * random.random())
+
+    async def _stream_once(self, client, system, messages, tools, tool_choice, emit, quiet) -> ModelResponse:
+        kwargs: dict[str, Any] = dict(
+            model=self.model, max_tokens=self.max_tokens, system=system, messages=messages
+        )
+        if tools:
+            kwargs["tools"] = tools
+        if tool_choice:
+            kwargs["tool_choice"] = tool_choice
+        async with client.messages.stream(**kwargs) as stream:
+            async for event in stream:
+                if quiet:
+                    continue
+                if event.type == "text":
+                    await emit(ev.TextDelta(event.text))
+                elif event.type == "thinking":
+                    await emit(ev.ThinkingDelta(event.thinking))
+            message = await stream.get_final_message()
+        usage = _usage_dict(message.usage)
+        return ModelResponse(
+            id=message.id,
+            model=message.model,
+            content=[_block_dict(b) for b in message.content],
+            stop_reason=message.stop_reason,
+            usage=usage,
+            cost_usd=cost_usd(self.model, usage),
+        )
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP library's transport errors: a stream cut mid-answer raises these unwrapped."""
+    errors: list[type[BaseException]] = []
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        errors.append(module.TransportError)
+    return tuple(errors)
+
+
+def _usage_dict(usage: Any) -> dict[str, int]:
+    return {
+        "input_tokens": usage.input_tokens or 0,
+        "output_tokens": usage.output_tokens or 0,
+        "cache_creation_input_tokens": getattr(usage, "cache_creation_input_tokens", 0) or 0,
+        "cache_read_input_tokens": getattr(usage, "cache_read_input_tokens", 0) or 0,
+    }
+
+
+def _block_dict(block: Any) -> dict[str, Any]:
+    """A content block as the API accepts it back: only the fields a request may carry."""
+    if block.type == "text":
+        return {"type": "text", "text": block.text}
+    if block.type == "tool_use":
+        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
+    if block.type == "thinking":
+        return {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
+    if block.type == "redacted_thinking":
+        return {"type": "redacted_thinking", "data": block.data}
+    return block.model_dump(mode="json", exclude_none=True)
+
+
+def _error_type(exc: Any) -> str:
+    body = exc.body if isinstance(getattr(exc, "body", None), dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    return err.get("type") or type(exc).__name__
+
+
+def _describe_status_error(exc: Any, attempt: int) -> str:
+    body = exc.body if isinstance(getattr(exc, "body", None), dict) else {}
+    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    message = err.get("message") or str(exc)
+    tries = f" after {attempt} tries" if attempt > 1 else ""
+    if exc.status_code == 200:
+        return f"The model API failed mid-answer ({_error_type(exc)}){tries}: {message}"
+    if exc.status_code == 401:
+        return f"The model API refused the API key (401 authentication_error){tries}: {message}"
+    return f"The model API answered {exc.status_code} {_error_type(exc)}{tries}: {message}"
+
+
+def _retry_after(exc: Any) -> float | None:
+    try:
+        value = exc.response.headers.get("retry-after")
+        return min(60.0, float(value)) if value else None
+    except (AttributeError, ValueError):
+        return None

@@ -1,0 +1,211 @@
+"""Who may run what: permission modes, allow/deny rules from settings, and asking the user.
+
+Rules look like ``Bash``, ``Bash(git status)``, ``Bash(npm run:*)`` (a command
+prefix), ``Edit(src/**)`` or ``Write(/workspace/notes.md)`` (a path glob,
+relative to the workspace or absolute). Deny rules win over everything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_config_dir
+
+from agent import events as ev
+from agent.globmatch import compile_glob
+
+MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
+EDIT_TOOLS = frozenset({"Write", "Edit"})
+ASKS_IN_MODE: dict[str, frozenset[str]] = {
+    "default": frozenset({"Bash", "Write", "Edit"}),
+    "acceptEdits": frozenset({"Bash"}),
+    "plan": frozenset(),
+    "bypassPermissions": frozenset(),
+}
+READ_ONLY_TOOLS = frozenset({"Read", "Glob", "Grep", "TodoWrite"})
+"""Tools plan mode allows: they change nothing in the workspace."""
+
+_SHELL_CONTROL = re.compile(r"[;&|`\n<>]|\$\(")
+_RULE = re.compile(r"^(?P<tool>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<spec>.*)\))?$", re.DOTALL)
+
+
+class SettingsError(ValueError):
+    """A settings file or rule is malformed; the message names the file and the rule."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One allow or deny rule."""
+
+    tool: str
+    spec: str | None
+    """What inside the tool's input it matches; None = every call of the tool."""
+
+    @classmethod
+    def parse(cls, text: str) -> Rule:
+        """Parse ``Tool`` or ``Tool(spec)``."""
+        match = _RULE.match(text.strip())
+        if not match:
+            raise SettingsError(f"not a permission rule: {text!r} (expected e.g. Bash(git status:*) or Edit(src/**))")
+        spec = match.group("spec")
+        return cls(match.group("tool"), spec if spec not in (None, "", "*") else None)
+
+    def __str__(self) -> str:
+        return self.tool if self.spec is None else f"{self.tool}({self.spec})"
+
+    def matches(self, tool: str, args: dict[str, Any], workdir: str) -> bool:
+        """Whether this rule covers a call of ``tool`` with ``args``."""
+        if tool != self.tool:
+            return False
+        if self.spec is None:
+            return True
+        if tool == "Bash":
+            command = str(args.get("command", "")).strip()
+            if self.spec.endswith(":*"):
+                # A prefix rule must not let a second command ride along ("git status && rm -rf ~").
+                if _SHELL_CONTROL.search(command):
+                    return False
+                prefix = self.spec[:-2].strip()
+                return command == prefix or command.startswith(prefix + " ")
+            return command == self.spec.strip()
+        path = args.get("file_path") or args.get("path") or ""
+        if not isinstance(path, str) or not path:
+            return False
+        spec = self.spec
+        root = workdir.rstrip("/") + "/"
+        if spec.startswith("/"):
+            if not spec.startswith(root):
+                return compile_glob(spec.lstrip("/")).match(path.lstrip("/")) is not None
+            spec = spec[len(root) :]
+        if not path.startswith(root):
+            return False
+        return compile_glob(spec).match(path[len(root) :]) is not None
+
+
+@dataclass
+class PermissionSettings:
+    """Allow and deny rules gathered from the settings files and the command line."""
+
+    allow: list[Rule] = field(default_factory=list)
+    deny: list[Rule] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, paths: list[Path], *, allow: list[str] = (), deny: list[str] = ()) -> PermissionSettings:
+        """Read ``[permissions] allow/deny`` from each existing TOML file, then add the extra rules."""
+        settings = cls()
+        for path in paths:
+            if not path.is_file():
+                continue
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+            section = data.get("permissions", {})
+            for key in ("allow", "deny"):
+                values = section.get(key, [])
+                if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                    raise SettingsError(f"{path}: permissions.{key} must be a list of strings")
+                try:
+                    getattr(settings, key).extend(Rule.parse(v) for v in values)
+                except SettingsError as exc:
+                    raise SettingsError(f"{path}: {exc}") from exc
+        settings.allow.extend(Rule.parse(r) for r in allow)
+        settings.deny.extend(Rule.parse(r) for r in deny)
+        return settings
+
+
+def project_settings_path(project_dir: Path) -> Path:
+    """Where a project's settings live (rules the user allowed "always" go here)."""
+    return project_dir / ".tether" / "settings.toml"
+
+
+def user_settings_path() -> Path:
+    """The user's own settings file."""
+    return Path(user_config_dir("tether")) / "settings.toml"
+
+
+def add_allow_rule(path: Path, rule: Rule) -> None:
+    """Append ``rule`` to the allow list in the TOML file at ``path``, keeping the rest."""
+    data: dict[str, Any] = {}
+    if path.is_file():
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    perms = data.setdefault("permissions", {})
+    allow = perms.setdefault("allow", [])
+    if str(rule) not in allow:
+        allow.append(str(rule))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(_dump_toml(data), encoding="utf-8")
+    tmp.replace(path)
+
+
+def _dump_toml(data: dict[str, Any]) -> str:
+    """Enough TOML for settings: top-level tables of scalars and string lists."""
+    lines: list[str] = []
+    for table, values in data.items():
+        if not isinstance(values, dict):
+            lines.insert(0, f"{table} = {json.dumps(values)}")
+            continue
+        lines.append(f"[{table}]")
+        for key, value in values.items():
+            lines.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class PermissionGate:
+    """Decides, for each tool call, whether it runs: by mode, rules, or by asking."""
+
+    mode: str
+    settings: PermissionSettings
+    project_dir: Path
+    workdir: Callable[[], str]
+    """The sandbox workspace path (known once the sandbox is up)."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SettingsError(f"unknown permission mode {self.mode!r}; choose one of {', '.join(MODES)}")
+
+    async def check(
+        self, tool: str, tool_use_id: str, args: dict[str, Any], emit: Callable[[ev.AgentEvent], Awaitable[None]]
+    ) -> ev.PermissionDecision:
+        """Allow or deny one call; may ask the user through a PermissionRequest event."""
+        workdir = self.workdir()
+        for rule in self.settings.deny:
+            if rule.matches(tool, args, workdir):
+                return ev.PermissionDecision(False, reason=f"denied by the rule {rule} in the settings")
+        if self.mode == "plan" and tool not in READ_ONLY_TOOLS:
+            return ev.PermissionDecision(
+                False, reason="plan mode is on: only read-only tools may run. Present your plan instead."
+            )
+        if self.mode == "bypassPermissions" or tool not in ASKS_IN_MODE[self.mode]:
+            return ev.PermissionDecision(True)
+        if any(rule.matches(tool, args, workdir) for rule in self.settings.allow):
+            return ev.PermissionDecision(True)
+        future: asyncio.Future[ev.PermissionDecision] = asyncio.get_running_loop().create_future()
+        await emit(ev.PermissionRequest(tool_use_id, tool, args, future))
+        decision = await future
+        if decision.allow and decision.always:
+            rule = self.rule_for(tool, args, workdir)
+            self.settings.allow.append(rule)
+            add_allow_rule(project_settings_path(self.project_dir), rule)
+        return decision
+
+    @staticmethod
+    def rule_for(tool: str, args: dict[str, Any], workdir: str) -> Rule:
+        """The rule "allow always" remembers for this call."""
+        if tool == "Bash":
+            return Rule("Bash", str(args.get("command", "")).strip() or None)
+        path = args.get("file_path")
+        root = workdir.rstrip("/") + "/"
+        if isinstance(path, str) and path.startswith(root):
+            return Rule(tool, path[len(root) :])
+        return Rule(tool, path if isinstance(path, str) and path else None)

@@ -1,0 +1,203 @@
+"""The set of tools offered to the model, and how a batch of calls is run."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent import events as ev
+from agent.lease import SandboxLease
+from agent.permissions import PermissionGate
+from agent.sandbox_client import (
+    HostUnreachable,
+    SandboxAuthError,
+    SandboxError,
+    SandboxGone,
+    SandboxInvalidRequest,
+    SandboxLimitExceeded,
+    SandboxNotRunning,
+)
+from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult
+from agent.tools.bash import BashTool
+from agent.tools.files import EditTool, ReadTool, WriteTool
+from agent.tools.search import GlobTool, GrepTool
+from agent.tools.todo import TodoWriteTool
+
+
+def default_tools() -> list[Tool]:
+    """The tools every session offers, in the order the model sees them."""
+    return [BashTool(), ReadTool(), WriteTool(), EditTool(), GlobTool(), GrepTool(), TodoWriteTool()]
+
+
+@dataclass
+class ToolCall:
+    """One tool_use block from the model."""
+
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+@dataclass
+class ToolSet:
+    """Runs the model's tool calls against one sandbox lease."""
+
+    lease: SandboxLease
+    tools: list[Tool] = field(default_factory=default_tools)
+    read_paths: set[str] = field(default_factory=set)
+    """Paths Read in this session; shared by every call (Write and Edit check it)."""
+    gate: PermissionGate | None = None
+    """Decides whether each call may run; None = every call runs."""
+
+    def __post_init__(self) -> None:
+        self._by_name = {tool.name: tool for tool in self.tools}
+        # Built once: byte-identical schemas keep the prompt cache hitting all session long.
+        self._schemas = [tool.schema() for tool in self.tools]
+
+    def schemas(self) -> list[dict[str, Any]]:
+        """The tool definitions for the Messages API request."""
+        return self._schemas
+
+    async def run_all(
+        self, calls: list[ToolCall], emit: Callable[[ev.AgentEvent], Awaitable[None]]
+    ) -> list[ToolResult]:
+        """Run ``calls``: runs of read-only ones concurrently, the rest in order.
+
+        Results come back in the order of the calls.
+        """
+        results: list[ToolResult | None] = [None] * len(calls)
+        index = 0
+        while index < len(calls):
+            end = index
+            while end < len(calls) and self._read_only(calls[end]):
+                end += 1
+            if end > index + 1:
+                batch = range(index, end)
+                done = await asyncio.gather(*(self.run_one(calls[i], emit) for i in batch))
+                for i, result in zip(batch, done):
+                    results[i] = result
+                index = end
+            else:
+                results[index] = await self.run_one(calls[index], emit)
+                index += 1
+        return [r for r in results if r is not None]
+
+    async def _denied(self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]]) -> ToolResult | None:
+        if self.gate is None:
+            return None
+        decision = await self.gate.check(call.name, call.id, call.input, emit)
+        if decision.allow:
+            return None
+        reason = f" ({decision.reason})" if decision.reason else ""
+        return ToolResult(
+            f"The user did not allow this {call.name} call{reason}. It did not run. "
+            "Do not retry it as is; change approach or ask the user.",
+            is_error=True,
+        )
+
+    def _read_only(self, call: ToolCall) -> bool:
+        tool = self._by_name.get(call.name)
+        return tool is not None and tool.read_only
+
+    async def run_one(self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]]) -> ToolResult:
+        """Run one call; every failure becomes an error result the model can act on."""
+        await emit(ev.ToolStarted(call.id, call.name, call.input))
+        tool = self._by_name.get(call.name)
+
+        async def output(stream: str, text: str) -> None:
+            await emit(ev.ToolOutput(call.id, stream, text))
+
+        if tool is None:
+            result = ToolResult(
+                f"No such tool: {call.name}. Available tools: {', '.join(self._by_name)}.", is_error=True
+            )
+        elif not isinstance(call.input, dict):
+            result = ToolResult(f"Invalid input for {call.name}: the input must be a JSON object.", is_error=True)
+        elif (problem := schema_problem(tool.input_schema, call.input)) is not None:
+            # Checked before asking permission: nobody should approve a call that cannot run.
+            result = ToolResult(f"Invalid input for {call.name}: {problem}", is_error=True)
+        elif (denial := await self._denied(call, emit)) is not None:
+            result = denial
+        else:
+            ctx = ToolContext(self.lease, call.id, output, self.read_paths)
+            try:
+                result = await tool.run(ctx, call.input)
+            except ToolInputError as exc:
+                result = ToolResult(f"Invalid input for {call.name}: {exc}", is_error=True)
+            except SandboxError as exc:
+                result = ToolResult(_describe_sandbox_error(exc, self.lease), is_error=True)
+            except Exception as exc:  # noqa: BLE001 - one broken call must not end the session
+                result = ToolResult(
+                    f"The {call.name} tool failed inside tether ({type(exc).__name__}: {exc}). "
+                    "This is a bug in tether, not in your input; try another way.",
+                    is_error=True,
+                )
+        await emit(ev.ToolFinished(call.id, call.name, result.content, result.is_error))
+        return result
+
+
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {
+    "string": str,
+    "number": (int, float),
+    "integer": int,
+    "boolean": bool,
+    "array": list,
+    "object": dict,
+}
+
+
+def schema_problem(schema: dict[str, Any], args: dict[str, Any]) -> str | None:
+    """Why ``args`` do not fit a tool's input schema (top level), worded for the model; None if they fit.
+
+    A null optional parameter counts as absent, as the tools treat it.
+    """
+    properties = schema.get("properties", {})
+    missing = [key for key in schema.get("required", []) if args.get(key) is None]
+    if missing:
+        names = ", ".join(f"`{key}`" for key in missing)
+        return f"missing required parameter{'s' if len(missing) > 1 else ''} {names}."
+    if schema.get("additionalProperties") is False:
+        extra = [key for key in args if key not in properties]
+        if extra:
+            names = ", ".join(f"`{key}`" for key in extra)
+            known = ", ".join(f"`{key}`" for key in properties)
+            return f"unexpected parameter{'s' if len(extra) > 1 else ''} {names}; the parameters are {known}."
+    for key, value in args.items():
+        spec = properties.get(key, {})
+        kind = spec.get("type")
+        expected = _JSON_TYPES.get(kind) if isinstance(kind, str) else None
+        if value is None or expected is None:
+            continue
+        # bool is an int in Python, never a number in JSON.
+        if not isinstance(value, expected) or (isinstance(value, bool) and kind != "boolean"):
+            return f"`{key}` must be a {kind}, not {_json_type(value)}."
+        if "enum" in spec and value not in spec["enum"]:
+            return f"`{key}` must be one of {', '.join(repr(v) for v in spec['enum'])}, not {value!r}."
+    return None
+
+
+def _json_type(value: Any) -> str:
+    for name, kind in (("boolean", bool), ("number", (int, float)), ("string", str), ("array", list), ("object", dict)):
+        if isinstance(value, kind):
+            return f"a {name}"
+    return "null" if value is None else type(value).__name__
+
+
+def _describe_sandbox_error(exc: SandboxError, lease: SandboxLease) -> str:
+    """Word a sandbox failure so the model knows what happened and what it may do."""
+    if isinstance(exc, SandboxInvalidRequest):
+        return f"The sandbox refused the request: {exc}"
+    if isinstance(exc, SandboxGone | SandboxNotRunning):
+        return (
+            f"The sandbox was lost while running this tool ({exc}). The command may or may not "
+            "have run."
+        )
+    if isinstance(exc, SandboxLimitExceeded):
+        return f"A sandbox limit was hit: {exc}"
+    if isinstance(exc, SandboxAuthError):
+        return f"The sandbox host at {lease.host} refused our credentials: {exc}"
+    if isinstance(exc, HostUnreachable):
+        return f"The sandbox host at {lease.host} could not be reached: {exc}. The command may not have run."
+    return f"Sandbox error: {exc}"

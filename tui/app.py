@@ -1,0 +1,152 @@
+"""The Textual app: transcript, prompt and status bar around one harness session.
+
+It subscribes to the harness's events and sends it the user's prompts; nothing else.
+"""
+
+from __future__ import annotations
+
+from textual import work
+from textual.app import App, ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Markdown
+from textual.widgets._markdown import MarkdownStream
+
+from agent import events as ev
+from agent.harness import Harness, HarnessError, HarnessOptions
+from agent.sandbox_client import SandboxError
+from tui.permission import PermissionScreen
+from tui.widgets import ErrorMessage, Notice, PromptArea, StatusBar, ToolCallPanel, UserMessage
+
+
+class TetherApp(App[int]):
+    """tether's terminal UI."""
+
+    CSS_PATH = "tether.tcss"
+    TITLE = "tether"
+    BINDINGS = [("ctrl+q", "quit", "Quit"), ("escape", "interrupt", "Interrupt")]
+
+    def __init__(self, options: HarnessOptions, harness: Harness | None = None) -> None:
+        super().__init__()
+        self.options = options
+        """What the user chose on the command line."""
+        self.harness = harness or Harness(options, self.on_agent_event)
+        """The session this app drives."""
+        self._answer: Markdown | None = None
+        self._stream: MarkdownStream | None = None
+        self._tools: dict[str, ToolCallPanel] = {}
+        self._tokens = 0
+        self._cost: float | None = 0.0
+        self._sandbox_state = "starting"
+
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(id="transcript")
+        yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, disabled=True)
+        yield StatusBar(id="status")
+
+    def on_mount(self) -> None:
+        self.query_one("#transcript", VerticalScroll).anchor()
+        self._refresh_status()
+        self.start_harness()
+
+    @work(exclusive=True, group="harness", exit_on_error=False)
+    async def start_harness(self) -> None:
+        """Reach the sandbox host and open the session."""
+        try:
+            await self.harness.start()
+        except (HarnessError, SandboxError) as exc:
+            self._sandbox_state = "unavailable"
+            await self._mount(ErrorMessage(str(exc)))
+            self._refresh_status()
+            return
+        self._sandbox_state = "ready"
+        self._refresh_status()
+        prompt = self.query_one("#prompt", PromptArea)
+        prompt.disabled = False
+        prompt.focus()
+
+    async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
+        """Send the prompt to the harness."""
+        prompt = self.query_one("#prompt", PromptArea)
+        prompt.disabled = True
+        await self._mount(UserMessage(message.text))
+        self.run_prompt(message.text)
+
+    @work(exclusive=True, group="turn", exit_on_error=False)
+    async def run_prompt(self, text: str) -> None:
+        """Run one prompt through the loop; the prompt comes back when the turn ends."""
+        try:
+            await self.harness.run(text)
+        finally:
+            await self._end_answer()
+            prompt = self.query_one("#prompt", PromptArea)
+            prompt.disabled = False
+            prompt.focus()
+
+    async def on_agent_event(self, event: ev.AgentEvent) -> None:
+        """Show one event from the harness."""
+        if isinstance(event, ev.TextDelta):
+            if self._stream is None:
+                self._answer = Markdown(classes="assistant")
+                await self._mount(self._answer)
+                self._stream = Markdown.get_stream(self._answer)
+            await self._stream.write(event.text)
+        elif isinstance(event, ev.AssistantMessage):
+            await self._end_answer()
+        elif isinstance(event, ev.ToolStarted):
+            await self._end_answer()
+            panel = ToolCallPanel(event.tool_use_id, event.name, event.input)
+            self._tools[event.tool_use_id] = panel
+            await self._mount(panel)
+        elif isinstance(event, ev.ToolOutput):
+            panel = self._tools.get(event.tool_use_id)
+            if panel is not None:
+                panel.write_output(event.text)
+        elif isinstance(event, ev.ToolFinished):
+            panel = self._tools.pop(event.tool_use_id, None)
+            if panel is not None:
+                panel.finish(event.content, event.is_error)
+        elif isinstance(event, ev.UsageUpdate):
+            self._tokens += event.input_tokens + event.output_tokens + event.cache_read_input_tokens + event.cache_creation_input_tokens
+            self._cost = event.session_cost_usd
+            self._refresh_status()
+        elif isinstance(event, ev.Status):
+            await self._mount(Notice(event.message))
+        elif isinstance(event, ev.ErrorEvent):
+            await self._end_answer()
+            await self._mount(ErrorMessage(event.message))
+        elif isinstance(event, ev.PermissionRequest):
+            self.ask_permission(event)
+
+    @work(exit_on_error=False)
+    async def ask_permission(self, request: ev.PermissionRequest) -> None:
+        """Show the permission dialog and hand the answer back to the harness."""
+        decision = ev.PermissionDecision(allow=False, reason="The dialog was closed.")
+        try:
+            decision = await self.push_screen_wait(PermissionScreen(request))
+        finally:
+            if not request.future.done():
+                request.future.set_result(decision)
+
+    async def _end_answer(self) -> None:
+        if self._stream is not None:
+            await self._stream.stop()
+        self._stream = None
+        self._answer = None
+
+    async def _mount(self, widget) -> None:
+        await self.query_one("#transcript", VerticalScroll).mount(widget)
+
+    def _refresh_status(self) -> None:
+        cost = "cost unknown" if self._cost is None else f"${self._cost:.4f}"
+        self.query_one("#status", StatusBar).update(
+            f"{self.harness.model.model} · {self._tokens:,} tokens · {cost} · sandbox {self.harness.host_label}: {self._sandbox_state}"
+        )
+
+    def action_interrupt(self) -> None:
+        """Stop the running turn: the model stream and any running tool."""
+        self.harness.interrupt()
+
+    async def action_quit(self) -> None:
+        """Close the session cleanly, then exit."""
+        await self.harness.close()
+        self.exit(0)

@@ -1,0 +1,140 @@
+"""The ``tether`` command: parses arguments and hands off, importing only what the mode needs.
+
+``tether -p`` and ``tether sandbox serve`` never import Textual; the TUI never
+waits on an import it does not need yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+USAGE = """\
+tether                                  open the TUI, new session in this project
+tether -c | --continue                  continue the newest session of this project
+tether -r | --resume [SESSION_ID]       resume that session, or list them
+tether -p PROMPT [--output-format text|json|stream-json]      run headless
+tether sandbox serve [--listen ADDR] [--provider docker|local] [--token-file F] ...
+tether sessions list | show ID | search TEXT | export ID [--format md|json]
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the agent modes (TUI and headless)."""
+    parser = argparse.ArgumentParser(prog="tether", usage=USAGE, description="A terminal coding agent whose hands work in a sandbox.")
+    parser.add_argument("-p", "--print", dest="prompt", metavar="PROMPT", help="run headless with PROMPT ('-' reads it from stdin)")
+    parser.add_argument("--output-format", choices=("text", "json", "stream-json"), default="text")
+    parser.add_argument("-c", "--continue", dest="continue_latest", action="store_true", help="continue the newest session of this project")
+    parser.add_argument("-r", "--resume", metavar="SESSION_ID", nargs="?", const="", default=None, help="resume a session (a unique id prefix is enough); without an id, list this project's sessions")
+    parser.add_argument("--sandbox", metavar="URL", default=os.environ.get("TETHER_SANDBOX", ""), help="sandbox host: grpc://host:port, grpcs://host:port or unix:///path (default: embedded)")
+    parser.add_argument("--sandbox-token", metavar="TOKEN", default="", help="bearer token for --sandbox (or TETHER_SANDBOX_TOKEN)")
+    parser.add_argument("--sandbox-ca", metavar="FILE", default="", help="CA certificate for a grpcs:// host")
+    parser.add_argument("--recipe", metavar="NAME|FILE", default="", help="sandbox recipe (default: default)")
+    parser.add_argument("--model", metavar="NAME", default="", help="model name (or TETHER_MODEL)")
+    parser.add_argument("--max-turns", type=int, metavar="N", help="stop after N model turns")
+    parser.add_argument(
+        "--permission-mode",
+        choices=("default", "acceptEdits", "plan", "bypassPermissions"),
+        default="default",
+        help="default asks before Bash/Write/Edit; acceptEdits asks before Bash; plan allows read-only tools; bypassPermissions asks nothing",
+    )
+    parser.add_argument("--allowedTools", "--allowed-tools", dest="allowed_tools", nargs="+", default=[], metavar="RULE", help="allow rules, e.g. Bash 'Bash(git status:*)' 'Edit(src/**)'")
+    parser.add_argument("--disallowedTools", "--disallowed-tools", dest="disallowed_tools", nargs="+", default=[], metavar="RULE", help="deny rules (deny wins)")
+    parser.add_argument("--project", metavar="DIR", type=Path, default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``tether`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sandbox"]:
+        from remote_sandbox.cli import main as sandbox_main
+
+        return sandbox_main(argv[1:])
+    if argv[:1] == ["sessions"]:
+        from session.cli import main as sessions_main
+
+        return sessions_main(argv[1:])
+
+    args = build_parser().parse_args(argv)
+    if args.resume == "":
+        # No id: list this project's sessions to pick from (the TUI picker is its own work).
+        from session.cli import main as sessions_main
+
+        print("tether: pick a session and run `tether -r ID` (a unique prefix is enough):", file=sys.stderr)
+        return sessions_main(["list", "--project", str((args.project or Path.cwd()).resolve())])
+    from agent.credentials import MissingCredentials, check_credentials
+
+    try:
+        check_credentials()
+    except MissingCredentials as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    if args.prompt is not None:
+        from agent import resident
+
+        if resident.enabled():
+            code = resident.run_through_resident(argv)
+            if code is not None:
+                return code
+    from agent.harness import HarnessOptions
+
+    options = HarnessOptions(
+        project_dir=(args.project or Path.cwd()).resolve(),
+        model=args.model,
+        sandbox=args.sandbox,
+        sandbox_token=args.sandbox_token,
+        sandbox_ca_file=args.sandbox_ca,
+        recipe=args.recipe,
+        max_turns=args.max_turns,
+        resume=args.resume or "",
+        continue_latest=args.continue_latest,
+        permission_mode=args.permission_mode,
+        allowed_tools=_split_rules(args.allowed_tools),
+        disallowed_tools=_split_rules(args.disallowed_tools),
+    )
+    if args.prompt is not None:
+        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        if not prompt.strip():
+            print("tether: the prompt is empty", file=sys.stderr)
+            return 1
+        import asyncio
+
+        from agent.headless import run_headless
+
+        try:
+            return asyncio.run(run_headless(options, prompt, args.output_format))
+        except KeyboardInterrupt:
+            print("tether: interrupted", file=sys.stderr)
+            return 130
+
+    from tui.app import TetherApp
+
+    app = TetherApp(options)
+    app.run()
+    return app.return_code or 0
+
+
+def _split_rules(values: list[str]) -> list[str]:
+    """Rules may come as separate words or one comma/space separated string (outside parentheses)."""
+    rules: list[str] = []
+    for value in values:
+        depth, current = 0, ""
+        for ch in value:
+            if ch in ", " and depth == 0:
+                if current:
+                    rules.append(current)
+                current = ""
+                continue
+            depth += ch == "("
+            depth -= ch == ")"
+            current += ch
+        if current:
+            rules.append(current)
+    return rules
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""The TUI's own widgets: the prompt, a user message, a tool call panel, the status bar."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from textual import events
+from textual.app import ComposeResult
+from textual.message import Message
+from textual.widgets import Collapsible, Log, Static, TextArea
+
+
+class PromptArea(TextArea):
+    """Multi-line prompt: Enter sends, Shift+Enter or Ctrl+J adds a line."""
+
+    class Submitted(Message):
+        """The user sent a prompt."""
+
+        def __init__(self, text: str) -> None:
+            super().__init__()
+            self.text = text
+            """The prompt as typed."""
+
+    async def _on_key(self, event: events.Key) -> None:
+        if event.key == "enter":
+            event.prevent_default()
+            event.stop()
+            text = self.text
+            if text.strip():
+                self.clear()
+                self.post_message(self.Submitted(text))
+            return
+        if event.key in ("shift+enter", "ctrl+j"):
+            event.prevent_default()
+            event.stop()
+            self.insert("\n")
+            return
+        await super()._on_key(event)
+
+
+class UserMessage(Static):
+    """A prompt the user sent, as it appears in the transcript."""
+
+
+class ErrorMessage(Static):
+    """An error the user must read."""
+
+
+class Notice(Static):
+    """A passing notice: retrying, sandbox provisioned, a warning."""
+
+
+def tool_title(name: str, args: dict[str, Any]) -> str:
+    """A one-line summary of a tool call, e.g. ``Bash  ls -la``."""
+    key = {
+        "Bash": "command",
+        "Read": "file_path",
+        "Write": "file_path",
+        "Edit": "file_path",
+        "Glob": "pattern",
+        "Grep": "pattern",
+    }.get(name)
+    detail = args.get(key) if key else None
+    if not isinstance(detail, str):
+        detail = json.dumps(args, ensure_ascii=False)
+    detail = detail.replace("\n", " ⏎ ")
+    if len(detail) > 100:
+        detail = detail[:99] + "…"
+    return f"{name}  {detail}"
+
+
+class ToolCallPanel(Collapsible):
+    """A tool call: its title, its live output, and how it ended."""
+
+    def __init__(self, tool_use_id: str, name: str, args: dict[str, Any]) -> None:
+        super().__init__(title=f"⏵ {tool_title(name, args)}", collapsed=False, classes="tool-call running")
+        self.tool_use_id = tool_use_id
+        """The tool_use id this panel shows."""
+        self.tool_name = name
+        """The tool's name."""
+        self.output = Log(max_lines=2000, auto_scroll=True, classes="tool-output")
+        """Live output of the call."""
+        self._streamed = False
+
+    def compose(self) -> ComposeResult:
+        yield from super().compose()
+
+    def on_mount(self) -> None:
+        self.query_one(Collapsible.Contents).mount(self.output)
+
+    def write_output(self, text: str) -> None:
+        """Append live output."""
+        self._streamed = True
+        self.output.write(text)
+
+    def finish(self, content: str, is_error: bool) -> None:
+        """Show the result; tools that did not stream show what the model saw."""
+        self.remove_class("running")
+        self.add_class("error" if is_error else "ok")
+        self.title = ("✗ " if is_error else "✓ ") + self.title[2:]
+        if not self._streamed or is_error:
+            lines = content.splitlines()
+            shown = "\n".join(lines[:200]) + (f"\n… {len(lines) - 200} more lines" if len(lines) > 200 else "")
+            if self._streamed:
+                self.output.write("\n")
+            self.output.write(shown)
+        if self.tool_name in ("Read", "Write", "Edit") and not is_error:
+            self.collapsed = True
+
+
+class StatusBar(Static):
+    """Model, tokens and cost, sandbox host and state."""

@@ -20,6 +20,7 @@ from agent.model import ModelClient, ModelError
 from agent.permissions import PermissionGate
 from agent.prompt import system_prompt
 from agent.sandbox_client import SandboxError
+from agent.tools.base import ToolResult
 from agent.toolset import ToolCall, ToolSet
 from session.conversation import COMPACTION_PREAMBLE
 from session.store import SessionLog
@@ -81,6 +82,8 @@ class AgentLoop:
     _context_tokens: int = field(default=0, repr=False)
     _pending_calls: list[ToolCall] = field(default_factory=list, repr=False)
     """Tool calls of the last assistant message whose results are not recorded yet."""
+    _finished_results: dict[str, ToolResult] = field(default_factory=dict, repr=False)
+    """Results of the running batch's calls that have finished, by tool_use id (kept if the rest is interrupted)."""
 
     def __post_init__(self) -> None:
         self.tools = ToolSet(self.lease, gate=self.gate)
@@ -119,24 +122,37 @@ class AgentLoop:
         if self._pending_calls:
             blocks = []
             for call in self._pending_calls:
-                self.log.append(
-                    "tool_result",
-                    {
-                        "tool_use_id": call.id,
-                        "tool_name": call.name,
-                        "content": message,
-                        "is_error": True,
-                        "output_blob": None,
-                        "output_bytes": 0,
-                    },
-                )
-                blocks.append({"type": "tool_result", "tool_use_id": call.id, "content": message, "is_error": True})
+                finished = self._finished_results.get(call.id)
+                if finished is not None:
+                    # It ran to the end before the interrupt: the model gets its real result.
+                    blocks.append(self._record_result(call, finished))
+                    continue
+                blocks.append(self._record_result(call, ToolResult(message, is_error=True)))
                 await self.emit(ev.ToolFinished(call.id, call.name, message, True))
             self._messages.append({"role": "user", "content": blocks})
             self._pending_calls = []
         self.log.append("interruption", {"reason": "user"})
         await self.emit(ev.Status("Interrupted."))
         return await self._finish("Interrupted by the user.", "interrupted", self._turns, is_error=True)
+
+    def _record_result(self, call: ToolCall, result: ToolResult) -> dict[str, Any]:
+        """Log one tool result; the tool_result block the model will see."""
+        blob = self.log.put_blob(result.full_output) if result.full_output is not None else None
+        self.log.append(
+            "tool_result",
+            {
+                "tool_use_id": call.id,
+                "tool_name": call.name,
+                "content": result.content,
+                "is_error": result.is_error,
+                "output_blob": blob,
+                "output_bytes": len(result.full_output) if result.full_output is not None else len(result.content.encode()),
+            },
+        )
+        block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call.id, "content": result.content}
+        if result.is_error:
+            block["is_error"] = True
+        return block
 
     async def _run(self, prompt: str) -> ev.TurnFinished:
         if self._messages is None:
@@ -147,13 +163,17 @@ class AgentLoop:
             except ModelError as exc:
                 return await self._fail(f"Compaction failed: {exc}", 0)
             return await self._finish(summary, "compacted", 1)
-        self.log.append("user", {"content": prompt})
-        self._messages.append({"role": "user", "content": [{"type": "text", "text": prompt}]})
-        _merge_user_tail(self._messages)
         final_text = ""
         stop_reason: str | None = None
         try:
             system = await self._system_blocks()
+            if self._context_tokens >= self.compact_at_tokens:
+                # Compact before the new prompt goes in, so the prompt follows the summary
+                # (in the messages and in the log) instead of vanishing into it.
+                await self.compact("")
+            self.log.append("user", {"content": prompt})
+            self._messages.append({"role": "user", "content": [{"type": "text", "text": prompt}]})
+            _merge_user_tail(self._messages)
             while True:
                 if self.max_turns is not None and self._turns >= self.max_turns:
                     return await self._finish(
@@ -177,25 +197,9 @@ class AgentLoop:
                 calls = list(self._pending_calls)
                 if not calls:
                     return await self._finish(final_text, stop_reason, self._turns)
-                results = await self.tools.run_all(calls, self.emit)
-                blocks = []
-                for call, result in zip(calls, results):
-                    blob = self.log.put_blob(result.full_output) if result.full_output is not None else None
-                    self.log.append(
-                        "tool_result",
-                        {
-                            "tool_use_id": call.id,
-                            "tool_name": call.name,
-                            "content": result.content,
-                            "is_error": result.is_error,
-                            "output_blob": blob,
-                            "output_bytes": len(result.full_output) if result.full_output is not None else len(result.content.encode()),
-                        },
-                    )
-                    block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call.id, "content": result.content}
-                    if result.is_error:
-                        block["is_error"] = True
-                    blocks.append(block)
+                self._finished_results = {}
+                results = await self.tools.run_all(calls, self.emit, finished=self._finished_results)
+                blocks = [self._record_result(call, result) for call, result in zip(calls, results)]
                 self._messages.append({"role": "user", "content": blocks})
                 self._pending_calls = []
         except ModelError as exc:

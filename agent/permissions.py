@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import posixpath
 import re
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -78,6 +79,9 @@ class Rule:
         path = args.get("file_path") or args.get("path") or ""
         if not isinstance(path, str) or not path:
             return False
+        # Match the path the tool will touch: `secret/x`, `./secret/x` and `/workspace/a/../secret/x`
+        # must all meet a rule on `secret/**`.
+        path = posixpath.normpath(posixpath.join(workdir, path))
         spec = self.spec
         root = workdir.rstrip("/") + "/"
         if spec.startswith("/"):

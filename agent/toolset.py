@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import posixpath
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,33 +62,39 @@ class ToolSet:
         return self._schemas
 
     async def run_all(
-        self, calls: list[ToolCall], emit: Callable[[ev.AgentEvent], Awaitable[None]]
+        self,
+        calls: list[ToolCall],
+        emit: Callable[[ev.AgentEvent], Awaitable[None]],
+        finished: dict[str, ToolResult] | None = None,
     ) -> list[ToolResult]:
         """Run ``calls``: runs of read-only ones concurrently, the rest in order.
 
-        Results come back in the order of the calls.
+        Results come back in the order of the calls. Each result is also put in
+        ``finished`` (by call id) as soon as its call ends, so an interrupted batch
+        still knows which calls completed.
         """
-        results: list[ToolResult | None] = [None] * len(calls)
+        done = {} if finished is None else finished
+
+        async def run(call: ToolCall) -> None:
+            done[call.id] = await self.run_one(call, emit)
+
         index = 0
         while index < len(calls):
             end = index
             while end < len(calls) and self._read_only(calls[end]):
                 end += 1
             if end > index + 1:
-                batch = range(index, end)
-                done = await asyncio.gather(*(self.run_one(calls[i], emit) for i in batch))
-                for i, result in zip(batch, done):
-                    results[i] = result
+                await asyncio.gather(*(run(calls[i]) for i in range(index, end)))
                 index = end
             else:
-                results[index] = await self.run_one(calls[index], emit)
+                await run(calls[index])
                 index += 1
-        return [r for r in results if r is not None]
+        return [done[call.id] for call in calls]
 
     async def _denied(self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]]) -> ToolResult | None:
         if self.gate is None:
             return None
-        decision = await self.gate.check(call.name, call.id, call.input, emit)
+        decision = await self.gate.check(call.name, call.id, self._resolved_paths(call.input), emit)
         if decision.allow:
             return None
         reason = f" ({decision.reason})" if decision.reason else ""
@@ -96,6 +103,19 @@ class ToolSet:
             "Do not retry it as is; change approach or ask the user.",
             is_error=True,
         )
+
+    def _resolved_paths(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``args`` with relative paths made absolute from the shell's directory, as the tools will.
+
+        Permission rules and the user's prompt must see the path the tool touches.
+        """
+        resolved = dict(args)
+        base = self.lease.cwd or self.lease.workdir
+        for key in ("file_path", "path"):
+            value = resolved.get(key)
+            if isinstance(value, str) and value:
+                resolved[key] = posixpath.normpath(posixpath.join(base, value))
+        return resolved
 
     def _read_only(self, call: ToolCall) -> bool:
         tool = self._by_name.get(call.name)

@@ -49,7 +49,7 @@ class BashTool(Tool):
         if timeout is None:
             timeout = DEFAULT_TIMEOUT_MS
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 1:
-            raise ToolInputError("`timeout` must be a positive number of milliseconds.")
+            raise ToolInputError("`timeout` must be a number of milliseconds, at least 1.")
         if timeout > MAX_TIMEOUT_MS:
             raise ToolInputError(f"`timeout` may be at most {MAX_TIMEOUT_MS} ms.")
 

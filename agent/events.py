@@ -29,6 +29,11 @@ class TextDelta(AgentEvent):
 
 
 @dataclass
+class StreamRestarted(AgentEvent):
+    """The answer streaming so far was cut off and is being asked for again: drop its partial text."""
+
+
+@dataclass
 class ThinkingDelta(AgentEvent):
     """A piece of the model's visible thinking."""
 
@@ -133,6 +138,7 @@ class ErrorEvent(AgentEvent):
 
 _KINDS: dict[type, str] = {
     TextDelta: "text_delta",
+    StreamRestarted: "stream_restarted",
     ThinkingDelta: "thinking_delta",
     AssistantMessage: "assistant",
     ToolStarted: "tool_started",

@@ -129,10 +129,21 @@ class ModelClient:
 
         client = self._sdk_client()
         attempt = 0
+        streamed = False
+
+        async def emit_tracked(event: ev.AgentEvent) -> None:
+            nonlocal streamed
+            streamed = True
+            await emit(event)
+
         while True:
             attempt += 1
+            if streamed:
+                # The last try showed part of an answer; the retry streams it again from the start.
+                streamed = False
+                await emit(ev.StreamRestarted())
             try:
-                return await self._stream_once(client, system, messages, tools, tool_choice, emit, quiet)
+                return await self._stream_once(client, system, messages, tools, tool_choice, emit_tracked, quiet)
             except anthropic.APIStatusError as exc:
                 # An `event: error` mid-stream arrives as status 200 with the type in the body.
                 retryable = exc.status_code in RETRYABLE_STATUS or (

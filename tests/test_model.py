@@ -109,3 +109,23 @@ async def test_unknown_model_price_is_none_not_a_guess(fake_api: FakeMessagesAPI
     model = ModelClient(model="claude-unknown-9", api_key="sk-test", base_url=fake_api.base_url)
     response = await respond(model, Recorder())
     assert response.cost_usd is None
+
+
+async def test_a_cut_stream_is_restarted_so_drivers_can_drop_its_partial_text(fake_api: FakeMessagesAPI) -> None:
+    answer = "A fairly long answer that arrives in several pieces."
+    fake_api.script(cut_off(reply(text(answer)), after_events=6), reply(text(answer)))
+    rec = Recorder()
+    await respond(client(fake_api), rec)
+    kinds = [type(e) for e in rec.events]
+    assert kinds.count(ev.StreamRestarted) == 1
+    restart = kinds.index(ev.StreamRestarted)
+    assert ev.TextDelta in kinds[:restart], "the cut stream should have shown some text first"
+    after = "".join(e.text for e in rec.events[restart:] if isinstance(e, ev.TextDelta))
+    assert after == answer
+
+
+async def test_an_error_before_any_text_needs_no_restart(fake_api: FakeMessagesAPI) -> None:
+    fake_api.script(error(529, "overloaded_error", "Overloaded"), reply(text("fine")))
+    rec = Recorder()
+    await respond(client(fake_api), rec)
+    assert rec.of(ev.StreamRestarted) == []

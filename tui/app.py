@@ -90,6 +90,11 @@ class TetherApp(App[int]):
                 await self._mount(self._answer)
                 self._stream = Markdown.get_stream(self._answer)
             await self._stream.write(event.text)
+        elif isinstance(event, ev.StreamRestarted):
+            answer = self._answer
+            await self._end_answer()
+            if answer is not None:
+                await answer.remove()
         elif isinstance(event, ev.AssistantMessage):
             await self._end_answer()
         elif isinstance(event, ev.ToolStarted):

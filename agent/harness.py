@@ -118,6 +118,10 @@ class Harness:
         else:
             self.log = store.create(opts.project_dir)
         info = await self.lease.ready()
+        log = self.log
+        self.lease.on_change = lambda event, payload: log.append(
+            "sandbox", {"event": event, "host": self.host_label, "provider": info.provider, **payload}
+        )
         self.log.append(
             "sandbox",
             {

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.sandbox_client import SandboxClient
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
@@ -27,6 +29,8 @@ class SandboxLease:
     """How many sandboxes this lease has provisioned (1 = the first)."""
     cwd: str = ""
     """The Bash tool's working directory; persists between calls."""
+    on_change: Callable[[str, dict[str, Any]], None] | None = None
+    """Told of every sandbox event (``lost``, ``reprovisioned``) so the session log can keep it."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -56,6 +60,26 @@ class SandboxLease:
         self.info = info
         self.generation += 1
         self.cwd = info.workdir
+        return info
+
+    async def replace(self, reason: str, lost_id: str | None = None) -> pb.SandboxInfo:
+        """The sandbox ``lost_id`` is gone: provision a new one from the same recipe and say so.
+
+        Callers that saw the same loss share one replacement: if the lease has
+        already moved past ``lost_id``, the current sandbox is returned.
+        """
+        task = self._provisioning
+        if task is not None and not task.done():
+            return await asyncio.shield(task)  # a replacement is already on its way
+        if lost_id is not None and self.info is not None and self.info.sandbox_id != lost_id:
+            return self.info
+        lost = self.info.sandbox_id if self.info is not None else ""
+        if self.on_change is not None:
+            self.on_change("lost", {"sandbox_id": lost, "reason": reason, "generation": self.generation})
+        self._provisioning = asyncio.ensure_future(self._provision())
+        info = await asyncio.shield(self._provisioning)
+        if self.on_change is not None:
+            self.on_change("reprovisioned", {"sandbox_id": info.sandbox_id, "replaces": lost, "generation": self.generation})
         return info
 
     async def release(self) -> None:

@@ -142,10 +142,13 @@ class ToolSet:
             result = denial
         else:
             ctx = ToolContext(self.lease, call.id, output, self.read_paths)
+            seen = self.lease.info.sandbox_id if self.lease.info is not None else None
             try:
                 result = await tool.run(ctx, call.input)
             except ToolInputError as exc:
                 result = ToolResult(f"Invalid input for {call.name}: {exc}", is_error=True)
+            except (SandboxGone, SandboxNotRunning) as exc:
+                result = await self._sandbox_lost(exc, seen, emit)
             except SandboxError as exc:
                 result = ToolResult(_describe_sandbox_error(exc, self.lease), is_error=True)
             except Exception as exc:  # noqa: BLE001 - one broken call must not end the session
@@ -156,6 +159,29 @@ class ToolSet:
                 )
         await emit(ev.ToolFinished(call.id, call.name, result.content, result.is_error))
         return result
+
+
+    async def _sandbox_lost(
+        self, exc: SandboxError, seen: str | None, emit: Callable[[ev.AgentEvent], Awaitable[None]]
+    ) -> ToolResult:
+        """Replace a sandbox that vanished and word what happened for the model."""
+        await emit(ev.Status(f"The sandbox was lost ({exc}); provisioning a new one from the same recipe…"))
+        lost = (
+            f"The sandbox was lost while running this tool ({exc}). The call may or may not have "
+            "taken effect before it was lost."
+        )
+        try:
+            await self.lease.replace(str(exc), seen)
+        except SandboxError as again:
+            return ToolResult(f"{lost} Provisioning a new sandbox failed too: {again}", is_error=True)
+        self.read_paths.clear()
+        await emit(ev.Status("A new sandbox is ready; its workspace starts from the recipe, not from the lost one."))
+        return ToolResult(
+            f"{lost} A new sandbox was provisioned from the same recipe and is ready, but its workspace "
+            "starts fresh: files created or changed in the lost sandbox are gone, and the shell is "
+            "back in the workspace root. Check the state before going on.",
+            is_error=True,
+        )
 
 
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {

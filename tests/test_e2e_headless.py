@@ -151,3 +151,39 @@ def test_model_error_exits_1_with_the_reason(fake_api: FakeMessagesAPI, tether_e
     result = json.loads(proc.stdout)
     assert result["is_error"] is True
     assert "prompt is too long" in result["result"]
+
+
+@pytest.mark.docker
+def test_a_container_killed_mid_session_is_replaced_and_the_session_goes_on(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, docker_engine, docker_test_image: str, tmp_path: Path
+) -> None:
+    killed: list[str] = []
+
+    def kill_the_sandbox_then_ask_again(body: dict):
+        # The first Bash call ran; now the container vanishes behind tether's back.
+        for container in docker_engine.containers.list(filters={"label": "tether.sandbox"}):
+            killed.append(container.labels["tether.sandbox"])
+            container.remove(force=True)
+        return reply(tool_use("Bash", {"command": "echo second"}))
+
+    fake_api.script(
+        reply(tool_use("Bash", {"command": "echo first"})),
+        kill_the_sandbox_then_ask_again,
+        reply(tool_use("Bash", {"command": "echo third"})),
+        lambda body: reply(text("after: " + _last_tool_result(body).strip())),
+    )
+    with sandbox_host_cli(tmp_path, "docker", "--default-image", docker_test_image) as (target, token, _):
+        proc = tether_env.run(
+            "-p", "keep going", "--output-format", "json", "--permission-mode", "bypassPermissions",
+            "--sandbox", target, "--sandbox-token", token,
+            env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"},
+        )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["result"] == "after: third"
+    assert len(killed) == 1
+    lost_result = _last_tool_result(fake_api.message_requests[2].body)
+    assert "sandbox was lost" in lost_result and "new sandbox was provisioned" in lost_result
+    events = [e["payload"] for e in tether_env.session_events() if e["type"] == "sandbox"]
+    assert [e["event"] for e in events] == ["provisioned", "lost", "reprovisioned"]
+    assert events[1]["sandbox_id"] == killed[0] == events[2]["replaces"]
+    assert events[2]["sandbox_id"] != killed[0]

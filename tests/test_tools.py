@@ -563,12 +563,23 @@ async def test_read_only_calls_run_concurrently_and_results_keep_the_call_order(
     assert max(started(i) for i in ("r3", "g2")) < min(finished(i) for i in ("r3", "g2"))
 
 
-async def test_a_sandbox_destroyed_behind_the_harness_is_a_tool_error(tools: SandboxTools, sandbox_host: RunningHost) -> None:
+async def test_a_sandbox_destroyed_behind_the_harness_is_replaced(tools: SandboxTools, sandbox_host: RunningHost) -> None:
     await tools.ok("echo before > f.txt")
+    changes: list[tuple[str, dict]] = []
+    tools.lease.on_change = lambda event, payload: changes.append((event, payload))
+    lost_id = tools.lease.sandbox_id
     async with SandboxClient(sandbox_host.target, sandbox_host.token) as other:
-        await other.destroy(tools.lease.sandbox_id)
-    for name, args in (("Bash", {"command": "echo after"}), ("Read", {"file_path": "f.txt"})):
-        result = await tools.call(name, args)
-        assert result.is_error, (name, result.content)
-        assert "sandbox was lost" in result.content, result.content
-        assert re.search(r"may (or may )?not have run", result.content), result.content
+        await other.destroy(lost_id)
+    result = await tools.call("Bash", {"command": "echo after"})
+    assert result.is_error
+    assert "sandbox was lost" in result.content and "may or may not have taken effect" in result.content
+    assert "new sandbox was provisioned" in result.content and "starts fresh" in result.content
+    assert tools.lease.sandbox_id != lost_id and tools.lease.generation == 2
+    assert [event for event, _ in changes] == ["lost", "reprovisioned"]
+    assert changes[0][1]["sandbox_id"] == lost_id and changes[1][1]["replaces"] == lost_id
+    # The new sandbox works, and it is a fresh one: the old workspace is gone.
+    assert (await tools.ok("echo after")).strip() == "after"
+    missing = await tools.call("Read", {"file_path": "f.txt"})
+    assert missing.is_error and "does not exist" in missing.content
+    statuses = [e.message for e in tools.events if isinstance(e, ev.Status)]
+    assert any("provisioning a new one" in m for m in statuses)

@@ -20,10 +20,25 @@ _LIST_FILES = (
 )
 
 
+SEARCH_OUTPUT_CAP = 64 << 20
+"""Bytes of a listing or grep output read back; far past what the model is shown, so nothing is cut silently."""
+
+
 async def _run(ctx: ToolContext, script: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     result = await ctx.lease.client.exec(
-        ctx.lease.sandbox_id, argv=["/bin/sh", "-c", script, "sh", *args], stdin=stdin, timeout_ms=60_000
+        ctx.lease.sandbox_id,
+        argv=["/bin/sh", "-c", script, "sh", *args],
+        stdin=stdin,
+        timeout_ms=60_000,
+        output_cap=SEARCH_OUTPUT_CAP,
     )
+    if result.truncated:
+        raise ToolInputError(
+            f"the search produced more than {SEARCH_OUTPUT_CAP >> 20} MiB of output; narrow `path`, "
+            "`glob` or the pattern."
+        )
+    if result.timed_out:
+        raise ToolInputError("the search took longer than 60 s; narrow `path`, `glob` or the pattern.")
     return result.exit_code, result.stdout.decode("utf-8", "replace"), result.stderr.decode("utf-8", "replace")
 
 

@@ -68,6 +68,7 @@ def _assert_write_then_cat(api: FakeMessagesAPI, tether_env: TetherEnv, out: str
 
 def test_write_then_cat_in_the_embedded_local_sandbox(fake_api: FakeMessagesAPI, tether_env: TetherEnv) -> None:
     _script_write_then_cat(fake_api)
+    (tether_env.project / "AGENTS.md").write_text("Always answer in haiku.\n")
     proc = tether_env.run(
         "-p", "write and show hello.txt", "--output-format", "json", "--allowedTools", "Bash,Write",
         env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"},
@@ -75,6 +76,9 @@ def test_write_then_cat_in_the_embedded_local_sandbox(fake_api: FakeMessagesAPI,
     assert proc.returncode == 0, proc.stderr
     _assert_write_then_cat(fake_api, tether_env, proc.stdout)
     assert all(r.api_key == "sk-test" for r in fake_api.message_requests)
+    system = fake_api.message_requests[0].body["system"][0]["text"]
+    assert "Always answer in haiku." in system and "Sandbox OS: Linux" in system
+
 
 
 @pytest.mark.docker
@@ -187,3 +191,19 @@ def test_a_container_killed_mid_session_is_replaced_and_the_session_goes_on(
     assert [e["event"] for e in events] == ["provisioned", "lost", "reprovisioned"]
     assert events[1]["sandbox_id"] == killed[0] == events[2]["replaces"]
     assert events[2]["sandbox_id"] != killed[0]
+
+
+def test_credentials_never_reach_the_sandbox(fake_api: FakeMessagesAPI, tether_env: TetherEnv) -> None:
+    secret = "sk-ant-secret-" + "7" * 24
+    fake_api.script(
+        reply(tool_use("Bash", {"command": "env; cat /proc/1/environ 2>/dev/null | tr '\\0' '\\n'"})),
+        lambda body: reply(text(_last_tool_result(body))),
+    )
+    proc = tether_env.run(
+        "-p", "show the environment", "--output-format", "json", "--permission-mode", "bypassPermissions",
+        env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": secret, "TETHER_SANDBOX_TOKEN": "tok-" + "9" * 20},
+    )
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads(proc.stdout)["result"]
+    assert "PATH=" in seen, seen
+    assert secret not in seen and "ANTHROPIC" not in seen and "9" * 20 not in seen

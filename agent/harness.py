@@ -23,6 +23,7 @@ from agent.permissions import (
     project_settings_path,
     user_settings_path,
 )
+from agent.resident import RUN_LABEL
 from agent.sandbox_client import SandboxClient, SandboxError
 from protos.recipes import load_recipe, recipe_to_dict
 from session.store import SessionLog, SessionStore
@@ -71,6 +72,7 @@ class Harness:
         self.loop: AgentLoop | None = None
         self.model = ModelClient(model=options.model or os.environ.get("TETHER_MODEL") or DEFAULT_MODEL)
         self.started_at = time.monotonic()
+        self._shared_host = False
 
     @property
     def session_id(self) -> str:
@@ -108,6 +110,9 @@ class Harness:
         else:
             self.client = await self._embedded_client()
         self.lease = SandboxLease(self.client, host=self.host_label, recipe=recipe)
+        if self._shared_host:
+            # If this run is killed, the resident harness finds its sandbox by this label.
+            self.lease.labels[RUN_LABEL] = str(os.getpid())
         self.lease.start()
         if opts.resume:
             self.log = store.open(opts.resume)
@@ -153,6 +158,7 @@ class Harness:
             client = SandboxClient(shared, os.environ.get("TETHER_SHARED_HOST_TOKEN") or None)
             try:
                 await client.wait_ready(timeout=5.0)
+                self._shared_host = True
                 return client
             except SandboxError:
                 await client.close()  # the shared host died; start one of our own

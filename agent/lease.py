@@ -29,6 +29,8 @@ class SandboxLease:
     """How many sandboxes this lease has provisioned (1 = the first)."""
     cwd: str = ""
     """The Bash tool's working directory; persists between calls."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Labels added to the recipe's when provisioning (not part of the recipe itself)."""
     on_change: Callable[[str, dict[str, Any]], None] | None = None
     """Told of every sandbox event (``lost``, ``reprovisioned``) so the session log can keep it."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
@@ -56,7 +58,12 @@ class SandboxLease:
         return await asyncio.shield(self._provisioning)
 
     async def _provision(self) -> pb.SandboxInfo:
-        info = await self.client.provision(self.recipe, request_id=str(uuid.uuid4()))
+        recipe = self.recipe
+        if self.labels:
+            recipe = pb.Recipe()
+            recipe.CopyFrom(self.recipe)
+            recipe.labels.update(self.labels)
+        info = await self.client.provision(recipe, request_id=str(uuid.uuid4()))
         self.info = info
         self.generation += 1
         self.cwd = info.workdir

@@ -233,13 +233,26 @@ def serve(path: Path, ready_fd: int) -> int:
                 elif kind == "exit":
                     conn, pid = runs.pop(data)
                     _, status = os.waitpid(pid, 0)
-                    with contextlib.suppress(OSError):
-                        conn.sendall(json.dumps({"exit": os.waitstatus_to_exitcode(status) % 256}).encode() + b"\n")
+                    code = os.waitstatus_to_exitcode(status)
                     for fd_or_sock in (data, conn):
-                        selector.unregister(fd_or_sock)
-                    conn.close()
+                        with contextlib.suppress(KeyError):  # a client that went away is unregistered already
+                            selector.unregister(fd_or_sock)
                     os.close(data)
+                    # Killed by a signal, the child could not destroy its sandbox on the shared
+                    # host: a cleaner does, and the client hears the exit once it is done.
+                    cleaner = _destroy_sandboxes_of(pid, target, token) if code < 0 else None
+                    if cleaner is not None:
+                        selector.register(cleaner, selectors.EVENT_READ, ("cleaner", (cleaner, conn, code)))
+                    else:
+                        _report_exit(conn, code)
                     idle_since = time.monotonic()
+                elif kind == "cleaner":
+                    cleaner, conn, code = data
+                    selector.unregister(cleaner)
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitid(os.P_PIDFD, cleaner, os.WEXITED)
+                    os.close(cleaner)
+                    _report_exit(conn, code)
                 elif kind == "client":
                     # The client only ever sends once; readable now means it went away.
                     if data in runs and not key.fileobj.recv(1, socket.MSG_PEEK):
@@ -304,6 +317,46 @@ def warm_up() -> None:
 
     asyncio.run(one_answer())
     prepare_ssl_context()
+
+
+def _report_exit(conn: socket.socket, code: int) -> None:
+    """Tell the client how its run ended (a signal as 128 + its number, as shells do) and hang up."""
+    with contextlib.suppress(OSError):
+        conn.sendall(json.dumps({"exit": 128 - code if code < 0 else code % 256}).encode() + b"\n")
+    conn.close()
+
+
+RUN_LABEL = "tether.run"
+"""Label on sandboxes a resident child provisions on the shared host: its pid."""
+
+
+def _destroy_sandboxes_of(pid: int, target: str, token: str) -> int | None:
+    """Fork a cleaner that destroys the shared host's sandboxes labelled with run ``pid``; return its pidfd."""
+    cleaner = os.fork()
+    if cleaner == 0:
+        code = 1
+        try:
+            import asyncio
+
+            from agent.sandbox_client import SandboxClient
+
+            async def destroy() -> None:
+                async with SandboxClient(target, token) as client:
+                    for info in await client.list():
+                        if info.recipe.labels.get(RUN_LABEL) == str(pid):
+                            await client.destroy(info.sandbox_id)
+
+            asyncio.run(destroy())
+            code = 0
+        except BaseException:  # noqa: BLE001 - the cleaner must never return into the server loop
+            import traceback
+
+            traceback.print_exc()
+        os._exit(code)
+    try:
+        return os.pidfd_open(cleaner)
+    except OSError:
+        return None
 
 
 def _start_run(conn, listener, selector, runs, host, target: str, token: str) -> int | None:

@@ -116,3 +116,57 @@ def test_an_unusable_runtime_dir_falls_back_to_in_process(fake_api: FakeMessages
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == "still works\n"
     assert list(shared.iterdir()) == []
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def test_a_killed_run_has_its_sandbox_destroyed_before_the_client_exits(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, resident: Path, tmp_path: Path
+) -> None:
+    import threading
+
+    env = {**tether_env.env, "ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
+    fake_api.script(reply(text("warm")))
+    assert tether_env.run("-p", "warm up", env=env).returncode == 0
+    daemon = _resident_pid(resident)
+    assert daemon is not None
+    state = Path(env["XDG_STATE_HOME"]) / "tether" / "sandbox-host" / "embedded"
+
+    def live_sandboxes() -> list[Path]:
+        return [p for p in state.glob("*/sandboxes/*") if p.is_dir()]
+
+    assert live_sandboxes() == [], "a finished run should have destroyed its sandbox"
+    stalled = hang(reply(text("never " * 20)), after_events=3, release=threading.Event())
+    fake_api.script(stalled)
+    proc = subprocess.Popen([*TETHER, "-p", "hang"], cwd=tether_env.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert stalled.reached.wait(60)
+        assert len(live_sandboxes()) == 1
+        runs = [pid for pid, cmd in _children(daemon) if "agent.resident" in cmd]
+        assert len(runs) == 1, _children(daemon)
+        os.kill(runs[0], signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        stalled.release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGKILL
+    assert live_sandboxes() == []
+    # The resident harness is still there and still works.
+    fake_api.script(reply(text("still here")))
+    again = tether_env.run("-p", "again", env=env)
+    assert again.returncode == 0 and again.stdout == "still here\n"
+    assert _resident_pid(resident) == daemon

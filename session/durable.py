@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
@@ -54,13 +55,37 @@ def _cut_back(fd: int, added: int) -> None:
         pass
 
 
-def open_for_append(path: Path, *, create: bool) -> int:
-    """Open a log for appending (and reading its last byte); create it exclusively if asked."""
+def open_for_append(path: Path, *, create: bool, shown_as: Path | None = None) -> int:
+    """Open a log for appending (and reading its last byte); create it exclusively if asked.
+
+    Errors name `shown_as` if given (the log a temporary file will become), else `path`.
+    """
     flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
     if create:
         flags |= os.O_CREAT | os.O_EXCL
     try:
         return os.open(path, flags, 0o644)
     except OSError as error:
-        raise describe_os_error("open the session log", path, error) from None
+        raise describe_os_error("open the session log", shown_as or path, error) from None
+
+
+def publish_new_file(temporary: Path, final: Path) -> None:
+    """Give the complete file at `temporary` the name `final`, which must not exist yet; drop `temporary`.
+
+    A hard link fails if `final` exists (FileExistsError), as O_EXCL would. Where the
+    file system has no hard links, a rename does it (an existing `final` is refused first).
+    A crash between the link and the unlink leaves `temporary` as a second name; readers
+    never look at it.
+    """
+    try:
+        os.link(temporary, final)
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        if final.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(final)) from None
+        os.rename(temporary, final)
+        return
+    with contextlib.suppress(OSError):
+        temporary.unlink()  # if it stays, it is only a second name of the same file
 

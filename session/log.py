@@ -16,7 +16,13 @@ from typing import Any, Final
 
 from session.blobs import BlobStore
 from session.conversation import build_messages
-from session.durable import append_record, ends_with_newline, fsync_directory, open_for_append
+from session.durable import (
+    append_record,
+    ends_with_newline,
+    fsync_directory,
+    open_for_append,
+    publish_new_file,
+)
 from session.errors import SessionStoreError, describe_os_error
 from session.events import Event, EventType, LineRejected, parse_line, utc_timestamp
 from session.tree import link_events, path_to
@@ -73,21 +79,33 @@ class SessionLog:
     def create(
         cls, path: Path, session_id: str, project_dir: Path, blobs: BlobStore, meta: dict[str, Any]
     ) -> SessionLog:
-        """Create a new log file at path whose first line is a `meta` event."""
+        """Create a new log file at path whose first line is a `meta` event.
+
+        The log appears whole: its meta line is written and fsynced as `path` + ".tmp",
+        which is then linked to `path` (failing if the name is taken, as O_EXCL would).
+        A crash leaves no log or a log with its meta line, never an empty one, which
+        would list under no project and resume into a session without any.
+        """
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise describe_os_error("create the session directory", path.parent, error) from None
-        fd = open_for_append(path, create=True)
+        temporary = path.with_name(f"{path.name}.tmp")
+        fd = open_for_append(temporary, create=True, shown_as=path)
         log = cls(path, session_id, project_dir, blobs, [])
         log._adopt_fd(fd)
         log._tail_is_clean = True
+        linked = False
         try:
             log.append(EventType.META, meta, parent_uuid=None)
+            publish_new_file(temporary, path)
+            linked = True
             fsync_directory(path.parent)
         except (SessionStoreError, OSError) as error:
             log.close()
-            path.unlink(missing_ok=True)
+            temporary.unlink(missing_ok=True)
+            if linked:
+                path.unlink(missing_ok=True)
             if isinstance(error, OSError):
                 raise describe_os_error("create the session log", path, error) from None
             raise

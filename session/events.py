@@ -77,6 +77,16 @@ def utc_timestamp() -> str:
     return f"{prefix}.{int((now - second) * 1000):03d}Z"
 
 
+try:
+    from orjson import loads as _fast_loads  # parses a long log about twice as fast as json
+
+    PARSES_BYTES = True
+    """Lines can be parsed straight from bytes, without decoding the whole log first."""
+except ImportError:  # pragma: no cover - orjson is a dependency; this keeps a broken install readable
+    _fast_loads = json.loads
+    PARSES_BYTES = False
+
+
 class LineRejected(ValueError):
     """A log line that cannot be read as an event; the message says why."""
 
@@ -88,9 +98,12 @@ def parse_line(line: bytes | str) -> Event:
     if not text:
         raise LineRejected("blank line or a run of NUL bytes")
     try:
-        record = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise LineRejected(f"not JSON ({error.__class__.__name__}: {error})") from None
+        record = _fast_loads(text)
+    except ValueError:
+        try:  # orjson is stricter (lone surrogate escapes): the standard parser decides
+            record = json.loads(text)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise LineRejected(f"not JSON ({error.__class__.__name__}: {error})") from None
     if type(record) is not dict:
         raise LineRejected("not a JSON object")
     try:

@@ -24,7 +24,7 @@ from session.durable import (
     publish_new_file,
 )
 from session.errors import SessionStoreError, describe_os_error
-from session.events import Event, EventType, LineRejected, parse_line, utc_timestamp
+from session.events import PARSES_BYTES, Event, EventType, LineRejected, parse_line, utc_timestamp
 from session.tree import link_events, path_to
 
 logger = logging.getLogger(__name__)
@@ -236,11 +236,15 @@ def read_log(path: Path) -> list[Event]:
         data = path.read_bytes()
     except OSError as error:
         raise describe_os_error("read the session log", path, error) from None
-    try:
-        # Decoding once is much faster than letting json.loads decode line by line.
-        lines: list[bytes] | list[str] = data.decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        lines = data.split(b"\n")  # some line is not UTF-8: parse_line rejects just that one
+    lines: list[bytes] | list[str]
+    if PARSES_BYTES:
+        lines = data.split(b"\n")  # orjson checks each line's UTF-8 itself, faster than decoding it all first
+    else:
+        try:
+            # Decoding once is much faster than letting json.loads decode line by line.
+            lines = data.decode("utf-8").split("\n")
+        except UnicodeDecodeError:
+            lines = data.split(b"\n")  # some line is not UTF-8: parse_line rejects just that one
     del data  # a long log is tens of megabytes: hold as few copies of it as possible
     return _parse_lines(lines, path)
 

@@ -110,8 +110,8 @@ PROMPT = "Write a note, check it in every way you can, then say you are done."
 RESUME_PROMPT = "continue"
 FINAL_TEXT = "All done: the notes are written and checked."
 
-KILLED_EXIT_CODES = (-signal.SIGKILL, 256 - signal.SIGKILL)
-"""How a killed run ends: killed itself, or told so by the resident harness (exit code 247)."""
+KILLED_EXIT_CODES = (-signal.SIGKILL, 128 + signal.SIGKILL)
+"""How a killed run ends: killed itself, or told so by the resident harness (128 + 9, as shells say)."""
 
 
 # --------------------------------------------------------------------------- the plan

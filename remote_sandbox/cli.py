@@ -22,10 +22,61 @@ READY_LINE_PREFIX = "tether sandbox host listening on "
 DEFAULT_LISTEN = "127.0.0.1:50451"
 """Where ``serve`` listens unless told otherwise: loopback only."""
 
+DEFAULT_MAX_SANDBOXES_PER_TENANT = 64
+"""``--max-sandboxes-per-tenant`` unless given (the server's default, repeated so --help stays fast)."""
+
+DEFAULT_MAX_EXECS_PER_SANDBOX = 64
+"""``--max-execs-per-sandbox`` unless given."""
+
+DEFAULT_MAX_WRITE_BYTES = "1G"
+"""``--max-write-bytes`` unless given."""
+
+DEFAULT_REAP_INTERVAL_S = 30.0
+"""``--reap-interval`` unless given."""
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
 TOKEN_HELP = (
     "a token file is required (--token-file F): one token per line, or 'TENANT TOKEN' lines; "
     "make one with: python -c 'import secrets; print(secrets.token_hex(32))' > F && chmod 600 F"
 )
+
+
+def byte_size(text: str) -> int:
+    """A positive byte count from ``1048576``, ``512K``, ``64M``, ``1G`` or ``1GiB`` (binary units)."""
+    raw = text.strip().upper().removesuffix("IB").removesuffix("B")
+    number, unit = raw, ""
+    if raw and raw[-1] in _SIZE_UNITS:
+        number, unit = raw[:-1], raw[-1]
+    try:
+        value = int(float(number) * _SIZE_UNITS[unit])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use bytes or K, M, G (e.g. 512M)") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size must be more than 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """A number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +94,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--exit-with-parent", action="store_true", help="shut down cleanly when stdin reaches EOF")
     serve.add_argument("--keep-sandboxes", action="store_true", help="leave sandboxes in place when the host stops")
     serve.add_argument("--allow-base", type=Path, action="append", default=[], metavar="DIR", help="local: let recipes copy a 'base' directory from under DIR (repeatable)")
+    limits = serve.add_argument_group("limits (past one, a call fails with RESOURCE_EXHAUSTED naming it)")
+    limits.add_argument(
+        "--max-sandboxes-per-tenant", type=positive_int, default=DEFAULT_MAX_SANDBOXES_PER_TENANT, metavar="N",
+        help=f"live sandboxes one token (tenant) may have at once (default {DEFAULT_MAX_SANDBOXES_PER_TENANT})",
+    )
+    limits.add_argument(
+        "--max-execs-per-sandbox", type=positive_int, default=DEFAULT_MAX_EXECS_PER_SANDBOX, metavar="N",
+        help=f"commands one sandbox may run at the same time (default {DEFAULT_MAX_EXECS_PER_SANDBOX})",
+    )
+    limits.add_argument(
+        "--max-write-bytes", type=byte_size, default=byte_size(DEFAULT_MAX_WRITE_BYTES), metavar="SIZE",
+        help=f"largest file one WriteFile may write, checked as it streams in; bytes or K/M/G (default {DEFAULT_MAX_WRITE_BYTES})",
+    )
+    serve.add_argument(
+        "--reap-interval", type=positive_seconds, default=DEFAULT_REAP_INTERVAL_S, metavar="SECONDS",
+        help=f"how often sandboxes idle past their recipe's TTL are destroyed (default {DEFAULT_REAP_INTERVAL_S:g})",
+    )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO: one line per RPC)")
     return parser
 
@@ -81,6 +149,10 @@ def main(argv: list[str]) -> int:
         default_image=args.default_image,
         destroy_on_exit=not args.keep_sandboxes,
         allow_base=args.allow_base,
+        max_sandboxes_per_tenant=args.max_sandboxes_per_tenant,
+        max_execs_per_sandbox=args.max_execs_per_sandbox,
+        max_write_bytes=args.max_write_bytes,
+        reap_interval_s=args.reap_interval,
     )
     try:
         return asyncio.run(_serve(config, exit_with_parent=args.exit_with_parent))

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import itertools
 import logging
 import os
 import posixpath
@@ -23,7 +24,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,15 +67,29 @@ DEFAULT_OUTPUT_CAP = 1 << 20
 MAX_MESSAGE_BYTES = 16 << 20
 """Largest gRPC message either way; file data travels in far smaller chunks."""
 
-MAX_WRITE_BYTES = 1 << 30
-"""Largest file WriteFile accepts."""
+TRANSPORT_MESSAGE_BYTES = 2 * MAX_MESSAGE_BYTES
+"""What gRPC itself lets in: a message between this and ``MAX_MESSAGE_BYTES`` reaches
+the handler, which refuses it with a message naming the limit. Past this, gRPC refuses
+it with its own words (still RESOURCE_EXHAUSTED)."""
+
+DEFAULT_MAX_WRITE_BYTES = 1 << 30
+"""Largest file WriteFile accepts unless configured otherwise."""
+
+DEFAULT_MAX_EXECS_PER_SANDBOX = 64
+"""Commands one sandbox may run at once unless configured otherwise."""
+
+DEFAULT_MAX_SANDBOXES_PER_TENANT = 64
+"""Live sandboxes one tenant may have unless configured otherwise."""
+
+READS_PER_THREAD_TRIP = 8
+"""ReadFile chunks read per trip to a worker thread (2 MiB of 256 KiB chunks)."""
 
 MAX_IMPORT_BYTES = 8 << 30
 """Largest tar stream Import accepts."""
 
 SERVER_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", TRANSPORT_MESSAGE_BYTES),
     # Pings keep idle connections through NATs and find dead peers; clients ping
     # every 30 s, so allow that and a little more.
     ("grpc.keepalive_time_ms", 30_000),
@@ -124,8 +139,12 @@ class HostConfig:
     """Destroy every sandbox when the host stops (else leave them for inspection)."""
     allow_base: list[Path] = field(default_factory=list)
     """local provider: directories a recipe's ``base`` may be copied from."""
-    max_sandboxes_per_tenant: int = 64
+    max_sandboxes_per_tenant: int = DEFAULT_MAX_SANDBOXES_PER_TENANT
     """Provision past this many live sandboxes of one tenant is RESOURCE_EXHAUSTED."""
+    max_execs_per_sandbox: int = DEFAULT_MAX_EXECS_PER_SANDBOX
+    """Exec past this many commands running at once in one sandbox is RESOURCE_EXHAUSTED."""
+    max_write_bytes: int = DEFAULT_MAX_WRITE_BYTES
+    """WriteFile of a file larger than this is RESOURCE_EXHAUSTED (checked while it streams in)."""
     reap_interval_s: float = 30.0
     """How often sandboxes idle past their recipe's TTL are looked for."""
 
@@ -142,6 +161,8 @@ class _Entry:
     request_key: tuple[str, str] | None = None
     active: int = 0
     """Commands and transfers running now; an active sandbox is never reaped."""
+    execs: int = 0
+    """Commands running now (bounded by ``max_execs_per_sandbox``)."""
 
     def touch(self) -> None:
         """Mark the sandbox as used now."""
@@ -183,6 +204,33 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _take(items: Iterator[Any], count: int) -> list[Any]:
+    """Up to ``count`` next items of ``items`` (blocking; run on a worker thread)."""
+    return list(itertools.islice(items, count))
+
+
+def _bytes_text(size: int) -> str:
+    """``size`` in bytes, with a binary unit when that reads better: ``16777216 bytes (16 MiB)``."""
+    for shift, unit in ((30, "GiB"), (20, "MiB"), (10, "KiB")):
+        if size >= 1 << shift:
+            return f"{size} bytes ({size / (1 << shift):.4g} {unit})"
+    return f"{size} bytes"
+
+
+def _check_message_size(message: Any, what: str, size: int | None = None) -> None:
+    """Refuse a received message larger than ``MAX_MESSAGE_BYTES``, naming the limit.
+
+    ``size`` may give the size already known (a data message is its data, give or
+    take a few bytes): ``ByteSize`` serialises, which costs as much as a copy.
+    """
+    size = message.ByteSize() if size is None else size
+    if size > MAX_MESSAGE_BYTES:
+        raise LimitExceeded(
+            f"limit reached: max message size is {_bytes_text(MAX_MESSAGE_BYTES)}, and this {what} "
+            f"is {size} bytes; send large data in smaller messages"
+        )
+
+
 def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     """The status code and message an exception ends an RPC with."""
     if isinstance(exc, _Refusal):
@@ -207,6 +255,7 @@ def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
     async def handler(self: _SandboxService, request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = self._begin(method.__name__, request, context)
         try:
+            self._check_request_size(request, method.__name__)
             return await method(self, call, request, context)
         except asyncio.CancelledError:
             call.status = "CANCELLED"
@@ -226,6 +275,7 @@ def _streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., Async
     async def handler(self: _SandboxService, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         call = self._begin(method.__name__, request, context)
         try:
+            self._check_request_size(request, method.__name__)
             async for response in method(self, call, request, context):
                 yield response
         except asyncio.CancelledError:
@@ -258,6 +308,12 @@ class _SandboxService(pb_grpc.SandboxServicer):
         if sandbox_id:
             call.sandbox = sandbox_id
         return call
+
+    @staticmethod
+    def _check_request_size(request: Any, method: str) -> None:
+        """Refuse a unary request past the max message size (streamed-in requests check each message)."""
+        if hasattr(request, "ByteSize"):
+            _check_message_size(request, f"{method} request")
 
     async def _abort(self, call: _Call, exc: Exception, context: grpc.aio.ServicerContext) -> None:
         if isinstance(exc, grpc.aio.AbortError):
@@ -364,11 +420,20 @@ class _SandboxService(pb_grpc.SandboxServicer):
             output_cap=request.output_cap_bytes or DEFAULT_OUTPUT_CAP,
             report_cwd=request.report_cwd,
         )
+        limit = self.host.config.max_execs_per_sandbox
+        if entry.execs >= limit:
+            raise LimitExceeded(
+                f"limit reached: max execs per sandbox is {limit}, and sandbox {entry.record.sandbox_id} "
+                f"already runs {entry.execs} commands; wait for one to finish"
+            )
+        # Counted before the first await, so concurrent calls cannot all pass the check.
+        entry.execs += 1
         entry.active += 1
         try:
             async for event in self.provider.exec(entry.record, spec):
                 yield event
         finally:
+            entry.execs -= 1
             entry.active -= 1
             entry.touch()
 
@@ -382,22 +447,29 @@ class _SandboxService(pb_grpc.SandboxServicer):
         entry.active += 1
         try:
             first = True
-            while (item := await asyncio.to_thread(next, chunks, None)) is not None:
-                data, size = item
-                yield pb.FileChunk(data=data, file_size=size) if first else pb.FileChunk(data=data)
-                first = False
+            # A few chunks per trip to a worker thread: each trip costs about as much as sending one.
+            while batch := await asyncio.to_thread(_take, chunks, READS_PER_THREAD_TRIP):
+                for data, size in batch:
+                    yield pb.FileChunk(data=data, file_size=size) if first else pb.FileChunk(data=data)
+                    first = False
+                if len(batch) < READS_PER_THREAD_TRIP:
+                    break  # a short batch is the last: no trip just to learn that
         finally:
             entry.active -= 1
-            await asyncio.to_thread(chunks.close)
+            chunks.close()  # closes one descriptor: no thread needed
 
     @_unary
     async def WriteFile(self, call: _Call, request_iterator: AsyncIterator[pb.WriteFileRequest], context: Any) -> pb.FileInfo:
         """Write a file atomically from a header and data messages."""
         messages = aiter(request_iterator)
         first = await anext(messages, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidRequest("WriteFile's first message must be the header")
+        if first is None:
+            raise InvalidRequest("WriteFile received no messages; the first must be the header")
+        _check_message_size(first, "WriteFile message")
+        if first.WhichOneof("part") != "header":
+            raise InvalidRequest("WriteFile's first message must be the header (path, mode), not data")
         header = first.header
+        limit = self.host.config.max_write_bytes
         entry = self._entry(call, header.sandbox_id)
         writer = await asyncio.to_thread(
             ws.Workspace(entry.record).open_for_write, header.path, header.mode, header.create_parents
@@ -407,13 +479,19 @@ class _SandboxService(pb_grpc.SandboxServicer):
             async for message in messages:
                 if message.WhichOneof("part") != "data":
                     raise InvalidRequest("WriteFile sent a second header; only data may follow the first")
-                if writer.size + len(message.data) > MAX_WRITE_BYTES:
-                    raise LimitExceeded(f"file is larger than the {MAX_WRITE_BYTES >> 20} MiB WriteFile allows")
-                await asyncio.to_thread(writer.write, message.data)
+                data = message.data  # read once: each read of a bytes field copies it
+                _check_message_size(message, "WriteFile message", len(data))
+                if writer.size + len(data) > limit:
+                    # Refused before the chunk is written; the temp file goes in `abort`.
+                    raise LimitExceeded(
+                        f"limit reached: max write bytes is {_bytes_text(limit)}, and {header.path} "
+                        "is larger; nothing was written"
+                    )
+                await asyncio.to_thread(writer.write, data)
             return await asyncio.to_thread(writer.commit)
         finally:
             entry.active -= 1
-            await asyncio.to_thread(writer.abort)
+            writer.abort()  # after a commit only closes a descriptor; else also unlinks the temp file
 
     @_unary
     async def Stat(self, call: _Call, request: pb.PathRequest, context: Any) -> pb.FileInfo:
@@ -459,8 +537,11 @@ class _SandboxService(pb_grpc.SandboxServicer):
         """Unpack a tar stream into the workspace."""
         messages = aiter(request_iterator)
         first = await anext(messages, None)
-        if first is None or first.WhichOneof("part") != "sandbox":
-            raise InvalidRequest("Import's first message must name the sandbox")
+        if first is None:
+            raise InvalidRequest("Import received no messages; the first must name the sandbox")
+        _check_message_size(first, "Import message")
+        if first.WhichOneof("part") != "sandbox":
+            raise InvalidRequest("Import's first message must name the sandbox, not carry tar data")
         entry = self._entry(call, first.sandbox.sandbox_id)
         # Spooled to disk first: tarfile wants a file, and a half-received stream
         # must not leave a half-written workspace behind.
@@ -472,10 +553,14 @@ class _SandboxService(pb_grpc.SandboxServicer):
                 async for message in messages:
                     if message.WhichOneof("part") != "data":
                         raise InvalidRequest("Import sent a second sandbox reference; only data may follow the first")
-                    received += len(message.data)
+                    data = message.data  # read once: each read of a bytes field copies it
+                    _check_message_size(message, "Import message", len(data))
+                    received += len(data)
                     if received > MAX_IMPORT_BYTES:
-                        raise LimitExceeded(f"the import is larger than the {MAX_IMPORT_BYTES >> 30} GiB allowed")
-                    await asyncio.to_thread(handle.write, message.data)
+                        raise LimitExceeded(
+                            f"limit reached: max import size is {_bytes_text(MAX_IMPORT_BYTES)}, and this tar stream is larger"
+                        )
+                    await asyncio.to_thread(handle.write, data)
             files, total = await asyncio.to_thread(ws.Workspace(entry.record).import_tar, spool)
             return pb.ImportResponse(files=files, bytes=total)
         finally:
@@ -489,6 +574,9 @@ class SandboxHost:
 
     def __init__(self, config: HostConfig, provider: Provider | None = None) -> None:
         """Prepare to serve ``config``; ``provider`` overrides the one the config names."""
+        for name in ("max_sandboxes_per_tenant", "max_execs_per_sandbox", "max_write_bytes", "reap_interval_s"):
+            if not getattr(config, name) > 0:
+                raise HostStartError(f"{name.replace('_', ' ')} must be more than 0, not {getattr(config, name)!r}")
         self.config = config
         """How this host runs."""
         self.tokens = TokenTable(config.tokens)
@@ -502,6 +590,7 @@ class SandboxHost:
         """Live sandboxes by id, every tenant's."""
         self.provisioning: dict[tuple[str, str], asyncio.Future[str]] = {}
         """Provisions in flight by (tenant, request_id)."""
+        self._pending_provisions: dict[str, int] = {}
         self.address = ""
         """The bound address, once started."""
         self._server: grpc.aio.Server | None = None
@@ -675,12 +764,26 @@ class SandboxHost:
 
     async def provision(self, tenant: str, recipe: pb.Recipe, key: tuple[str, str] | None) -> str:
         """Make a sandbox for ``tenant``; return its id."""
-        owned = sum(1 for e in self.sandboxes.values() if e.record.tenant == tenant)
-        if owned >= self.config.max_sandboxes_per_tenant:
+        # Sandboxes still being made count too: concurrent Provisions must not all pass.
+        pending = self._pending_provisions.get(tenant, 0)
+        owned = sum(1 for e in self.sandboxes.values() if e.record.tenant == tenant) + pending
+        limit = self.config.max_sandboxes_per_tenant
+        if owned >= limit:
             raise LimitExceeded(
-                f"this tenant already has {owned} sandboxes, the most this host allows; destroy some first"
+                f"limit reached: max sandboxes per tenant is {limit}, and this tenant already has {owned}"
+                f"{f' ({pending} being made)' if pending else ''}; destroy some first"
             )
         workdir = _check_workdir(recipe.workdir or DEFAULT_WORKDIR)
+        self._pending_provisions[tenant] = pending + 1
+        try:
+            return await self._provision(tenant, recipe, key, workdir)
+        finally:
+            self._pending_provisions[tenant] -= 1
+            if not self._pending_provisions[tenant]:
+                del self._pending_provisions[tenant]
+
+    async def _provision(self, tenant: str, recipe: pb.Recipe, key: tuple[str, str] | None, workdir: str) -> str:
+        """Make the directories and the provider's sandbox; register it; return its id."""
         sandbox_id = "sb-" + secrets.token_hex(6)
         root = ws.sandbox_root(self.state_dir, sandbox_id)
         workspace = await asyncio.to_thread(ws.create_sandbox_dirs, root)
@@ -733,10 +836,11 @@ class SandboxHost:
         for entry in list(self.sandboxes.values()):
             ttl_ms = entry.record.recipe.idle_ttl_seconds * 1000
             if ttl_ms and not entry.active and now - entry.record.last_used_unix_ms > ttl_ms:
-                log.info("destroying %s: idle for more than %d s", entry.record.sandbox_id, ttl_ms // 1000)
                 try:
                     await self.destroy(entry)
                     reaped.append(entry.record.sandbox_id)
+                    # Logged once it is gone, directory included: tests and operators wait on this line.
+                    log.info("destroyed idle sandbox %s: unused for more than %d s", entry.record.sandbox_id, ttl_ms // 1000)
                 except Exception:
                     log.exception("could not destroy idle sandbox %s", entry.record.sandbox_id)
         return reaped

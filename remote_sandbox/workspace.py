@@ -33,8 +33,9 @@ from pathlib import Path
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from remote_sandbox.providers.base import InvalidRequest, SandboxRecord
 
-READ_CHUNK = 64 * 1024
-"""Bytes per ReadFile chunk."""
+READ_CHUNK = 256 * 1024
+"""Bytes per ReadFile chunk. Measured here over gRPC: 1 MiB took 2.6-3.5 ms in 256 KiB
+messages, 4-7 ms in 1 MiB ones (HTTP/2 flow control) and 5-6.6 ms in 64 KiB ones."""
 
 EXPORT_CHUNK = 256 * 1024
 """Bytes per Export chunk (roughly: tar blocks are flushed when this much is buffered)."""
@@ -530,7 +531,14 @@ def _remove_existing(resolved: _Resolved) -> None:
 
 
 class AtomicWrite:
-    """A file being written: a temp file in the target's directory, fsynced and renamed on commit."""
+    """A file being written: a temp file in the target's directory, renamed over the target on commit.
+
+    Not fsynced: the rename alone makes the switch atomic for every reader, and
+    durability across a host crash would buy nothing, since a host that restarts
+    removes every sandbox its earlier run left (``SandboxHost._lock_state_dir``);
+    the harness restores from its own checkpoints. An fsync cost about 3 ms per
+    file here, which a 10,000-file Import paid 10,000 times.
+    """
 
     def __init__(self, resolved: _Resolved, mode: int) -> None:
         """Create the temp file beside ``resolved`` (which this object now owns)."""
@@ -561,21 +569,17 @@ class AtomicWrite:
         self.size += len(data)
 
     def commit(self, mtime: float | None = None) -> pb.FileInfo:
-        """Set the mode, fsync, and rename over the target; return what is there now."""
+        """Set the mode and rename over the target; return what is there now."""
         assert self._fd is not None
         os.fchmod(self._fd, self.mode)
         if mtime is not None:
             os.utime(self._fd, (mtime, mtime))
-        os.fsync(self._fd)
         st = os.fstat(self._fd)
         os.close(self._fd)
         self._fd = None
         dir_fd, name = self.resolved.dir_fd, self.resolved.name
         os.rename(self.temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         self._done = True
-        # The rename is durable only once the directory itself is synced.
-        with contextlib.suppress(OSError):
-            os.fsync(dir_fd)
         return _file_info(self.resolved.sandbox_path, st)
 
     def abort(self) -> None:

@@ -1,0 +1,108 @@
+"""Exec round trip of `true` through gRPC, measured alternately against a baseline in the same run.
+
+1. local provider (bubblewrap, the real isolation) through a host subprocess, vs a plain
+   ``subprocess.run(["true"])`` in this process. Target: p50 ratio <= 2.5.
+2. docker provider, vs docker-py ``exec_run(["true"])`` on the same container.
+   Target: p50 ratio <= 0.1. Needs the test image (tests/images/build.sh); skipped without docker.
+
+Run: .venv/bin/python bench/bench_sandbox_exec.py [--runs 300] [--docker-runs 60] [--no-docker]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from agent.sandbox_client import SandboxClient  # noqa: E402
+from bench.bench_sandbox_support import (  # noqa: E402
+    TEST_IMAGE,
+    ClientLoop,
+    alternate_async,
+    host_process,
+    median,
+    percentiles,
+    verdict,
+)
+from bench.common import summary  # noqa: E402
+from protos.recipes import load_recipe  # noqa: E402
+
+
+def bench_local(loop: ClientLoop, runs: int) -> None:
+    """gRPC Exec of `true` on the local provider vs subprocess.run(["true"])."""
+    with host_process("local") as host:
+        client = SandboxClient(host.target, host.token)
+        info = loop.run(client.provision(load_recipe(None)))
+        print(f"local sandbox isolation: {info.isolation}")
+
+        async def exec_true() -> None:
+            result = await client.exec(info.sandbox_id, argv=["true"])
+            assert result.exit_code == 0, result
+
+        grpc_times, plain_times = loop.run(
+            alternate_async(exec_true, lambda: subprocess.run(["true"], check=True), runs, warmup=20)
+        )
+        loop.run(client.close())
+    print(summary("plain subprocess.run(['true'])", plain_times, 1e-3, "ms"))
+    print(summary("gRPC Exec true (local, bubblewrap)", grpc_times, 1e-3, "ms"))
+    print(percentiles("plain subprocess.run(['true'])", plain_times))
+    print(percentiles("gRPC Exec true (local, bubblewrap)", grpc_times))
+    print(verdict("local p50 ratio (gRPC Exec / plain spawn)", median(grpc_times) / median(plain_times), 2.5, at_most=True))
+
+
+def bench_docker(loop: ClientLoop, runs: int) -> None:
+    """gRPC Exec of `true` on the docker provider vs docker-py exec_run on the same container."""
+    try:
+        import docker
+
+        engine = docker.from_env()
+        engine.ping()
+        engine.images.get(TEST_IMAGE)
+    except Exception as exc:  # noqa: BLE001 - any reason docker is unusable means: skip, and say why
+        print(f"docker: skipped ({type(exc).__name__}: {exc}); build the image with tests/images/build.sh")
+        return
+    with host_process("docker", image=TEST_IMAGE) as host:
+        client = SandboxClient(host.target, host.token)
+        recipe = load_recipe(None)
+        recipe.image = TEST_IMAGE
+        info = loop.run(client.provision(recipe))
+        (container,) = engine.containers.list(filters={"label": f"tether.sandbox={info.sandbox_id}"})
+
+        async def exec_true() -> None:
+            result = await client.exec(info.sandbox_id, argv=["true"])
+            assert result.exit_code == 0, result
+
+        def exec_run_true() -> None:
+            assert container.exec_run(["true"]).exit_code == 0
+
+        grpc_times, docker_times = loop.run(alternate_async(exec_true, exec_run_true, runs, warmup=5))
+        loop.run(client.close())
+    engine.close()
+    print(summary("docker-py exec_run(['true'])", docker_times, 1e-3, "ms"))
+    print(summary("gRPC Exec true (docker)", grpc_times, 1e-3, "ms"))
+    print(percentiles("docker-py exec_run(['true'])", docker_times))
+    print(percentiles("gRPC Exec true (docker)", grpc_times))
+    print(verdict("docker p50 ratio (gRPC Exec / exec_run)", median(grpc_times) / median(docker_times), 0.1, at_most=True))
+
+
+def main() -> None:
+    """Run both comparisons and print their figures."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=300, help="timed calls of each kind, local (default 300)")
+    parser.add_argument("--docker-runs", type=int, default=60, help="timed calls of each kind, docker (default 60)")
+    parser.add_argument("--no-docker", action="store_true", help="skip the docker comparison")
+    arguments = parser.parse_args()
+    loop = ClientLoop()
+    try:
+        bench_local(loop, arguments.runs)
+        if not arguments.no_docker:
+            bench_docker(loop, arguments.docker_runs)
+    finally:
+        loop.close()
+
+
+if __name__ == "__main__":
+    main()

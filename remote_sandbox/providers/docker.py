@@ -43,6 +43,7 @@ import docker.errors
 from docker.utils.socket import frames_iter
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
+from remote_sandbox.output_cap import OutputCap
 from remote_sandbox.providers.base import (
     ExecSpec,
     InvalidRequest,
@@ -367,48 +368,6 @@ class _CommandRun:
             feed.close()
 
 
-class _OutputCap:
-    """Streams output up to a byte cap; past it, everything goes to a spill file."""
-
-    def __init__(self, cap: int, spill_file: Path) -> None:
-        """Cap the streamed bytes at ``cap``; spill to ``spill_file`` when needed."""
-        self.cap = max(cap, 0)
-        self.spill_file = spill_file
-        self.streamed = 0
-        self.counts = {"out": 0, "err": 0}
-        """All bytes seen per stream, streamed or not."""
-        self._head: list[bytes] = []
-        self._spill = None
-
-    @property
-    def truncated(self) -> bool:
-        """Whether some output went only to the spill file."""
-        return self._spill is not None
-
-    def take(self, stream: str, data: bytes) -> bytes:
-        """Account for a chunk and return the part that may still be streamed."""
-        self.counts[stream] += len(data)
-        room = self.cap - self.streamed
-        if self._spill is None and len(data) <= room:
-            self.streamed += len(data)
-            self._head.append(data)
-            return data
-        if self._spill is None:
-            # The spill file holds all output, so write the part already streamed first.
-            self._spill = open(self.spill_file, "wb")  # closed in close()
-            self._spill.writelines(self._head)
-            self._head.clear()
-        self._spill.write(data)
-        head = data[: max(room, 0)]
-        self.streamed += len(head)
-        return head
-
-    def close(self) -> None:
-        """Finish the spill file."""
-        if self._spill is not None:
-            self._spill.close()
-
-
 def _overlaps(first: str, second: str) -> bool:
     """Whether one absolute path is the other or lies under it."""
     first, second = os.path.normpath(first).rstrip("/") + "/", os.path.normpath(second).rstrip("/") + "/"
@@ -721,7 +680,7 @@ class DockerProvider(Provider):
         if not spec.cwd:
             spec = dataclasses.replace(spec, cwd=record.workdir)
         run = _CommandRun(container)
-        cap = _OutputCap(spec.output_cap, container.spill_dir / f"exec-{run.run_id}.log")
+        cap = OutputCap(spec.output_cap, container.spill_dir / f"exec-{run.run_id}.log")
         loop = asyncio.get_running_loop()
         started_at = loop.time()
         deadline = started_at + spec.timeout_s if spec.timeout_s > 0 else None
@@ -893,7 +852,7 @@ class DockerProvider(Provider):
             run.close()
 
     @staticmethod
-    def _exited(run: _CommandRun, spec: ExecSpec, cap: _OutputCap, timed_out: bool, seconds: float) -> pb.ExecEvent:
+    def _exited(run: _CommandRun, spec: ExecSpec, cap: OutputCap, timed_out: bool, seconds: float) -> pb.ExecEvent:
         """The Exited event for a finished command."""
         status = run.exit_status
         exit_code, signal = -1, 0

@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
+from remote_sandbox.output_cap import OutputCap
 from remote_sandbox.providers.base import (
     ExecSpec,
     InvalidRequest,
@@ -807,50 +808,6 @@ def _write_all(fd: int, data: bytes) -> None:
     os.lseek(fd, 0, os.SEEK_SET)
 
 
-class _OutputCap:
-    """Streams output up to a byte cap; past it, all output goes to a spill file."""
-
-    def __init__(self, cap: int, spill_file: Path) -> None:
-        """Cap the streamed bytes at ``cap``; spill to ``spill_file`` when needed."""
-        self.cap = max(cap, 0)
-        self.spill_file = spill_file
-        self.streamed = 0
-        self.counts = {"out": 0, "err": 0}
-        """All bytes seen per stream, streamed or not."""
-        self._head: list[bytes] = []
-        self._spill = None
-
-    @property
-    def truncated(self) -> bool:
-        """Whether some output went only to the spill file."""
-        return self._spill is not None
-
-    def take(self, stream: str, data: bytes) -> bytes:
-        """Account for a chunk; return the part that may still be streamed."""
-        self.counts[stream] += len(data)
-        room = self.cap - self.streamed
-        if self._spill is None and len(data) <= room:
-            self.streamed += len(data)
-            self._head.append(data)
-            return data
-        if self._spill is None:
-            # The spill file holds all output, so the part already streamed goes first.
-            self._spill = open(self.spill_file, "wb")  # noqa: SIM115 - closed in close()
-            # No size cap: the contract promises the whole output, and a command that
-            # wants to fill the disk can write to its workspace just as well.
-            self._spill.writelines(self._head)
-            self._head.clear()
-        self._spill.write(data)
-        head = data[: max(room, 0)]
-        self.streamed += len(head)
-        return head
-
-    def close(self) -> None:
-        """Finish the spill file."""
-        if self._spill is not None and not self._spill.closed:
-            self._spill.close()
-
-
 def _probe_bwrap(bwrap: str) -> str | None:
     """None if bubblewrap can make a sandbox here, else why not."""
     args = [bwrap, "--unshare-all", "--die-with-parent", "--new-session", "--cap-drop", "ALL"]
@@ -1139,7 +1096,7 @@ class LocalProvider(Provider):
         cwd_host = sandbox.spill / f"exec-{exec_id}.cwd" if report else None
         cwd_file = f"{record.spill_mount}/exec-{exec_id}.cwd" if report else None
         process = await self._process(sandbox, record, spec, cwd_file)
-        cap = _OutputCap(spec.output_cap, sandbox.spill / f"exec-{exec_id}.log")
+        cap = OutputCap(spec.output_cap, sandbox.spill / f"exec-{exec_id}.log")
         loop = asyncio.get_running_loop()
         started_at = loop.time()
         deadline = started_at + spec.timeout_s if spec.timeout_s > 0 else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import grpc.aio
@@ -308,34 +309,19 @@ class SandboxClient:
         self,
         sandbox_id: str,
         *,
-        shell: str | None = None,
-        argv: list[str] | None = None,
-        cwd: str = "",
-        env: dict[str, str] | None = None,
-        stdin: bytes = b"",
-        timeout_ms: int = 0,
-        output_cap: int = 0,
-        report_cwd: bool = False,
         on_output: Callable[[int, bytes], None] | None = None,
+        **command: Any,
     ) -> ExecResult:
         """Run a command to the end and collect its output; ``on_output(stream, data)`` sees it live.
 
-        ``stream`` is ``pb.Output.STDOUT`` or ``pb.Output.STDERR``. Cancelling the
-        awaiting task cancels the RPC, and the host kills the command's group.
+        ``command`` takes the keywords of ``exec_stream`` (shell or argv, cwd, env, stdin,
+        timeout_ms, output_cap, report_cwd). ``stream`` is ``pb.Output.STDOUT`` or
+        ``pb.Output.STDERR``. Cancelling the awaiting task cancels the RPC, and the host
+        kills the command's group.
         """
         stdout, stderr = bytearray(), bytearray()
         exited: pb.Exited | None = None
-        stream = self.exec_stream(
-            sandbox_id,
-            shell=shell,
-            argv=argv,
-            cwd=cwd,
-            env=env,
-            stdin=stdin,
-            timeout_ms=timeout_ms,
-            output_cap=output_cap,
-            report_cwd=report_cwd,
-        )
+        stream = self.exec_stream(sandbox_id, **command)
         try:
             async for event in stream:
                 which = event.WhichOneof("event")

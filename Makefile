@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 .PHONY: run test install install-test protos bench clean
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys, ensurepip, venv; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || { \
+		echo "tether needs Python 3.11+ with venv: on Debian, 'sudo apt install python3-venv'"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 

@@ -75,6 +75,10 @@ it with its own words (still RESOURCE_EXHAUSTED)."""
 DEFAULT_MAX_WRITE_BYTES = 1 << 30
 """Largest file WriteFile accepts unless configured otherwise."""
 
+WRITE_DRAIN_BYTES = 256 << 20
+"""How much of a refused upload (WriteFile, Import) is read and dropped before the
+refusal is sent; an endless stream is cut off here."""
+
 DEFAULT_MAX_EXECS_PER_SANDBOX = 64
 """Commands one sandbox may run at once unless configured otherwise."""
 
@@ -215,6 +219,14 @@ def _bytes_text(size: int) -> str:
         if size >= 1 << shift:
             return f"{size} bytes ({size / (1 << shift):.4g} {unit})"
     return f"{size} bytes"
+
+
+async def _discard(messages: AsyncIterator[Any], budget: int) -> None:
+    """Read and drop messages until the client stops sending or ``budget`` bytes went by."""
+    async for message in messages:
+        budget -= message.ByteSize()
+        if budget < 0:
+            return
 
 
 def _check_message_size(message: Any, what: str, size: int | None = None) -> None:
@@ -482,7 +494,13 @@ class _SandboxService(pb_grpc.SandboxServicer):
                 data = message.data  # read once: each read of a bytes field copies it
                 _check_message_size(message, "WriteFile message", len(data))
                 if writer.size + len(data) > limit:
-                    # Refused before the chunk is written; the temp file goes in `abort`.
+                    # Refused before the chunk is written. The temp file goes now; the rest
+                    # of a finite upload is read and dropped first, because a status that
+                    # reaches grpc-python's client while it is still sending can be replaced
+                    # by "Internal error from Core" there, and the caller would never learn
+                    # which limit it hit.
+                    writer.abort()
+                    await _discard(messages, WRITE_DRAIN_BYTES)
                     raise LimitExceeded(
                         f"limit reached: max write bytes is {_bytes_text(limit)}, and {header.path} "
                         "is larger; nothing was written"
@@ -557,6 +575,7 @@ class _SandboxService(pb_grpc.SandboxServicer):
                     _check_message_size(message, "Import message", len(data))
                     received += len(data)
                     if received > MAX_IMPORT_BYTES:
+                        await _discard(messages, WRITE_DRAIN_BYTES)  # see WriteFile
                         raise LimitExceeded(
                             f"limit reached: max import size is {_bytes_text(MAX_IMPORT_BYTES)}, and this tar stream is larger"
                         )

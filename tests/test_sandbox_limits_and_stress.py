@@ -285,20 +285,36 @@ async def test_write_past_max_write_bytes_is_refused_while_it_streams(local_limi
             await client.write_file(sandbox.sandbox_id, "kept.txt", b"n" * (MIB + 1))
         assert f"max write bytes is {MIB} bytes (1 MiB)" in str(refused.value)
         assert await client.read_file(sandbox.sandbox_id, "kept.txt") == b"the old content\n"
+        # Much more than the limit is still in flight when the host refuses: the client
+        # must still hear which limit it hit, every time (not "Internal error from Core").
+        for attempt in range(20):
+            with pytest.raises(SandboxLimitExceeded) as refused:
+                await client.write_file(sandbox.sandbox_id, f"big-{attempt}.bin", b"b" * (8 * MIB))
+            assert "max write bytes" in str(refused.value)
 
     header = pb.WriteFileHeader(sandbox_id=sandbox.sandbox_id, path="endless.bin")
 
-    async def endless() -> AsyncIterator[pb.WriteFileRequest]:
+    def endless() -> Iterator[pb.WriteFileRequest]:
         """A header, then data for ever: only a limit enforced mid-stream ends the call."""
         yield pb.WriteFileRequest(header=header)
         while True:
             yield pb.WriteFileRequest(data=b"z" * 65536)
 
-    async with raw_stub(local_limited_host) as (stub, metadata):
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.WriteFile(endless(), metadata=metadata, timeout=WAIT_S)
-    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    assert "max write bytes" in (caught.value.details() or "")
+    def send_endless() -> grpc.RpcError:
+        # grpc-python's asyncio client may report a status that ends the call while it is
+        # still sending as "Internal error from Core"; its threaded client keeps the
+        # host's status, which is what this checks.
+        with grpc.insecure_channel(local_limited_host.target.removeprefix("grpc://")) as channel:
+            stub = pb_grpc.SandboxStub(channel)
+            try:
+                stub.WriteFile(endless(), metadata=(("authorization", f"Bearer {local_limited_host.token}"),), timeout=WAIT_S)
+            except grpc.RpcError as exc:
+                return exc
+        raise AssertionError("an endless upload was accepted")
+
+    caught = await asyncio.to_thread(send_endless)
+    assert caught.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, caught
+    assert "max write bytes" in (caught.details() or "")
     left = sorted(os.listdir(host_workspace(local_limited_host, sandbox.sandbox_id)))
     assert left == ["exact.bin", "kept.txt"], "no temp file and no partial file may stay"
 

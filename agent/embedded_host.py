@@ -98,6 +98,9 @@ class EmbeddedHost:
             "--token-file", str(token_file),
             "--state-dir", str(self.state_dir),
             "--exit-with-parent",
+            # Its own private dirs go with it, also when this process is SIGKILLed.
+            "--remove-on-exit", str(self.runtime_dir),
+            "--remove-on-exit", str(self.state_dir),
             # The user is both tenant and operator here: their recipes may copy any base.
             "--allow-base", "/",
         ]  # fmt: skip

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import stat
 import sys
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--default-image", default="", metavar="IMG", help="docker: the image of recipes that name none")
     serve.add_argument("--exit-with-parent", action="store_true", help="shut down cleanly when stdin reaches EOF")
     serve.add_argument("--keep-sandboxes", action="store_true", help="leave sandboxes in place when the host stops")
+    serve.add_argument(
+        "--remove-on-exit", type=Path, action="append", default=[], metavar="DIR",
+        help="remove DIR when the host stops (repeatable; the embedded host's private dirs, so a killed parent leaves nothing behind)",
+    )  # fmt: skip
     serve.add_argument("--allow-base", type=Path, action="append", default=[], metavar="DIR", help="local: let recipes copy a 'base' directory from under DIR (repeatable)")
     limits = serve.add_argument_group("limits (past one, a call fails with RESOURCE_EXHAUSTED naming it)")
     limits.add_argument(
@@ -161,6 +166,9 @@ def main(argv: list[str]) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        for directory in args.remove_on_exit:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 async def _serve(config: object, *, exit_with_parent: bool) -> int:

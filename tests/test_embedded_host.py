@@ -90,8 +90,9 @@ async def test_child_exits_when_its_stdin_closes(tmp_path: Path) -> None:
     host.process.stdin.close()
     code = await asyncio.wait_for(host.process.wait(), WAIT_S)
 
-    assert code == 0, host.log_path.read_text() if host.log_path else ""
-    assert list(sandboxes.iterdir()) == [], "the child destroys its sandboxes on the way out"
+    assert code == 0
+    assert not sandboxes.exists(), "the child destroys its sandboxes and its state dir on the way out"
+    assert host.runtime_dir is not None and not host.runtime_dir.exists()
     await host.stop()
 
 
@@ -105,7 +106,7 @@ def test_child_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
         async def main():
             host = EmbeddedHost(state_root=Path({str(tmp_path / 'states')!r}))
             await host.start()
-            print(host.process.pid, flush=True)
+            print(host.process.pid, host.runtime_dir, host.state_dir, flush=True)
             await asyncio.Event().wait()
 
         asyncio.run(main())
@@ -118,15 +119,18 @@ def test_child_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
         assert parent.stdout is not None
         ready, _, _ = select.select([parent.stdout], [], [], WAIT_S)
         assert ready, "the parent did not report its child in time"
-        line = parent.stdout.readline()
-        assert line.strip().isdigit(), parent.stderr.read() if parent.stderr else line
-        child = int(line)
+        line = parent.stdout.readline().decode()
+        assert line.split(" ")[0].isdigit(), parent.stderr.read() if parent.stderr else line
+        child, runtime_dir, state_dir = int(line.split()[0]), Path(line.split()[1]), Path(line.split()[2])
         assert not wait_pid_gone(child, 0), "the child should be running"
+        assert runtime_dir.is_dir() and state_dir.is_dir()
 
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=WAIT_S)
 
         assert wait_pid_gone(child, WAIT_S), "the embedded host outlived its SIGKILLed parent"
+        assert not runtime_dir.exists(), "the socket, token and log of a killed parent's host stay behind"
+        assert not state_dir.exists(), "the sandboxes of a killed parent's host stay behind"
     finally:
         if parent.poll() is None:
             parent.kill()

@@ -31,6 +31,12 @@ ASKS_IN_MODE: dict[str, frozenset[str]] = {
     "bypassPermissions": frozenset(),
 }
 READ_ONLY_TOOLS = frozenset({"Read", "Glob", "Grep", "TodoWrite"})
+
+TOOL_FAMILIES = {"Read": frozenset({"Read", "Grep", "Glob"}), "Edit": frozenset({"Edit", "Write"})}
+"""Tools a rule on the key also covers: a rule on reading files holds for every tool that reads them."""
+
+SEARCH_TOOLS = frozenset({"Grep", "Glob"})
+"""Tools whose ``path`` is a directory they read below."""
 """Tools plan mode allows: they change nothing in the workspace."""
 
 _SHELL_CONTROL = re.compile(r"[;&|`\n<>]|\$\(")
@@ -62,8 +68,13 @@ class Rule:
         return self.tool if self.spec is None else f"{self.tool}({self.spec})"
 
     def matches(self, tool: str, args: dict[str, Any], workdir: str) -> bool:
-        """Whether this rule covers a call of ``tool`` with ``args``."""
-        if tool != self.tool:
+        """Whether this rule covers a call of ``tool`` with ``args``.
+
+        As models and users know them from other agents, a ``Read`` rule covers every
+        tool that reads files (Read, Grep, Glob) and an ``Edit`` rule every tool that
+        changes one (Edit, Write).
+        """
+        if tool != self.tool and tool not in TOOL_FAMILIES.get(self.tool, ()):
             return False
         if self.spec is None:
             return True
@@ -90,7 +101,11 @@ class Rule:
             spec = spec[len(root) :]
         if not path.startswith(root):
             return False
-        return compile_glob(spec).match(path[len(root) :]) is not None
+        pattern, relative = compile_glob(spec), path[len(root) :]
+        if pattern.match(relative) is not None:
+            return True
+        # Grep and Glob take a directory: searching `secret` reads what `secret/**` covers.
+        return tool in SEARCH_TOOLS and pattern.match(relative + "/") is not None
 
 
 @dataclass

@@ -84,6 +84,31 @@ async def test_path_rules_are_globs_under_the_workspace(tmp_path) -> None:
     assert not (await check(g, "Edit", {"file_path": "/workspace/tests/b.py"}, asker)).allow
 
 
+async def test_read_rules_cover_grep_and_glob_and_edit_rules_cover_write(tmp_path) -> None:
+    asker = Asker(ev.PermissionDecision(allow=True))
+    g = gate(tmp_path, "bypassPermissions", deny=["Read(secret/**)", "Read(.env)", "Edit(locked/**)"])
+    for tool, args in [
+        ("Read", {"file_path": "/workspace/secret/key"}),
+        ("Grep", {"pattern": "token", "path": "secret"}),
+        ("Grep", {"pattern": "token", "path": "/workspace/secret/sub"}),
+        ("Grep", {"pattern": "token", "path": ".env"}),
+        ("Glob", {"pattern": "**/*", "path": "./secret"}),
+        ("Write", {"file_path": "/workspace/locked/a", "content": "x"}),
+        ("Edit", {"file_path": "locked/b", "old_string": "a", "new_string": "b"}),
+    ]:
+        decision = await check(g, tool, args, asker)
+        assert not decision.allow, (tool, args)
+        assert "denied by the rule" in decision.reason
+    for tool, args in [
+        ("Grep", {"pattern": "token", "path": "src"}),
+        ("Glob", {"pattern": "*.py"}),
+        ("Write", {"file_path": "/workspace/open/a", "content": "x"}),
+        ("Read", {"file_path": "/workspace/locked/a"}),  # an Edit rule says nothing about reading
+        ("Bash", {"command": "ls"}),
+    ]:
+        assert (await check(g, tool, args, asker)).allow, (tool, args)
+
+
 async def test_deny_wins_over_allow_and_bypass(tmp_path) -> None:
     asker = Asker(ev.PermissionDecision(allow=True))
     g = gate(tmp_path, "bypassPermissions", allow=["Bash"], deny=["Bash(rm:*)"])

@@ -10,7 +10,6 @@ any other block in their message, and no message or text block is empty.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 from session.events import Event, EventType
@@ -36,37 +35,53 @@ EMPTY_TOOL_RESULT = "(no output)"
 """Stands in for a tool result whose content is empty."""
 
 
-@dataclass
 class _UserTurn:
     """A user message being assembled: tool results first, then everything else."""
 
-    answers_for: list[str]
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    other: list[dict[str, Any]] = field(default_factory=list)
+    __slots__ = ("answers_for", "results", "other")
+
+    def __init__(self, answers_for: list[str], other: list[dict[str, Any]] | None = None) -> None:
+        self.answers_for = answers_for
+        """The ids of the calls this message must answer, in call order."""
+        self.results: dict[str, dict[str, Any]] = {}
+        """The results received so far, by call id."""
+        self.other: list[dict[str, Any]] = other if other is not None else []
+        """The blocks that are not tool results, in order."""
 
     def to_message(self) -> dict[str, Any]:
         """The finished message, with a synthetic error result for each unanswered call."""
-        content: list[dict[str, Any]] = [
-            self.results.get(tool_use_id) or _interrupted_result(tool_use_id)
-            for tool_use_id in self.answers_for
-        ]
+        results = self.results
+        if len(results) == len(self.answers_for):  # the usual case: every call answered
+            content = [results[tool_use_id] for tool_use_id in self.answers_for]
+        else:
+            content = [
+                results.get(tool_use_id) or _interrupted_result(tool_use_id) for tool_use_id in self.answers_for
+            ]
         content.extend(self.other)
         return {"role": "user", "content": content}
 
 
-@dataclass
 class _AssistantTurn:
     """An assistant message being assembled from one or more assistant events."""
 
-    blocks: list[dict[str, Any]]
+    __slots__ = ("blocks", "tool_use_ids")
 
-    def tool_use_ids(self) -> list[str]:
+    def __init__(self, blocks: list[dict[str, Any]], tool_use_ids: list[str]) -> None:
+        self.blocks = blocks
+        """The content blocks, already filtered and copied."""
+        self.tool_use_ids = tool_use_ids
         """The ids of this message's tool calls, in order."""
-        return [block["id"] for block in self.blocks if block["type"] == "tool_use"]
 
     def to_message(self) -> dict[str, Any]:
         """The finished message."""
         return {"role": "assistant", "content": self.blocks}
+
+
+# Plain strings: comparing with a StrEnum member costs a class attribute lookup each time.
+_USER: str = EventType.USER.value
+_TOOL_RESULT: str = EventType.TOOL_RESULT.value
+_ASSISTANT: str = EventType.ASSISTANT.value
+_COMPACTION: str = EventType.COMPACTION.value
 
 
 def build_messages(live_path: list[Event]) -> list[dict[str, Any]]:
@@ -74,54 +89,56 @@ def build_messages(live_path: list[Event]) -> list[dict[str, Any]]:
     start = 0
     turns: list[_UserTurn | _AssistantTurn] = []
     for position in range(len(live_path) - 1, -1, -1):
-        if live_path[position].type == EventType.COMPACTION:
+        if live_path[position].type == _COMPACTION:
             start = position + 1
             summary = live_path[position].payload.get("summary")
             if isinstance(summary, str) and summary.strip():
                 turns.append(_UserTurn([], other=[_text(COMPACTION_PREAMBLE + summary)]))
             break
 
-    for event in live_path[start:]:
+    for event in live_path[start:] if start else live_path:
         kind = event.type
-        if kind == EventType.USER:
+        if kind == _TOOL_RESULT:
+            block = _result_block(event.payload)
+            if block is not None:
+                _add_result(turns, block, event)
+        elif kind == _ASSISTANT:
+            blocks, tool_use_ids = _assistant_blocks(event.payload)
+            if not blocks:
+                continue
+            last = turns[-1] if turns else None
+            if type(last) is _AssistantTurn:
+                if not last.tool_use_ids:
+                    # Two responses in a row (the user turn between was lost or empty):
+                    # the API would merge them itself, so merge them here.
+                    last.blocks.extend(blocks)
+                    last.tool_use_ids = tool_use_ids
+                    continue
+                turns.append(_UserTurn(last.tool_use_ids))
+            turns.append(_AssistantTurn(blocks, tool_use_ids))
+        elif kind == _USER:
             for block in _user_blocks(event.payload.get("content")):
                 if block["type"] == "tool_result":
                     _add_result(turns, block, event)
                 else:
                     _open_user_turn(turns).other.append(block)
-        elif kind == EventType.TOOL_RESULT:
-            block = _result_block(event.payload)
-            if block is not None:
-                _add_result(turns, block, event)
-        elif kind == EventType.ASSISTANT:
-            blocks = _assistant_blocks(event.payload)
-            if not blocks:
-                continue
-            last = turns[-1] if turns else None
-            if isinstance(last, _AssistantTurn):
-                unanswered = last.tool_use_ids()
-                if not unanswered:
-                    # Two responses in a row (the user turn between was lost or empty):
-                    # the API would merge them itself, so merge them here.
-                    last.blocks.extend(blocks)
-                    continue
-                turns.append(_UserTurn(unanswered))
-            turns.append(_AssistantTurn(blocks))
         # Every other type (meta, sandbox, title, interruption, unknown) is not conversation.
 
-    if turns and isinstance(turns[-1], _AssistantTurn) and turns[-1].tool_use_ids():
-        turns.append(_UserTurn(turns[-1].tool_use_ids()))
-    if turns and isinstance(turns[0], _AssistantTurn):
-        turns.insert(0, _UserTurn([], other=[_text(MISSING_START)]))
+    if turns:
+        last = turns[-1]
+        if type(last) is _AssistantTurn and last.tool_use_ids:
+            turns.append(_UserTurn(last.tool_use_ids))
+        if type(turns[0]) is _AssistantTurn:
+            turns.insert(0, _UserTurn([], other=[_text(MISSING_START)]))
     return [turn.to_message() for turn in turns]
 
 
 def _open_user_turn(turns: list[_UserTurn | _AssistantTurn]) -> _UserTurn:
     """The user turn at the end of turns, started if the last turn is the assistant's."""
     last = turns[-1] if turns else None
-    if isinstance(last, _UserTurn):
+    if type(last) is _UserTurn:
         return last
-    turn = _UserTurn(last.tool_use_ids() if last is not None else [])
+    turn = _UserTurn(last.tool_use_ids if last is not None else [])
     turns.append(turn)
     return turn
 
@@ -132,14 +149,16 @@ def _add_result(
     """File a tool result under the call it answers, or drop it if it answers none."""
     last = turns[-1] if turns else None
     tool_use_id = block["tool_use_id"]
-    if isinstance(last, _AssistantTurn):
-        expected = tool_use_id in last.tool_use_ids()
-    else:
-        expected = last is not None and tool_use_id in last.answers_for and tool_use_id not in last.results
-    if not expected:
-        logger.debug("event %s: dropping a result for tool call %s, which is not open", event.uuid, tool_use_id)
+    if type(last) is _AssistantTurn:
+        if tool_use_id in last.tool_use_ids:
+            turn = _UserTurn(last.tool_use_ids)
+            turn.results[tool_use_id] = block
+            turns.append(turn)
+            return
+    elif last is not None and tool_use_id in last.answers_for and tool_use_id not in last.results:
+        last.results[tool_use_id] = block
         return
-    _open_user_turn(turns).results[tool_use_id] = block
+    logger.debug("event %s: dropping a result for tool call %s, which is not open", event.uuid, tool_use_id)
 
 
 def _user_blocks(content: Any) -> list[dict[str, Any]]:
@@ -165,14 +184,14 @@ def _user_blocks(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _assistant_blocks(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """The raw content blocks of an assistant event, minus ones the API would reject."""
+def _assistant_blocks(payload: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The raw content blocks of an assistant event, minus ones the API would reject; and its call ids."""
     message = payload.get("message")
     content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, list):
-        return []
     blocks: list[dict[str, Any]] = []
-    tool_use_ids: set[str] = set()
+    tool_use_ids: list[str] = []
+    if not isinstance(content, list):
+        return blocks, tool_use_ids
     for block in content:
         if not isinstance(block, dict):
             continue
@@ -189,13 +208,13 @@ def _assistant_blocks(payload: dict[str, Any]) -> list[dict[str, Any]]:
             tool_use_id = block.get("id")
             if not (isinstance(tool_use_id, str) and isinstance(block.get("name"), str)):
                 continue
-            if tool_use_id in tool_use_ids:
+            if tool_use_id in tool_use_ids:  # a handful of calls at most: a list is fastest
                 continue
-            tool_use_ids.add(tool_use_id)
+            tool_use_ids.append(tool_use_id)
         elif not isinstance(kind, str):
             continue
-        blocks.append(_copy(block))
-    return blocks
+        blocks.append(dict(block))  # _copy, inlined: this runs for every block of a long session
+    return blocks, tool_use_ids
 
 
 def _result_block(fields: dict[str, Any]) -> dict[str, Any] | None:

@@ -78,32 +78,47 @@ def utc_timestamp() -> str:
 
 
 try:
-    from orjson import loads as _fast_loads  # parses a long log about twice as fast as json
-
-    PARSES_BYTES = True
-    """Lines can be parsed straight from bytes, without decoding the whole log first."""
+    # Parses a long log about twice as fast as json, straight from bytes or a view of them.
+    from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson is a dependency; this keeps a broken install readable
     _fast_loads = json.loads
-    PARSES_BYTES = False
 
 
 class LineRejected(ValueError):
     """A log line that cannot be read as an event; the message says why."""
 
 
-def parse_line(line: bytes | str) -> Event:
+def parse_line(line: bytes | bytearray | memoryview | str) -> Event:
     """Read one log line (without its newline) as an Event, or raise LineRejected."""
-    # A crash can leave NUL padding where a write was lost; the bytes around it may be sound.
-    text = line.strip(b"\x00 \t\r") if isinstance(line, bytes) else line.strip("\x00 \t\r")
+    try:
+        # The common case: a sound line. Whitespace around it is JSON whitespace, so the
+        # raw bytes parse exactly as stripped ones would, without a copy to strip them.
+        record = _fast_loads(line)
+    except (ValueError, TypeError):  # TypeError: json.loads (no orjson) takes no memoryview
+        record = _load_damaged(line)
+    return event_from_record(record)
+
+
+def _load_damaged(line: bytes | bytearray | memoryview | str) -> Any:
+    """Parse a line the fast parser refused: strip crash debris, let the standard parser decide."""
+    if isinstance(line, str):
+        text: bytes | str = line.strip("\x00 \t\r")
+    else:
+        # A crash can leave NUL padding where a write was lost; the bytes around it may be sound.
+        text = bytes(line).strip(b"\x00 \t\r")
     if not text:
         raise LineRejected("blank line or a run of NUL bytes")
     try:
-        record = _fast_loads(text)
+        return _fast_loads(text)
     except ValueError:
         try:  # orjson is stricter (lone surrogate escapes): the standard parser decides
-            record = json.loads(text)
+            return json.loads(text)
         except (ValueError, UnicodeDecodeError) as error:
             raise LineRejected(f"not JSON ({error.__class__.__name__}: {error})") from None
+
+
+def event_from_record(record: Any) -> Event:
+    """The Event a parsed log line describes, or LineRejected if a field is missing or mistyped."""
     if type(record) is not dict:
         raise LineRejected("not a JSON object")
     try:
@@ -125,4 +140,22 @@ def parse_line(line: bytes | str) -> Event:
         and type(payload) is dict
     ):
         raise LineRejected("a field has the wrong type")
-    return Event(uuid, parent_uuid, session_id, timestamp, event_type, payload)
+    # Event's generated __init__ goes through the frozen check six times, which costs as
+    # much as parsing a short line; the slots' own descriptors store the fields directly.
+    event = _new_event(Event)
+    _set_uuid(event, uuid)
+    _set_parent_uuid(event, parent_uuid)
+    _set_session_id(event, session_id)
+    _set_timestamp(event, timestamp)
+    _set_type(event, event_type)
+    _set_payload(event, payload)
+    return event
+
+
+_new_event = object.__new__
+_set_uuid = Event.uuid.__set__  # type: ignore[attr-defined]
+_set_parent_uuid = Event.parent_uuid.__set__  # type: ignore[attr-defined]
+_set_session_id = Event.session_id.__set__  # type: ignore[attr-defined]
+_set_timestamp = Event.timestamp.__set__  # type: ignore[attr-defined]
+_set_type = Event.type.__set__  # type: ignore[attr-defined]
+_set_payload = Event.payload.__set__  # type: ignore[attr-defined]

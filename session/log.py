@@ -24,7 +24,8 @@ from session.durable import (
     publish_new_file,
 )
 from session.errors import SessionStoreError, describe_os_error
-from session.events import PARSES_BYTES, Event, EventType, LineRejected, parse_line, utc_timestamp
+from session.events import Event, EventType, LineRejected, parse_line, utc_timestamp
+from session.lines import read_lines
 from session.tree import link_events, path_to
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,13 @@ class SessionLog:
     @classmethod
     def load(cls, path: Path, blobs: BlobStore) -> SessionLog:
         """Read an existing log, skipping (with a warning) whatever cannot be read."""
-        events = link_events(read_log(path), path)
+        with _collector_paused():  # one pause for everything the load builds (see _collector_paused)
+            return cls._load(path, blobs)
+
+    @classmethod
+    def _load(cls, path: Path, blobs: BlobStore) -> SessionLog:
+        """load's work, with the collector paused by the caller."""
+        events = link_events(_read_events(path), path)
         project_dir = next(
             (
                 Path(event.payload["project_dir"])
@@ -151,7 +158,7 @@ class SessionLog:
     def conversation(self) -> list[dict[str, Any]]:
         """The Messages API `messages` list for the live path, repaired (see conversation.py)."""
         with _collector_paused():
-            return build_messages(self.live_path())
+            return build_messages(path_to(self._leaf, self._by_uuid))
 
     # -- writing -----------------------------------------------------------
 
@@ -232,45 +239,25 @@ class SessionLog:
 
 def read_log(path: Path) -> list[Event]:
     """Read a log file's events in file order, warning about each unreadable line."""
-    try:
-        data = path.read_bytes()
-    except OSError as error:
-        raise describe_os_error("read the session log", path, error) from None
-    lines: list[bytes] | list[str]
-    if PARSES_BYTES:
-        lines = data.split(b"\n")  # orjson checks each line's UTF-8 itself, faster than decoding it all first
-    else:
-        try:
-            # Decoding once is much faster than letting json.loads decode line by line.
-            lines = data.decode("utf-8").split("\n")
-        except UnicodeDecodeError:
-            lines = data.split(b"\n")  # some line is not UTF-8: parse_line rejects just that one
-    del data  # a long log is tens of megabytes: hold as few copies of it as possible
-    return _parse_lines(lines, path)
+    with _collector_paused():
+        return _read_events(path)
 
 
-def _parse_lines(lines: list[bytes] | list[str], source: Path) -> list[Event]:
-    """Parse split lines (consuming the list), warning about each unreadable one."""
-    tail = lines.pop()  # what follows the last newline: empty unless the last write was torn
-    count = len(lines)
-    # Parse from a reversed list, popping: each raw line is freed as soon as it is parsed,
-    # so the memory it held is reused for the next event instead of growing the heap.
-    lines.reverse()
+def _read_events(path: Path) -> list[Event]:
+    """read_log's work, with the collector already paused by the caller."""
     events: list[Event] = []
     append = events.append
-    pop = lines.pop
-    with _collector_paused():
-        for number in range(1, count + 1):
-            line = pop()
-            try:
-                append(parse_line(line))
-            except LineRejected as reason:
-                logger.warning("%s:%d: skipping an unreadable line: %s", source, number, reason)
-        if tail:
-            try:
-                append(parse_line(tail))
-            except LineRejected as reason:
-                logger.warning("%s:%d: skipping a torn last line: %s", source, count + 1, reason)
+    try:
+        with open(path, "rb", buffering=0) as file:
+            # Lines are parsed straight from views of the read buffer (see lines.py).
+            for number, (line, terminated) in enumerate(read_lines(file), start=1):
+                try:
+                    append(parse_line(line))
+                except LineRejected as reason:
+                    what = "an unreadable line" if terminated else "a torn last line"
+                    logger.warning("%s:%d: skipping %s: %s", path, number, what, reason)
+    except OSError as error:
+        raise describe_os_error("read the session log", path, error) from None
     return events
 
 
@@ -278,8 +265,9 @@ def _parse_lines(lines: list[bytes] | list[str], source: Path) -> list[Event]:
 def _collector_paused() -> Iterator[None]:
     """Pause the cyclic garbage collector while building many objects that all stay alive.
 
-    Parsing a large log makes hundreds of thousands of dicts; each automatic
+    Parsing a large log makes hundreds of thousands of objects; each automatic
     collection would walk all of them again, for nothing: none is garbage yet.
+    Afterwards they go straight to the oldest generation (see _promote_young_objects).
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -287,4 +275,28 @@ def _collector_paused() -> Iterator[None]:
         yield
     finally:
         if was_enabled:
+            _promote_young_objects()
             gc.enable()
+
+
+_PROMOTE_FROM_OBJECTS: Final = 10_000
+"""How many objects a pause must have built to be promoted (a 10,000-event log builds ~50,000)."""
+
+
+def _promote_young_objects() -> None:
+    """Move every tracked object to the oldest generation, without walking any of them.
+
+    After a pause, the first allocation would start a young collection that walks
+    everything built meanwhile (for a long session, tens of milliseconds of cache
+    misses), and a later middle-generation collection would walk it all again,
+    only to move it to the oldest generation, where a log's events and messages
+    end up anyway: they live as long as the session. freeze() then unfreeze()
+    moves them there directly. Young garbage cycles of anyone else wait for the
+    next full collection instead of the next young one: a delay, not a leak.
+    Skipped when someone froze objects on purpose (e.g. before a fork):
+    unfreeze() would undo that.
+    """
+    # A small load is left to the young collection: it is cheap, and nothing else moves early.
+    if gc.get_count()[0] >= _PROMOTE_FROM_OBJECTS and gc.get_freeze_count() == 0:
+        gc.freeze()
+        gc.unfreeze()

@@ -22,8 +22,11 @@ from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 MAX_MESSAGE_BYTES = 16 << 20
 """Largest gRPC message either way (the host allows the same)."""
 
-WRITE_CHUNK = 1 << 20
-"""Bytes of file data per WriteFile message."""
+WRITE_CHUNK = 256 * 1024
+"""Bytes of file data per WriteFile (and Import) message, the size the host reads files in.
+Measured here, alternating configurations in one run: 1 MiB went up in 5.6 ms in 256 KiB
+messages, 6.5 ms in 128 KiB and 8-9 ms in one 1 MiB message (no overlap between the two ends);
+100 MB at 390 MB/s in 256 KiB messages, 330 MB/s in 4 MiB and 240 MB/s in 64 KiB ones."""
 
 CALL_TIMEOUT_S = 60.0
 """Deadline of quick calls (lifecycle, Stat, ListDir)."""
@@ -353,15 +356,17 @@ class SandboxClient:
         """The bytes of a file (``length`` 0 = to the end)."""
         request = pb.ReadFileRequest(sandbox_id=sandbox_id, path=path, offset=offset, length=length)
         call = self.stub.ReadFile(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
-        data = bytearray()
+        # Joined once at the end: growing a buffer and copying it out touches every byte
+        # twice more, which cost about a fifth of a 100 MB read here.
+        parts: list[bytes] = []
         try:
             async for chunk in call:
-                data.extend(chunk.data)
+                parts.append(chunk.data)  # read once: each read of a bytes field copies it
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, f"reading {path}") from None
         finally:
             call.cancel()
-        return bytes(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def write_file(
         self, sandbox_id: str, path: str, data: bytes, mode: int = 0o644, create_parents: bool = True

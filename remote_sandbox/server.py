@@ -15,7 +15,6 @@ import contextlib
 import errno
 import fcntl
 import functools
-import itertools
 import logging
 import os
 import posixpath
@@ -24,7 +23,7 @@ import shutil
 import socket
 import stat
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,8 +84,11 @@ DEFAULT_MAX_EXECS_PER_SANDBOX = 64
 DEFAULT_MAX_SANDBOXES_PER_TENANT = 64
 """Live sandboxes one tenant may have unless configured otherwise."""
 
-READS_PER_THREAD_TRIP = 8
-"""ReadFile chunks read per trip to a worker thread (2 MiB of 256 KiB chunks)."""
+READ_BATCH_BYTES = 4 << 20
+"""Bytes ReadFile reads per trip to a worker thread; the next batch is read while this one is sent."""
+
+WRITE_BATCH_BYTES = 4 << 20
+"""Bytes WriteFile gathers before a trip to a worker thread writes them; a smaller file takes one trip in all."""
 
 MAX_IMPORT_BYTES = 8 << 30
 """Largest tar stream Import accepts."""
@@ -208,9 +210,50 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _take(items: Iterator[Any], count: int) -> list[Any]:
-    """Up to ``count`` next items of ``items`` (blocking; run on a worker thread)."""
-    return list(itertools.islice(items, count))
+def _open_and_read(workspace: ws.Workspace, request: pb.ReadFileRequest) -> tuple[ws.FileReader, list[bytes]]:
+    """Open the file ``request`` names and read its first batch: one trip to a worker thread."""
+    reader = workspace.open_reader(request.path, request.offset, request.length)
+    try:
+        return reader, reader.read(READ_BATCH_BYTES)
+    except BaseException:
+        reader.close()
+        raise
+
+
+def _read_more(reader: ws.FileReader) -> tuple[ws.FileReader, list[bytes]]:
+    """The next batch of ``reader``: one trip to a worker thread."""
+    return reader, reader.read(READ_BATCH_BYTES)
+
+
+def _close_reader(reader: ws.FileReader | None, reading: asyncio.Future[tuple[ws.FileReader, list[bytes]]] | None) -> None:
+    """Close the file of a ReadFile, whichever trip opened it."""
+    if reader is not None:
+        reader.close()
+    if reading is not None and not reading.cancelled() and reading.exception() is None:
+        reading.result()[0].close()
+
+
+def _write_batch(writer: ws.AtomicWrite | None, open_writer: Callable[[], ws.AtomicWrite], chunks: list[bytes]) -> ws.AtomicWrite:
+    """Open the temp file unless open, and append ``chunks``: one trip to a worker thread."""
+    opened = writer is None
+    writer = writer or open_writer()
+    try:
+        writer.write_all(chunks)
+        return writer
+    except BaseException:
+        if opened:
+            writer.abort()
+        raise
+
+
+def _abort_writer(
+    writer: ws.AtomicWrite | None, writing: asyncio.Future[ws.AtomicWrite] | None
+) -> None:
+    """Drop the temp file of a WriteFile, whichever trip opened it (after a commit: only close it)."""
+    if writer is not None:
+        writer.abort()
+    if writing is not None and not writing.cancelled() and writing.exception() is None:
+        writing.result().abort()
 
 
 def _bytes_text(size: int) -> str:
@@ -453,22 +496,35 @@ class _SandboxService(pb_grpc.SandboxServicer):
 
     @_streaming
     async def ReadFile(self, call: _Call, request: pb.ReadFileRequest, context: Any) -> AsyncIterator[pb.FileChunk]:
-        """Stream a file's bytes in 64 KiB chunks; the first carries the file size."""
+        """Stream a file's bytes in ``workspace.READ_CHUNK`` chunks; the first carries the file size."""
         entry = self._entry(call, request.sandbox_id)
-        chunks = ws.Workspace(entry.record).read_chunks(request.path, request.offset, request.length)
+        workspace = ws.Workspace(entry.record)
+        reader: ws.FileReader | None = None
+        # Each trip to a worker thread is shielded: a cancelled call must not close the file
+        # under a thread still reading it, so the last trip closes it when it ends.
+        reading: asyncio.Future[tuple[ws.FileReader, list[bytes]]] | None = asyncio.ensure_future(
+            asyncio.to_thread(_open_and_read, workspace, request)
+        )
         entry.active += 1
         try:
-            first = True
-            # A few chunks per trip to a worker thread: each trip costs about as much as sending one.
-            while batch := await asyncio.to_thread(_take, chunks, READS_PER_THREAD_TRIP):
-                for data, size in batch:
-                    yield pb.FileChunk(data=data, file_size=size) if first else pb.FileChunk(data=data)
-                    first = False
-                if len(batch) < READS_PER_THREAD_TRIP:
-                    break  # a short batch is the last: no trip just to learn that
+            reader, batch = await asyncio.shield(reading)
+            yield pb.FileChunk(data=batch[0] if batch else b"", file_size=reader.size)
+            del batch[:1]
+            while True:
+                # The next batch is read while this one is sent: the disk and the socket overlap.
+                reading = None if reader.done else asyncio.ensure_future(asyncio.to_thread(_read_more, reader))
+                for data in batch:
+                    yield pb.FileChunk(data=data)
+                if reading is None:
+                    break
+                _, batch = await asyncio.shield(reading)
         finally:
             entry.active -= 1
-            chunks.close()  # closes one descriptor: no thread needed
+            release = functools.partial(_close_reader, reader)
+            if reading is not None and not reading.done():
+                reading.add_done_callback(release)
+            else:
+                release(reading)
 
     @_unary
     async def WriteFile(self, call: _Call, request_iterator: AsyncIterator[pb.WriteFileRequest], context: Any) -> pb.FileInfo:
@@ -483,9 +539,17 @@ class _SandboxService(pb_grpc.SandboxServicer):
         header = first.header
         limit = self.host.config.max_write_bytes
         entry = self._entry(call, header.sandbox_id)
-        writer = await asyncio.to_thread(
+        open_writer = functools.partial(
             ws.Workspace(entry.record).open_for_write, header.path, header.mode, header.create_parents
         )
+        # Data is gathered into batches that worker threads write, one batch in flight while
+        # the next arrives. The first trip opens the temp file, so a file smaller than a batch
+        # costs one trip in all: each costs about as much as receiving a message. Trips are
+        # shielded: a cancelled call must not drop the file under a thread still writing it.
+        writer: ws.AtomicWrite | None = None
+        writing: asyncio.Future[ws.AtomicWrite] | None = None
+        pending: list[bytes] = []
+        pending_bytes = received = 0
         entry.active += 1
         try:
             async for message in messages:
@@ -493,23 +557,45 @@ class _SandboxService(pb_grpc.SandboxServicer):
                     raise InvalidRequest("WriteFile sent a second header; only data may follow the first")
                 data = message.data  # read once: each read of a bytes field copies it
                 _check_message_size(message, "WriteFile message", len(data))
-                if writer.size + len(data) > limit:
-                    # Refused before the chunk is written. The temp file goes now; the rest
-                    # of a finite upload is read and dropped first, because a status that
+                received += len(data)
+                if received > limit:
+                    # Refused before the chunk is written, and the temp file goes (below). The
+                    # rest of a finite upload is read and dropped first, because a status that
                     # reaches grpc-python's client while it is still sending can be replaced
                     # by "Internal error from Core" there, and the caller would never learn
                     # which limit it hit.
-                    writer.abort()
                     await _discard(messages, WRITE_DRAIN_BYTES)
                     raise LimitExceeded(
                         f"limit reached: max write bytes is {_bytes_text(limit)}, and {header.path} "
                         "is larger; nothing was written"
                     )
-                await asyncio.to_thread(writer.write, data)
-            return await asyncio.to_thread(writer.commit)
+                pending.append(data)
+                pending_bytes += len(data)
+                if pending_bytes >= WRITE_BATCH_BYTES:
+                    if writing is not None:
+                        writer = await asyncio.shield(writing)
+                    writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, writer, open_writer, pending))
+                    pending, pending_bytes = [], 0
+            if writing is not None:
+                writer = await asyncio.shield(writing)
+            if pending or writer is None:
+                writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, writer, open_writer, pending))
+                writer = await asyncio.shield(writing)
+            if context.cancelled():
+                # A cancelled upload ends its message stream as a finished one does, and the
+                # cancellation is only known a little later (by now, after a trip to a thread):
+                # without this check the part that arrived would be committed as the whole file.
+                raise asyncio.CancelledError
+            # Committed here rather than on a thread: a rename and a few calls on one descriptor
+            # cost less than the trip, which would also leave a cancellation no time to show.
+            return writer.commit()
         finally:
             entry.active -= 1
-            writer.abort()  # after a commit only closes a descriptor; else also unlinks the temp file
+            release = functools.partial(_abort_writer, writer)
+            if writing is not None and not writing.done():
+                writing.add_done_callback(release)  # once the thread is done with the file
+            else:
+                release(writing)
 
     @_unary
     async def Stat(self, call: _Call, request: pb.PathRequest, context: Any) -> pb.FileInfo:

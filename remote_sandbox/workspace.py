@@ -18,6 +18,8 @@ All functions here block; the server runs them on worker threads.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import io
 import os
@@ -26,7 +28,7 @@ import shutil
 import stat
 import tarfile
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +37,8 @@ from remote_sandbox.providers.base import InvalidRequest, SandboxRecord
 
 READ_CHUNK = 256 * 1024
 """Bytes per ReadFile chunk. Measured here over gRPC: 1 MiB took 2.6-3.5 ms in 256 KiB
-messages, 4-7 ms in 1 MiB ones (HTTP/2 flow control) and 5-6.6 ms in 64 KiB ones."""
+messages, 4-7 ms in 1 MiB ones and 5-6.6 ms in 64 KiB ones; 100 MB went at 230 MB/s in
+256 KiB messages, 165-195 MB/s in 64 KiB, 1 MiB or 4 MiB ones."""
 
 EXPORT_CHUNK = 256 * 1024
 """Bytes per Export chunk (roughly: tar blocks are flushed when this much is buffered)."""
@@ -318,26 +321,10 @@ class Workspace:
             raise InvalidRequest(f"{raw} is not a regular file")
         return fd, st.st_size
 
-    def read_chunks(self, raw: str, offset: int = 0, length: int = 0) -> Iterator[tuple[bytes, int]]:
-        """Yield ``(chunk, file_size)`` pieces of ``raw`` from ``offset``, at most ``length`` bytes (0 = to the end)."""
+    def open_reader(self, raw: str, offset: int = 0, length: int = 0) -> FileReader:
+        """Open regular file ``raw`` to read ``length`` bytes from ``offset`` (0 = to the end)."""
         fd, size = self.open_for_read(raw)
-        try:
-            end = size if length == 0 else min(size, offset + length)
-            position = offset
-            # The first chunk goes out even when empty: it carries the file size.
-            first = True
-            while first or position < end:
-                want = min(READ_CHUNK, end - position)
-                data = os.pread(fd, want, position) if want > 0 else b""
-                if not data and not first:
-                    break  # the file shrank while being read
-                yield data, size
-                first = False
-                position += len(data)
-                if not data:
-                    break
-        finally:
-            os.close(fd)
+        return FileReader(fd, size, offset, size if length == 0 else min(size, offset + length))
 
     def open_for_write(self, raw: str, mode: int, create_parents: bool) -> AtomicWrite:
         """Start an atomic write of ``raw``: a temp file beside it, renamed over it on commit."""
@@ -530,6 +517,73 @@ def _remove_existing(resolved: _Resolved) -> None:
     resolved.st = None
 
 
+_IOV_MAX = 1024
+"""Buffers one ``writev`` call takes at most (Linux's IOV_MAX)."""
+
+_RENAME_EXCHANGE = 2
+"""``renameat2`` flag: swap two names atomically (linux/fs.h)."""
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    """libc's ``renameat2``, or None where it is missing."""
+    try:
+        function = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function
+
+
+_renameat2 = _load_renameat2()
+
+
+def _exchange(dir_fd: int, first: str, second: str) -> bool:
+    """Swap names ``first`` and ``second`` in ``dir_fd`` atomically; False if either is missing or this is unsupported."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(dir_fd, os.fsencode(first), dir_fd, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOENT, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, os.strerror(code), second)
+
+
+class FileReader:
+    """A byte range of an open regular file, read in chunks; the caller closes it."""
+
+    def __init__(self, fd: int, size: int, offset: int, end: int) -> None:
+        """Read ``fd`` (which this object now owns) from ``offset`` up to ``end``."""
+        self.size = size
+        """The file's size when it was opened."""
+        self.done = offset >= end
+        """Whether the range is read to its end (or the file shrank under it)."""
+        self._fd = fd
+        self._position = offset
+        self._end = end
+
+    def read(self, max_bytes: int) -> list[bytes]:
+        """The next chunks of at most ``READ_CHUNK`` bytes each, ``max_bytes`` in all; ``[]`` once done."""
+        chunks: list[bytes] = []
+        while not self.done and max_bytes > 0:
+            data = os.pread(self._fd, min(READ_CHUNK, self._end - self._position, max_bytes), self._position)
+            if not data:
+                self.done = True  # the file shrank while being read
+                break
+            chunks.append(data)
+            self._position += len(data)
+            max_bytes -= len(data)
+            self.done = self._position >= self._end
+        return chunks
+
+    def close(self) -> None:
+        """Close the file. Safe to call twice."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class AtomicWrite:
     """A file being written: a temp file in the target's directory, renamed over the target on commit.
 
@@ -568,6 +622,18 @@ class AtomicWrite:
             view = view[written:]
         self.size += len(data)
 
+    def write_all(self, chunks: list[bytes]) -> None:
+        """Append ``chunks`` in order, with as few system calls as the kernel allows."""
+        assert self._fd is not None
+        pending = [memoryview(chunk) for chunk in chunks if chunk]
+        while pending:
+            written = os.writev(self._fd, pending[:_IOV_MAX])
+            self.size += written
+            while pending and written >= len(pending[0]):
+                written -= len(pending.pop(0))
+            if written:
+                pending[0] = pending[0][written:]
+
     def commit(self, mtime: float | None = None) -> pb.FileInfo:
         """Set the mode and rename over the target; return what is there now."""
         assert self._fd is not None
@@ -578,7 +644,17 @@ class AtomicWrite:
         os.close(self._fd)
         self._fd = None
         dir_fd, name = self.resolved.dir_fd, self.resolved.name
-        os.rename(self.temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        if self.resolved.st is not None and _exchange(dir_fd, self.temp_name, name):
+            # The new file is in place; what was there has the temp name now. A plain rename
+            # over an existing file makes ext4 start writing the new data out at once
+            # (auto_da_alloc): 0.9 ms of a 1 MiB write here, against 0.09 ms for this.
+            try:
+                os.unlink(self.temp_name, dir_fd=dir_fd)
+            except OSError:
+                _exchange(dir_fd, self.temp_name, name)  # a directory was put there meanwhile: undo
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), self.resolved.sandbox_path) from None
+        else:
+            os.rename(self.temp_name, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
         self._done = True
         return _file_info(self.resolved.sandbox_path, st)
 

@@ -372,7 +372,9 @@ class SandboxClient:
         self, sandbox_id: str, path: str, data: bytes, mode: int = 0o644, create_parents: bool = True
     ) -> pb.FileInfo:
         """Write a file atomically (it is replaced whole or not at all)."""
-        header = pb.WriteFileHeader(sandbox_id=sandbox_id, path=path, mode=mode, create_parents=create_parents)
+        header = pb.WriteFileHeader(
+            sandbox_id=sandbox_id, path=path, mode=mode, create_parents=create_parents, size=len(data)
+        )
 
         def messages() -> Iterator[pb.WriteFileRequest]:
             yield pb.WriteFileRequest(header=header)

@@ -586,6 +586,13 @@ class _SandboxService(pb_grpc.SandboxServicer):
                 # cancellation is only known a little later (by now, after a trip to a thread):
                 # without this check the part that arrived would be committed as the whole file.
                 raise asyncio.CancelledError
+            if header.HasField("size") and received != header.size:
+                # The certain check, for clients that announce the size (a cancellation can
+                # still show too late for the one above).
+                raise InvalidRequest(
+                    f"WriteFile announced {header.size} bytes for {header.path} but {received} arrived; "
+                    "nothing was written"
+                )
             # Committed here rather than on a thread: a rename and a few calls on one descriptor
             # cost less than the trip, which would also leave a cancellation no time to show.
             return writer.commit()

@@ -155,3 +155,26 @@ async def test_a_write_cancelled_while_a_batch_is_written_leaves_no_temp_file(lo
     finally:
         watch.close()
     assert os.listdir(workspace) == []
+
+
+@pytest.mark.parametrize("sent", [5, 15])
+async def test_an_upload_that_is_not_the_size_it_announced_writes_nothing(local_host: RunningHost, sent: int) -> None:
+    """A stream that ends early (a cancelled client looks the same to the host) or runs long is refused."""
+    async with SandboxClient(local_host.target, local_host.token) as client:
+        sandbox = await client.provision(local_host.recipe)
+        await client.write_file(sandbox.sandbox_id, "kept.txt", b"the old content\n")
+        header = pb.WriteFileHeader(sandbox_id=sandbox.sandbox_id, path="kept.txt", size=10)
+        async with grpc.aio.insecure_channel(local_host.target.removeprefix("grpc://")) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.SandboxStub(channel).WriteFile(
+                    iter([pb.WriteFileRequest(header=header), pb.WriteFileRequest(data=b"x" * sent)]),
+                    metadata=(("authorization", f"Bearer {local_host.token}"),),
+                    timeout=WAIT_S,
+                )
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"announced 10 bytes for kept.txt but {sent} arrived" in (refused.value.details() or "")
+        assert await client.read_file(sandbox.sandbox_id, "kept.txt") == b"the old content\n"
+        # The client announces the size itself, and an empty file is a size like any other.
+        await client.write_file(sandbox.sandbox_id, "empty.txt", b"")
+        assert await client.read_file(sandbox.sandbox_id, "empty.txt") == b""
+    assert sorted(os.listdir(host_workspace(local_host, sandbox.sandbox_id))) == ["empty.txt", "kept.txt"]

@@ -225,16 +225,18 @@ class FileChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ..., file_size: _Optional[int] = ...) -> None: ...
 
 class WriteFileHeader(_message.Message):
-    __slots__ = ("sandbox_id", "path", "mode", "create_parents")
+    __slots__ = ("sandbox_id", "path", "mode", "create_parents", "size")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     CREATE_PARENTS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     path: str
     mode: int
     create_parents: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[int] = ..., create_parents: _Optional[bool] = ...) -> None: ...
+    size: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., path: _Optional[str] = ..., mode: _Optional[int] = ..., create_parents: _Optional[bool] = ..., size: _Optional[int] = ...) -> None: ...
 
 class WriteFileRequest(_message.Message):
     __slots__ = ("header", "data")

@@ -264,6 +264,18 @@ def _bytes_text(size: int) -> str:
     return f"{size} bytes"
 
 
+async def _opening(request_iterator: AsyncIterator[Any], method: str, part: str, duty: str) -> tuple[AsyncIterator[Any], Any]:
+    """A client-streaming call's messages and its first one, which must carry ``part`` (it must ``duty``)."""
+    messages = aiter(request_iterator)
+    first = await anext(messages, None)
+    if first is None:
+        raise InvalidRequest(f"{method} received no messages; the first must {duty}")
+    _check_message_size(first, f"{method} message")
+    if first.WhichOneof("part") != part:
+        raise InvalidRequest(f"{method}'s first message must {duty}, not data")
+    return messages, first
+
+
 async def _discard(messages: AsyncIterator[Any], budget: int) -> None:
     """Read and drop messages until the client stops sending or ``budget`` bytes went by."""
     async for message in messages:
@@ -529,13 +541,7 @@ class _SandboxService(pb_grpc.SandboxServicer):
     @_unary
     async def WriteFile(self, call: _Call, request_iterator: AsyncIterator[pb.WriteFileRequest], context: Any) -> pb.FileInfo:
         """Write a file atomically from a header and data messages."""
-        messages = aiter(request_iterator)
-        first = await anext(messages, None)
-        if first is None:
-            raise InvalidRequest("WriteFile received no messages; the first must be the header")
-        _check_message_size(first, "WriteFile message")
-        if first.WhichOneof("part") != "header":
-            raise InvalidRequest("WriteFile's first message must be the header (path, mode), not data")
+        messages, first = await _opening(request_iterator, "WriteFile", "header", "be the header (path, mode)")
         header = first.header
         limit = self.host.config.max_write_bytes
         entry = self._entry(call, header.sandbox_id)
@@ -646,13 +652,7 @@ class _SandboxService(pb_grpc.SandboxServicer):
     @_unary
     async def Import(self, call: _Call, request_iterator: AsyncIterator[pb.ImportRequest], context: Any) -> pb.ImportResponse:
         """Unpack a tar stream into the workspace."""
-        messages = aiter(request_iterator)
-        first = await anext(messages, None)
-        if first is None:
-            raise InvalidRequest("Import received no messages; the first must name the sandbox")
-        _check_message_size(first, "Import message")
-        if first.WhichOneof("part") != "sandbox":
-            raise InvalidRequest("Import's first message must name the sandbox, not carry tar data")
+        messages, first = await _opening(request_iterator, "Import", "sandbox", "name the sandbox")
         entry = self._entry(call, first.sandbox.sandbox_id)
         # Spooled to disk first: tarfile wants a file, and a half-received stream
         # must not leave a half-written workspace behind.

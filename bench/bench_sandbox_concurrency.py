@@ -5,9 +5,10 @@ spread over a few client processes, as real harnesses are separate processes. Th
 alternated A B C A B C in one run on the same host:
 
 A. 32 sessions, paced (the target): between two execs a session waits a think time drawn from an
-   exponential distribution (seeded; mean --think-ms, default 100 ms). An agent session waits for
-   the model between tool calls, which takes seconds; 100 ms is ten times faster than that, so
-   the 32 sessions together still ask for ~320 execs/s.
+   exponential distribution (seeded; mean --think-ms, default 1000 ms). An agent session waits for
+   the model between tool calls: a real model's turn takes 2-10 s (first token, then the tool
+   call's text), so one tool call per second per session is already faster than any session
+   does. Try --think-ms 100 to see where the 2 cores here run out.
 B. 32 sessions, back to back (for scale: saturation). With no pause the host is CPU-bound, and
    by Little's law the latency is sessions / throughput: on 2 cores this is a throughput figure,
    not a session latency.
@@ -123,7 +124,7 @@ def main() -> None:
     parser.add_argument("--execs", type=int, default=50, help="execs per session per round (default 50)")
     parser.add_argument("--rounds", type=int, default=2, help="A B C rounds (default 2)")
     parser.add_argument("--processes", type=int, default=4, help="client processes the sessions are spread over (default 4)")
-    parser.add_argument("--think-ms", type=float, default=100.0, help="mean pause between a session's execs in A (default 100)")
+    parser.add_argument("--think-ms", type=float, default=1000.0, help="mean pause between a session's execs in A (default 1000)")
     arguments = parser.parse_args()
     paced: list[float] = []
     saturated: list[float] = []
@@ -146,7 +147,8 @@ def main() -> None:
             alone += latencies
             errors += failed
     print(percentiles("C. 1 session alone: Exec echo", alone))
-    print(percentiles(f"A. {sessions} sessions, {arguments.think_ms:g} ms think", paced))
+    offered = sessions * 1000 / arguments.think_ms if arguments.think_ms else float("inf")
+    print(percentiles(f"A. {sessions} sessions, {arguments.think_ms:g} ms think", paced) + f"  (~{offered:.0f} execs/s asked)")
     print(percentiles(f"B. {sessions} sessions, back to back", saturated))
     total = sessions * execs
     print(

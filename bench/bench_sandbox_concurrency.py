@@ -16,7 +16,7 @@ C. 1 session alone, back to back (the baseline: the same call with no contention
 
 Target: zero errors, p99 <= 50 ms for A.
 
-Run: .venv/bin/python bench/bench_sandbox_concurrency.py [--sessions 32] [--execs 50] [--rounds 2] [--processes 4] [--think-ms 100]
+Run: .venv/bin/python bench/bench_sandbox_concurrency.py [--sessions 32] [--execs 50] [--rounds 2] [--processes 4] [--think-ms 1000]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The docker provider: one container per sandbox, commands run through a resident exec server.
+"""The docker provider: one container per sandbox, commands run through resident shell workers.
 
 Each sandbox is a container (``cap_drop=ALL``, ``no-new-privileges``, pids/memory/cpu
 limits, no network unless the recipe asks) whose workspace is a host directory
@@ -9,13 +9,26 @@ Why not ``docker exec`` per command: it costs 65-90 ms here, and a coding agent 
 many small commands. Instead, at provision, one ``docker exec`` starts a small ``sh``
 loop in the container (the *exec server*) that reads one-line requests from a FIFO in
 a control directory (host ``<workspace>/../docker-exec``, mounted at ``/run/tether``).
-Running a command then costs a few syscalls and forks, 3-6 ms in all: the host writes
-the command's script (and stdin) to files, makes FIFOs for stdout, stderr and a
-control channel, and writes ``run <id>`` to the request FIFO; the server forks a
-*monitor* that starts the command with ``setsid`` (its own session and process group)
-with its streams on those FIFOs, and reports ``pid N`` and then ``exit S`` on the
-control FIFO. Killing the group is a ``kill <id> <pgid> <leader>`` request; the server
-confirms ``gone`` once no process of the group is left. FIFOs on a bind mount work
+The server only forks *workers* and kills process groups; commands run in workers.
+
+A worker is a resident ``sh`` with its own FIFOs, made once by the host: ``W.req``
+(requests), ``W.ctl`` (what it reports), ``W.out`` and ``W.err`` (the command's
+streams), and a script file ``W.sh``. Between commands the worker keeps a *runner*
+ready: a shell already started under ``setsid`` (its own session and process group),
+blocked reading ``W.req``. Running a command on an idle worker costs the host one
+in-place script write, one 4-byte request and two FIFO opens; the runner reports
+``pid N`` and ``exec``s the command (same pid, so it is also the group id) with its
+streams on the FIFOs; the worker waits for it, reports ``exit N S`` and starts the next
+runner. The fork and the execs of ``setsid`` and ``sh`` are paid between commands, not
+during one. No ``mkfifo``, no per-command monitor, no polling anywhere: everything on
+the host is driven by the event loop's readers. Concurrent commands use more workers;
+the server forks one on demand (``spawn W``); up to ``MAX_IDLE_WORKERS`` stay.
+
+Killing a group is a ``kill W <pgid> <leader>`` request to the server (``kill`` is a
+builtin, so it works even when a fork bomb exhausts the pids limit); it confirms
+``gone`` on the worker's control FIFO once no process of the group is left. A worker
+is reused only after a clean run (exit seen, both streams at EOF, any kill confirmed);
+otherwise it is told to quit and its files are removed. FIFOs on a bind mount work
 because the docker engine shares this machine's kernel, which the workspace bind
 mount needs anyway.
 
@@ -26,11 +39,13 @@ Every process still runs inside the container, under its cgroup, capability set 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import errno
 import os
 import re
+import select
 import shlex
 import shutil
 import uuid
@@ -56,7 +71,7 @@ from remote_sandbox.providers.base import (
 )
 
 CONTROL_DIR_NAME = "docker-exec"
-"""The exec server's host directory, beside the workspace: request FIFO, per-command files.
+"""The exec server's host directory, beside the workspace: request FIFOs, workers' files.
 
 Not inside the spill area: the harness reads files there, and reading a FIFO would hang
 it or steal a request.
@@ -94,10 +109,13 @@ KILL_CONFIRM_TIMEOUT_S = 10.0
 """How long to wait for a killed group to be confirmed gone."""
 
 PICKUP_CHECK_S = 1.0
-"""How long a submitted command may go without a pid before the exec server is checked."""
+"""How long a worker being spawned may go without saying ``ready`` before the exec server is checked."""
 
 DRAIN_AFTER_EXIT_S = 2.0
 """After a kill, how long to keep reading output held open by processes that left the group."""
+
+MAX_IDLE_WORKERS = 4
+"""Idle workers kept per sandbox; one more that finishes is told to quit (each holds a pid)."""
 
 _QUEUE_HIGH_WATER = 64
 """Output chunks buffered per command before reading from its FIFOs pauses."""
@@ -112,51 +130,258 @@ _CONTAINER_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*\Z")
 # The exec server. It reads requests with the `read` builtin (one byte at a time from a
 # FIFO, so it never swallows the next request), and `kill` is a builtin too: a fork bomb
 # that exhausts the pids limit cannot stop it from killing the bomb. `( ... & )` forks
-# twice so each monitor is reparented to pid 1, which reaps it; the server never
+# twice so each worker is reparented to pid 1, which reaps it; the server never
 # accumulates zombies. It holds the request FIFO open read-write: it never sees EOF, and
 # the host's non-blocking open for writing fails with ENXIO exactly when it is gone.
-# A kill also signals the leader by pid while it lives: between fork and setsid it is
-# not yet the leader of its group. Once it is reaped its pid may be reused, so not then.
+# A kill also signals the leader by pid while it lives: in an image without setsid it
+# leads no group of its own. Once it is reaped its pid may be reused, so not then.
 _SERVER_SCRIPT = """\
 # tether exec server: see remote_sandbox/providers/docker.py
 ctl={ctl}
 exec 3<>"$ctl/requests" || exit 1
 if command -v setsid >/dev/null 2>&1; then echo ready setsid; else echo ready; fi
 exec </dev/null >/dev/null 2>&1
-while read -r verb id pgid leader <&3; do
+while read -r verb w pgid leader <&3; do
   case $verb in
-    run) [ -f "$ctl/$id.sh" ] && ( . "$ctl/$id.sh" & ) ;;
+    spawn) [ -p "$ctl/$w.req" ] && ( w=$ctl/$w; . "$ctl/worker.sh" & ) ;;
     kill)
       kill -9 "-$pgid"
       [ "$leader" = alive ] && kill -9 "$pgid"
       n=0
       while kill -0 "-$pgid" && [ "$n" -lt 200000 ]; do n=$((n + 1)); done
       if [ "$n" -lt 200000 ]; then state=gone; else state=alive; fi
-      [ -p "$ctl/$id.ctl" ] && echo "$state" 1<>"$ctl/$id.ctl" ;;
+      [ -p "$ctl/$w.ctl" ] && echo "$state" 1<>"$ctl/$w.ctl" ;;
   esac
 done
 """
 
-# One command's monitor, sourced by a forked subshell of the server (no exec of a new
-# shell). It writes to its control FIFO through a read-write descriptor, which never
-# blocks whether or not the host still listens. The command gets its own session and
-# process group from setsid; `$!` is then both its pid and its group id. When the
+# One worker, sourced by a forked subshell of the server with `w` set to its path prefix.
+# Its control FIFO is fd 3 and its request FIFO fd 4, both opened read-write: writes to
+# fd 3 never block whether or not the host listens, and fd 4 never reads as EOF. Opening
+# fd 3 also closes the server's request FIFO that the fork inherited, so the server's
+# death still shows on the host. The worker keeps one *runner* started ahead of time:
+# a shell that is already a session leader (setsid: its own session and process group)
+# and waits for the next request, so the fork and the execs of setsid and sh are paid
+# between commands, not during one. The worker waits for it and reports its end with
+# its pid, then starts the next; once the host has retired it (its files are gone) it stops.
+_WORKER_SCRIPT = """\
+# tether exec worker: see remote_sandbox/providers/docker.py
+exec 3<>"$w.ctl" 4<>"$w.req" || exit 1
+s=setsid
+command -v setsid >/dev/null 2>&1 || s=
+echo ready >&3
+while [ -p "$w.req" ]; do
+  $s /bin/sh "$ctl/runner.sh" "$w" <&4 3>&- 4>&- &
+  r=$!
+  wait $r
+  echo "exit $r $?" >&3
+done
+"""
+
+# One runner: reads one request from its stdin (the worker's request FIFO; `read` stops at
+# the newline), reports its pid, and sources the command's script, which replaces it with
+# the command. It writes its pid through a descriptor of its own that it closes at once:
+# an idle runner holds no control FIFO, so a dead worker shows on the host as EOF.
+_RUNNER_SCRIPT = """\
+# tether exec runner: see remote_sandbox/providers/docker.py
+w=$1
+read -r verb || exit 0
+[ "$verb" = run ] || exit 0
+echo "pid $$" 1<>"$w.ctl"
+. "$w.sh"
+"""
+
+# One command, written to the worker's W.sh and sourced by its runner, whose environment
+# and directory it may change freely. `exec` makes the runner the command (same pid, so
+# the pid is also the group id), with its streams on the worker's FIFOs. When the
 # directory is missing, the command becomes a `cd` that fails with the shell's own words.
-_MONITOR_SCRIPT = """\
-c={base}
-[ -p "$c.ctl" ] || exit 0
-exec 3<>"$c.ctl"
+_RUN_SCRIPT = """\
 {exports}if cd -- {cwd} 2>/dev/null; then set -- {command}; else set -- /bin/sh -c 'cd -- "$1"' sh {cwd}; fi
-{setsid}"$@" <{stdin} >"$c.out" 2>"$c.err" 3>&- &
-p=$!
-echo "pid $p" >&3
-wait "$p"
-echo "exit $?" >&3
+exec "$@" <{stdin} >"$w.out" 2>"$w.err"
 """
 
 
 class DockerError(ProviderError):
     """The docker engine refused or failed a request; the message carries its words."""
+
+
+class _Events:
+    """Chunks and EOFs from a command's FIFOs, in arrival order, with a cheap timed wait.
+
+    An ``asyncio.Queue`` with ``wait_for`` would start a task per wait (Python 3.11); a
+    command waits several times, and every ~50 us counts on a 3 ms round trip.
+    """
+
+    def __init__(self) -> None:
+        """An empty buffer."""
+        self.items: collections.deque[tuple[str, bytes | None]] = collections.deque()
+        """What arrived and was not taken yet."""
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, item: tuple[str, bytes | None]) -> None:
+        """Add one item and wake the waiting consumer."""
+        self.items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def get(self, deadline: float | None) -> tuple[str, bytes | None] | None:
+        """The next item, or None once the loop time ``deadline`` has passed (None: never)."""
+        if not self.items:
+            loop = asyncio.get_running_loop()
+            if deadline is not None and deadline <= loop.time():
+                return None
+            waiter = self._waiter = loop.create_future()
+            timer = None if deadline is None else loop.call_at(deadline, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+                if timer is not None:
+                    timer.cancel()
+            if not self.items:
+                return None
+        return self.items.popleft()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    """Resolve ``waiter`` if nothing else has."""
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _FifoFeed:
+    """Feeds what one FIFO's read end receives, then its EOF, into an ``_Events``."""
+
+    _CHUNK = 1 << 18
+
+    def __init__(self, stream: str, fd: int, events: _Events, *, owns_fd: bool = True, watch: bool = True) -> None:
+        """Read the non-blocking ``fd`` on the running loop (from ``start`` if not ``watch``), tagging chunks with ``stream``."""
+        self.stream = stream
+        """``out``, ``err`` or ``ctl``."""
+        self.fd: int | None = fd
+        """The read end, until EOF or ``close`` (when owned) or ``stop``."""
+        self.events = events
+        """Receives ``(stream, bytes)`` and finally ``(stream, None)``."""
+        self.owns_fd = owns_fd
+        """Whether EOF and ``close`` close the descriptor (a worker's control FIFO outlives a run)."""
+        self._loop = asyncio.get_running_loop()
+        self._reading = False
+        self._paused = False
+        if watch:
+            self.start()
+
+    def start(self) -> None:
+        """Watch the descriptor (again, after an EOF of a descriptor not owned)."""
+        if self.fd is not None and not self._reading:
+            self._loop.add_reader(self.fd, self._readable)
+            self._reading, self._paused = True, False
+
+    def stop(self) -> None:
+        """Stop watching the descriptor; it stays open."""
+        if self.fd is not None and self._reading:
+            self._loop.remove_reader(self.fd)
+            self._reading = False
+
+    def _readable(self) -> None:
+        """Queue what is there; stop reading while the buffer is full (back-pressure)."""
+        assert self.fd is not None
+        try:
+            data = os.read(self.fd, self._CHUNK)
+        except BlockingIOError:
+            return
+        if not data:
+            self.close()
+            self.events.put((self.stream, None))
+            return
+        self.events.put((self.stream, data))
+        if len(self.events.items) >= _QUEUE_HIGH_WATER and not self._paused:
+            self.stop()
+            self._paused = True
+
+    def resume(self) -> None:
+        """Read again once the consumer has caught up."""
+        if self._paused:
+            self.start()
+
+    def close(self) -> None:
+        """Stop reading, and close the read end if this feed owns it."""
+        self.stop()
+        if self.fd is not None and self.owns_fd:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Worker:
+    """The host side of one resident worker shell: its files and the descriptors kept open."""
+
+    def __init__(self, control_dir: Path, name: str) -> None:
+        """Name the worker's files in ``control_dir``; nothing is created yet."""
+        self.name = name
+        """``w<N>``, unique within its sandbox."""
+        self.paths = {suffix: control_dir / f"{name}.{suffix}" for suffix in ("req", "ctl", "out", "err", "sh")}
+        """Host paths of its request, control, stdout and stderr FIFOs and its script file."""
+        self.ctl_fd: int | None = None
+        """The read end of its control FIFO, open from before it starts until it is retired."""
+        self.req_fd: int | None = None
+        """The write end of its request FIFO, once it said ``ready``."""
+        self.script_fd: int | None = None
+        """Its script file, open for rewriting in place."""
+        self._script_size = 0
+
+    def make_files(self) -> None:
+        """Make the FIFOs and open the control FIFO's read end."""
+        for suffix in ("req", "ctl", "out", "err"):
+            os.mkfifo(self.paths[suffix], 0o600)
+        self.ctl_fd = os.open(self.paths["ctl"], os.O_RDONLY | os.O_NONBLOCK)
+        self.script_fd = os.open(self.paths["sh"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+    def write_script(self, script: str) -> None:
+        """Replace the script the worker sources next.
+
+        Rewritten in place, never truncated to zero: ext4 flushes a file truncated to
+        zero and rewritten when it is closed, which costs milliseconds per command.
+        """
+        assert self.script_fd is not None
+        data = script.encode()
+        os.pwrite(self.script_fd, data, 0)
+        if len(data) < self._script_size:
+            os.ftruncate(self.script_fd, len(data))
+        self._script_size = len(data)
+
+    def request(self, line: bytes) -> None:
+        """Write one request line (atomic: shorter than PIPE_BUF); OSError if the worker is gone."""
+        if self.req_fd is None:
+            raise BrokenPipeError(errno.EPIPE, "the worker never started")
+        os.write(self.req_fd, line)
+
+    def alive(self) -> bool:
+        """Whether the worker still holds its control FIFO: once it is gone, the read end hangs up."""
+        if self.ctl_fd is None:
+            return False
+        poller = select.poll()
+        poller.register(self.ctl_fd, select.POLLIN)
+        return not any(events & select.POLLHUP for _fd, events in poller.poll(0))
+
+    def retire(self) -> None:
+        """Delete the worker's files, wake its idle runner with ``quit`` and close the host's ends.
+
+        The files go first: the worker stops when it finds its request FIFO gone, right
+        after its runner ends (at once if idle, else when the command ends).
+        """
+        for path in self.paths.values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        if self.req_fd is None and self.ctl_fd is not None:
+            # Never said ready, or not yet: if it did start, it reads this all the same.
+            with contextlib.suppress(OSError):
+                self.req_fd = os.open(self.paths["req"], os.O_WRONLY | os.O_NONBLOCK)
+        if self.req_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.req_fd, b"quit\n")
+        for fd in (self.req_fd, self.ctl_fd, self.script_fd):
+            if fd is not None:
+                os.close(fd)
+        self.req_fd = self.ctl_fd = self.script_fd = None
 
 
 @dataclass
@@ -172,14 +397,22 @@ class _Container:
     control_dir: Path
     """The host side of the exec server's directory (mounted at ``CONTROL_MOUNT``)."""
     has_setsid: bool = True
-    """Whether the image has ``setsid``; without it commands share the monitor's group."""
+    """Whether the image has ``setsid``; without it commands share the server's process group."""
     server_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     """Held while the exec server is (re)started."""
+    idle: list[_Worker] = field(default_factory=list)
+    """Workers waiting for a command, most recently used last."""
+    workers: set[_Worker] = field(default_factory=set)
+    """Every worker not retired yet, idle or busy."""
+    spawned: int = 0
+    """Workers made so far (names them)."""
 
-    @property
-    def requests(self) -> Path:
-        """The exec server's request FIFO, host side."""
-        return self.control_dir / "requests"
+    requests: str = field(init=False, default="")
+    """The exec server's request FIFO, host side (a string: it is opened on every command)."""
+
+    def __post_init__(self) -> None:
+        """Name the request FIFO once."""
+        self.requests = os.path.join(self.control_dir, "requests")
 
     def sandbox_path(self, host_path: Path) -> str:
         """The path the sandbox sees for a file in the spill area or the control directory."""
@@ -187,103 +420,77 @@ class _Container:
             return f"{CONTROL_MOUNT}/{host_path.relative_to(self.control_dir).as_posix()}"
         return f"{self.spill_mount}/{host_path.relative_to(self.spill_dir).as_posix()}"
 
-
-class _FifoFeed:
-    """Feeds what one FIFO's read end receives, then its EOF, into a shared queue."""
-
-    _CHUNK = 1 << 18
-
-    def __init__(self, stream: str, fd: int, queue: asyncio.Queue[tuple[str, bytes | None]]) -> None:
-        """Read the non-blocking ``fd`` on the running loop, tagging chunks with ``stream``."""
-        self.stream = stream
-        """``out``, ``err`` or ``ctl``."""
-        self.fd: int | None = fd
-        """The read end, until EOF or ``close``."""
-        self.queue = queue
-        """Receives ``(stream, bytes)`` and finally ``(stream, None)``."""
-        self._loop = asyncio.get_running_loop()
-        self._paused = False
-        self._loop.add_reader(fd, self._readable)
-
-    def _readable(self) -> None:
-        """Queue what is there; stop reading while the queue is full (back-pressure)."""
-        assert self.fd is not None
-        try:
-            data = os.read(self.fd, self._CHUNK)
-        except BlockingIOError:
-            return
-        if not data:
-            self.close()
-            self.queue.put_nowait((self.stream, None))
-            return
-        self.queue.put_nowait((self.stream, data))
-        if self.queue.qsize() >= _QUEUE_HIGH_WATER and not self._paused:
-            self._paused = True
-            self._loop.remove_reader(self.fd)
-
-    def resume(self) -> None:
-        """Read again once the consumer has caught up."""
-        if self._paused and self.fd is not None:
-            self._paused = False
-            self._loop.add_reader(self.fd, self._readable)
-
-    def close(self) -> None:
-        """Stop reading and close the read end."""
-        if self.fd is not None:
-            self._loop.remove_reader(self.fd)
-            os.close(self.fd)
-            self.fd = None
+    def close_workers(self) -> None:
+        """Retire the idle workers and disown the busy ones, which their runs retire when they end."""
+        for worker in self.idle:
+            worker.retire()
+        self.workers.clear()
+        self.idle.clear()
 
 
 class _CommandRun:
-    """The host side of one command: its files, FIFOs, readers and what they reported."""
+    """The host side of one command on one worker: its files, readers and what they reported."""
 
-    def __init__(self, container: _Container) -> None:
+    def __init__(self, container: _Container, worker: _Worker) -> None:
         """Name the files of a new command; nothing is created yet."""
         self.container = container
         """The sandbox it runs in."""
+        self.worker = worker
+        """The worker that runs it."""
         self.run_id = uuid.uuid4().hex
-        """Unique name of this command's files."""
-        base = container.control_dir / self.run_id
-        self.base = base
-        """Host path prefix of the command's files."""
-        self.script = base.with_suffix(".sh")
-        self.stdin_file = base.with_suffix(".in")
-        self.cwd_file = base.with_suffix(".cwd")
-        self.fifos = {name: base.with_suffix(f".{name}") for name in ("out", "err", "ctl")}
-        self.queue: asyncio.Queue[tuple[str, bytes | None]] = asyncio.Queue()
+        """Unique name of this command's own files (stdin, final directory, spill)."""
+        self._own_files: list[Path] = []
+        self.events = _Events()
         """Chunks and EOFs from the three FIFOs, in arrival order."""
         self.feeds: dict[str, _FifoFeed] = {}
-        self._held_writers: dict[str, int] = {}
+        self._held_ctl: int | None = None
         self._ctl_buffer = b""
         self.pid: int | None = None
         """The command's pid (and process group) in the container, once reported."""
         self.exit_status: int | None = None
-        """The status ``wait`` gave the monitor, once reported."""
+        """The status ``wait`` gave the worker for this command's pid, once reported."""
+        self.kill_sent = False
+        """Whether the exec server was asked to kill the group."""
         self.group_state: str | None = None
         """``gone`` or ``alive`` after a kill request was carried out."""
         self.open_streams = {"out", "err", "ctl"}
         """Streams that have not reached EOF."""
-        self.submitted = False
-        """Whether the exec server was asked to run it."""
-        self.monitor_lost = False
-        """Whether the monitor vanished without reporting an exit."""
+        self.worker_lost = False
+        """Whether the worker vanished without reporting an exit."""
+
+    @property
+    def stdin_file(self) -> Path:
+        """Where the command's stdin is written, when it has one."""
+        return self.container.control_dir / f"{self.run_id}.in"
+
+    @property
+    def cwd_file(self) -> Path:
+        """Where the shell's EXIT trap writes its final directory, when asked to."""
+        return self.container.control_dir / f"{self.run_id}.cwd"
 
     def open(self, spec: ExecSpec) -> None:
-        """Write the script and stdin, make the FIFOs and start reading them."""
+        """Write the script and stdin, and open the read ends of the worker's FIFOs (``watch`` reads them)."""
         if spec.stdin:
+            self._own_files.append(self.stdin_file)
             self.stdin_file.write_bytes(spec.stdin)
-        for name, path in self.fifos.items():
-            os.mkfifo(path, 0o600)
-            read_fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-            # A FIFO reads as EOF while it has no writer, and the container side opens
-            # its end a little later: hold a writer until that side surely has.
-            self._held_writers[name] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
-            self.feeds[name] = _FifoFeed(name, read_fd, self.queue)
-        self.script.write_text(self._monitor_script(spec))
+        if spec.report_cwd:
+            self._own_files.append(self.cwd_file)
+        self.worker.write_script(self._run_script(spec))
+        assert self.worker.ctl_fd is not None
+        self.feeds["ctl"] = _FifoFeed("ctl", self.worker.ctl_fd, self.events, owns_fd=False, watch=False)
+        # Opened afresh per command, before the request: the kernel reports no EOF on a
+        # read end until a writer has come and gone since it was opened.
+        for name in ("out", "err"):
+            fd = os.open(self.worker.paths[name], os.O_RDONLY | os.O_NONBLOCK)
+            self.feeds[name] = _FifoFeed(name, fd, self.events, watch=False)
 
-    def _monitor_script(self, spec: ExecSpec) -> str:
-        """The monitor script that starts ``spec`` and reports on it."""
+    def watch(self) -> None:
+        """Start reading the FIFOs; called once the request is out, so the container starts sooner."""
+        for feed in self.feeds.values():
+            feed.start()
+
+    def _run_script(self, spec: ExecSpec) -> str:
+        """The script the worker sources to start ``spec`` and report on it."""
         exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in spec.env.items())
         if spec.shell is not None:
             script = spec.shell
@@ -295,42 +502,53 @@ class _CommandRun:
         else:
             assert spec.argv is not None
             argv = spec.argv
-        stdin = '"$c.in"' if spec.stdin else "/dev/null"
-        return _MONITOR_SCRIPT.format(
-            base=shlex.quote(self.container.sandbox_path(self.base)),
+        stdin = shlex.quote(self.container.sandbox_path(self.stdin_file)) if spec.stdin else "/dev/null"
+        return _RUN_SCRIPT.format(
             exports=exports,
             cwd=shlex.quote(spec.cwd),
             command=" ".join(shlex.quote(part) for part in argv),
-            setsid="setsid " if self.container.has_setsid else "",
             stdin=stdin,
         )
 
     @property
     def ended(self) -> bool:
-        """Whether the command's leader has exited (or its monitor was lost)."""
-        return self.exit_status is not None or self.monitor_lost
+        """Whether the command's leader has exited (or its worker was lost)."""
+        return self.exit_status is not None or self.worker_lost
 
     @property
     def output_open(self) -> bool:
         """Whether stdout or stderr has not reached EOF yet."""
         return bool(self.open_streams & {"out", "err"})
 
-    def hold_control(self) -> None:
-        """Hold a writer on the control FIFO, reopening its read end if it already hit EOF."""
-        path = self.fifos["ctl"]
-        feed = self.feeds.get("ctl")
-        if feed is None or feed.fd is None:
-            self.feeds["ctl"] = _FifoFeed("ctl", os.open(path, os.O_RDONLY | os.O_NONBLOCK), self.queue)
-            self.open_streams.add("ctl")
-        if "ctl" not in self._held_writers:
-            self._held_writers["ctl"] = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    @property
+    def clean(self) -> bool:
+        """Whether the worker may run another command: it reported the exit and nothing is left over."""
+        return (
+            self.exit_status is not None
+            and self.pid is not None
+            and not self.worker_lost
+            and self.open_streams == {"ctl"}
+            and (not self.kill_sent or self.group_state == "gone")
+            and self._held_ctl is None
+        )
 
-    def release(self, *names: str) -> None:
-        """Drop the held writers of ``names``: their EOF now means the container side closed."""
-        for name in names:
-            fd = self._held_writers.pop(name, None)
-            if fd is not None:
-                os.close(fd)
+    def hold_control(self) -> None:
+        """Hold a writer on the control FIFO and read it again if it already hit EOF.
+
+        The worker may be gone (that is why we kill): the server's ``gone`` then comes
+        from a writer that opens and closes at once, and must not be lost.
+        """
+        if self._held_ctl is None:
+            self._held_ctl = os.open(self.worker.paths["ctl"], os.O_WRONLY | os.O_NONBLOCK)
+        if "ctl" not in self.open_streams:
+            self.open_streams.add("ctl")
+            self.feeds["ctl"].start()
+
+    def release_control(self) -> None:
+        """Drop the held writer of the control FIFO."""
+        if self._held_ctl is not None:
+            os.close(self._held_ctl)
+            self._held_ctl = None
 
     def take_control_lines(self, data: bytes) -> list[str]:
         """Split control-channel bytes into complete lines."""
@@ -343,10 +561,12 @@ class _CommandRun:
         word, _, rest = line.partition(" ")
         if word == "pid" and rest.isdigit():
             self.pid = int(rest)
-            self.release("ctl")
-        elif word == "exit" and rest.isdigit():
-            self.exit_status = int(rest)
-            self.release("out", "err")
+        elif word == "exit":
+            # `exit PID STATUS`; another pid's is a runner that died before taking this
+            # command (a command of an earlier run killed it, say).
+            pid, _, status = rest.partition(" ")
+            if self.pid is not None and pid == str(self.pid) and status.isdigit():
+                self.exit_status = int(status)
         elif word in ("gone", "alive"):
             self.group_state = word
 
@@ -358,14 +578,13 @@ class _CommandRun:
             return ""
 
     def close(self) -> None:
-        """Stop reading and delete every file of the command. Safe to call twice."""
-        # The script goes first: a monitor the server has not started yet then never runs.
-        for path in (self.script, self.stdin_file, self.cwd_file, *self.fifos.values()):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        self.release(*list(self._held_writers))
+        """Stop reading and delete the command's own files. Safe to call twice."""
+        self.release_control()
         for feed in self.feeds.values():
             feed.close()
+        for path in self._own_files:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _overlaps(first: str, second: str) -> bool:
@@ -452,12 +671,14 @@ class DockerProvider(Provider):
         control_dir.mkdir(parents=True)
         os.mkfifo(control_dir / "requests", 0o600)
         (control_dir / "server.sh").write_text(_SERVER_SCRIPT.format(ctl=shlex.quote(CONTROL_MOUNT)))
+        (control_dir / "worker.sh").write_text(_WORKER_SCRIPT)
+        (control_dir / "runner.sh").write_text(_RUNNER_SCRIPT)
 
         container_id = await asyncio.to_thread(
             self._create_container, record, image, workdir, spill_dir, control_dir
         )
+        container = _Container(container_id, spill_dir, record.spill_mount, control_dir)
         try:
-            container = _Container(container_id, spill_dir, record.spill_mount, control_dir)
             await self._start_server(container)
             record.handle = container
             record.isolation = "docker"
@@ -465,7 +686,7 @@ class DockerProvider(Provider):
                 record.warnings.append("docker-init is missing: a shell runs as pid 1 and reaps zombies")
             if not container.has_setsid:
                 record.warnings.append(
-                    f"image {image} has no setsid: commands share a process group with their monitor"
+                    f"image {image} has no setsid: commands share a process group with the exec server"
                 )
             uname = await self.run_captured(record, "uname -srm", SETUP_TIMEOUT_S)
             record.os = uname.stdout.decode(errors="replace").strip()
@@ -478,6 +699,7 @@ class DockerProvider(Provider):
         except BaseException:
             record.handle = None
             await asyncio.to_thread(self._remove_container, container_id)
+            container.close_workers()
             shutil.rmtree(control_dir, ignore_errors=True)
             raise
 
@@ -597,6 +819,7 @@ class DockerProvider(Provider):
         container = record.handle
         if isinstance(container, _Container):
             await asyncio.to_thread(self._remove_container, container.container_id)
+            container.close_workers()
             shutil.rmtree(container.control_dir, ignore_errors=True)
         # A provision interrupted half-way may have left a container without a handle.
         for container_id in await asyncio.to_thread(self._labelled, _LABEL_SANDBOX, record.sandbox_id):
@@ -646,19 +869,19 @@ class DockerProvider(Provider):
         except OSError as error:
             if error.errno not in (errno.ENXIO, errno.ENOENT):
                 raise
+        await self._restart_server(container)
+        self._write_request(container, request)
+
+    async def _restart_server(self, container: _Container) -> None:
+        """Start the exec server again if it is gone; SandboxNotFound if the container is."""
         async with container.server_lock:
+            if self._server_alive(container):
+                return
             state = await asyncio.to_thread(self._container_state, container.container_id)
             if state != "running":
                 raise SandboxNotFound(f"the sandbox's container is {'gone' if state == 'gone' else state}")
-            try:
-                self._write_request(container, request)
-                return
-            except OSError as error:
-                if error.errno != errno.ENXIO:
-                    raise
             # The container runs but its exec server was killed (by a command, say).
             await self._start_server(container)
-        self._write_request(container, request)
 
     @staticmethod
     def _write_request(container: _Container, request: str) -> None:
@@ -671,6 +894,103 @@ class DockerProvider(Provider):
         finally:
             os.close(fd)
 
+    @staticmethod
+    def _server_alive(container: _Container) -> bool:
+        """Whether the exec server holds its request FIFO open (no write happens)."""
+        try:
+            os.close(os.open(container.requests, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            return False
+        return True
+
+    async def _acquire(self, container: _Container, deadline: float | None) -> _Worker | None:
+        """An idle worker, or a new one; None if ``deadline`` passed before a new one was ready."""
+        if container.idle:
+            return container.idle.pop()
+        return await self._spawn(container, deadline)
+
+    async def _spawn(self, container: _Container, deadline: float | None) -> _Worker | None:
+        """Have the exec server fork a new worker and wait for its ``ready``."""
+        container.spawned += 1
+        worker = _Worker(container.control_dir, f"w{container.spawned}")
+        container.workers.add(worker)
+        events = _Events()
+        feed: _FifoFeed | None = None
+        ready = False
+        try:
+            worker.make_files()
+            assert worker.ctl_fd is not None
+            feed = _FifoFeed("ctl", worker.ctl_fd, events, owns_fd=False)
+            request = f"spawn {worker.name}\n"
+            await self._submit(container, request)
+            loop = asyncio.get_running_loop()
+            check = loop.time() + PICKUP_CHECK_S
+            said = b""
+            while b"ready\n" not in said:
+                item = await events.get(_earlier(deadline, check))
+                if item is None:
+                    if deadline is not None and loop.time() >= deadline:
+                        return None
+                    # A server killed just after our write took the request with it.
+                    if not self._server_alive(container):
+                        await self._submit(container, request)
+                    check = loop.time() + PICKUP_CHECK_S
+                    continue
+                if item[1] is None:
+                    raise SandboxNotRunning("a new worker of the sandbox's exec server stopped at once")
+                said += item[1]
+            worker.req_fd = os.open(worker.paths["req"], os.O_WRONLY | os.O_NONBLOCK)
+            ready = True
+            return worker
+        finally:
+            if feed is not None:
+                feed.close()
+            if not ready:
+                self._retire(container, worker)
+
+    @staticmethod
+    def _retire(container: _Container, worker: _Worker) -> None:
+        """Tell a worker to quit and forget it."""
+        container.workers.discard(worker)
+        with contextlib.suppress(ValueError):
+            container.idle.remove(worker)
+        worker.retire()
+
+    def _finish(self, container: _Container, run: _CommandRun) -> None:
+        """Close a finished run; its worker goes back to the idle pool if the run left nothing behind."""
+        run.close()
+        worker = run.worker
+        if run.clean and worker in container.workers and len(container.idle) < MAX_IDLE_WORKERS:
+            container.idle.append(worker)
+        else:
+            self._retire(container, worker)
+
+    async def _start_run(self, container: _Container, spec: ExecSpec, deadline: float | None) -> _CommandRun | None:
+        """Hand ``spec`` to a worker; None if no worker was ready before ``deadline``."""
+        while True:
+            worker = await self._acquire(container, deadline)
+            if worker is None:
+                return None
+            if not worker.alive():
+                # Killed while idle (by a command of another run, say): take another.
+                self._retire(container, worker)
+                continue
+            run = _CommandRun(container, worker)
+            try:
+                run.open(spec)
+                worker.request(b"run\n")
+                run.watch()
+            except BrokenPipeError:
+                # The worker died while idle (a command killed it, say): take another.
+                run.close()
+                self._retire(container, worker)
+                continue
+            except BaseException:
+                run.close()
+                self._retire(container, worker)
+                raise
+            return run
+
     async def exec(self, record: SandboxRecord, spec: ExecSpec) -> AsyncIterator[pb.ExecEvent]:
         """Run ``spec`` in its own process group; yield Started, Output..., Exited."""
         container = record.handle
@@ -679,29 +999,24 @@ class DockerProvider(Provider):
         _validate(spec)
         if not spec.cwd:
             spec = dataclasses.replace(spec, cwd=record.workdir)
-        run = _CommandRun(container)
-        cap = OutputCap(spec.output_cap, container.spill_dir / f"exec-{run.run_id}.log")
         loop = asyncio.get_running_loop()
         started_at = loop.time()
         deadline = started_at + spec.timeout_s if spec.timeout_s > 0 else None
+        run = await self._start_run(container, spec, deadline)
+        if run is None:
+            # No worker could start in time (the pids limit is exhausted, say): nothing ran.
+            yield pb.ExecEvent(started=pb.Started(pid=0))
+            seconds = loop.time() - started_at
+            yield pb.ExecEvent(exited=pb.Exited(exit_code=-1, timed_out=True, duration_ms=int(seconds * 1000)))
+            return
+        cap = OutputCap(spec.output_cap, container.spill_dir / f"exec-{run.run_id}.log")
         finished = False
         try:
-            run.open(spec)
-            request = f"run {run.run_id}\n"
-            await self._submit(container, request)
-            run.submitted = True
             timed_out = False
             early: list[tuple[str, bytes]] = []  # output read before the pid: Started goes first
-            pickup_check = loop.time() + PICKUP_CHECK_S
             while not (run.ended and not run.output_open):
-                item = await self._next(run, deadline if run.pid is not None else _earlier(deadline, pickup_check))
+                item = await self._next(run, deadline)
                 if item is None:
-                    if run.pid is None and (deadline is None or loop.time() < deadline):
-                        # A server killed just after our write took the request with it.
-                        if not self._server_alive(container):
-                            await self._submit(container, request)
-                        pickup_check = loop.time() + PICKUP_CHECK_S
-                        continue
                     timed_out = True
                     break
                 stream, data = item
@@ -715,7 +1030,7 @@ class DockerProvider(Provider):
                 elif data is None:
                     run.open_streams.discard("ctl")
                     if not run.ended:
-                        for stream, data in await self._monitor_lost(container, run):
+                        for stream, data in await self._worker_lost(container, run):
                             if head := cap.take(stream, data):
                                 yield _output_event(stream, head)
                 else:
@@ -731,17 +1046,22 @@ class DockerProvider(Provider):
             if timed_out:
                 early += await self._kill(container, run)
             if run.pid is None:
-                # No pid was ever reported (the server could not fork, say): Started still goes first.
+                # No pid was ever reported (the worker could not fork, say): Started still goes first.
                 yield pb.ExecEvent(started=pb.Started(pid=0))
             for stream, data in early:
                 if head := cap.take(stream, data):
                     yield _output_event(stream, head)
             cap.close()
+            if not self._server_alive(container):
+                # Workers outlive the server, but kills and new workers need it: one that a
+                # command killed comes back now, not when a timeout needs it. Checked at the
+                # end, not the start: a SIGKILL lands asynchronously, and by now it has.
+                await self._restart_server(container)
             finished = True
             yield self._exited(run, spec, cap, timed_out, loop.time() - started_at)
         finally:
             cap.close()
-            if not finished and run.submitted:
+            if not finished:
                 # The consumer went away (aclose, cancelled RPC) or something failed:
                 # the group dies before we return, even if this task is cancelled again.
                 cleanup = asyncio.ensure_future(self._kill_and_close(container, run))
@@ -749,41 +1069,22 @@ class DockerProvider(Provider):
                 cleanup.add_done_callback(self._cleanups.discard)
                 await asyncio.shield(cleanup)
             else:
-                run.close()
-
-    @staticmethod
-    def _server_alive(container: _Container) -> bool:
-        """Whether the exec server holds its request FIFO open (no write happens)."""
-        try:
-            os.close(os.open(container.requests, os.O_WRONLY | os.O_NONBLOCK))
-        except OSError:
-            return False
-        return True
+                self._finish(container, run)
 
     async def _next(self, run: _CommandRun, deadline: float | None) -> tuple[str, bytes | None] | None:
         """The next chunk or EOF from the command's FIFOs, or None once the deadline passed."""
-        if run.queue.qsize() <= _QUEUE_HIGH_WATER // 2:
+        if len(run.events.items) <= _QUEUE_HIGH_WATER // 2:
             for feed in run.feeds.values():
                 feed.resume()
-        if not run.queue.empty():
-            return run.queue.get_nowait()
-        if deadline is None:
-            return await run.queue.get()
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            return None
-        try:
-            return await asyncio.wait_for(run.queue.get(), remaining)
-        except TimeoutError:
-            return None
+        return await run.events.get(deadline)
 
-    async def _monitor_lost(self, container: _Container, run: _CommandRun) -> list[tuple[str, bytes]]:
-        """The monitor vanished without reporting an exit: find out why, end the group, drain."""
+    async def _worker_lost(self, container: _Container, run: _CommandRun) -> list[tuple[str, bytes]]:
+        """The worker vanished without reporting an exit: find out why, end the group, drain."""
         state = await asyncio.to_thread(self._container_state, container.container_id)
         if state != "running":
             raise SandboxNotFound(f"the sandbox's container is {'gone' if state == 'gone' else state}")
-        # A command killed its own monitor; its group may live on, so end it.
-        run.monitor_lost = True
+        # A command killed its own worker; its group may live on, so end it.
+        run.worker_lost = True
         return await self._kill(container, run)
 
     async def _kill(self, container: _Container, run: _CommandRun) -> list[tuple[str, bytes]]:
@@ -791,24 +1092,22 @@ class DockerProvider(Provider):
         drained: list[tuple[str, bytes]] = []
         loop = asyncio.get_running_loop()
         if run.pid is None:
-            # Not started as far as we know: removing the script stops a late start; a
-            # monitor already running reports its pid at once, so wait for that briefly.
-            with contextlib.suppress(FileNotFoundError):
-                run.script.unlink()
+            # Not started as far as we know; a live worker reports the pid at once, so wait briefly.
             until = loop.time() + DRAIN_AFTER_EXIT_S
-            while run.pid is None and "ctl" in run.open_streams:
+            while run.pid is None and run.exit_status is None and "ctl" in run.open_streams:
                 item = await self._next(run, until)
                 if item is None:
                     break
                 self._absorb(run, item, drained)
             if run.pid is None:
                 return drained
-        # The monitor may close the control FIFO before the server writes `gone` to it:
-        # holding a writer keeps it from reading as EOF, so the answer is not lost.
+        # The worker may be gone and its control FIFO at EOF: holding a writer keeps the
+        # server's answer from being lost.
         run.hold_control()
+        run.kill_sent = True
         try:
             leader = "alive" if run.exit_status is None else "dead"
-            await self._submit(container, f"kill {run.run_id} {run.pid} {leader}\n")
+            await self._submit(container, f"kill {run.worker.name} {run.pid} {leader}\n")
             until = loop.time() + KILL_CONFIRM_TIMEOUT_S
             while run.group_state is None or not run.ended:
                 item = await self._next(run, until)
@@ -818,9 +1117,8 @@ class DockerProvider(Provider):
         except SandboxNotFound:
             return drained  # the container and everything in it are gone already
         finally:
-            run.release("ctl")
+            run.release_control()
         # Output held open by processes that escaped the group must not hold us forever.
-        run.release("out", "err")
         until = loop.time() + DRAIN_AFTER_EXIT_S
         while run.output_open:
             item = await self._next(run, until)
@@ -842,14 +1140,14 @@ class DockerProvider(Provider):
             drained.append((stream, data))
 
     async def _kill_and_close(self, container: _Container, run: _CommandRun) -> None:
-        """Kill the group of an abandoned command, then delete its files."""
+        """Kill the group of an abandoned command, then close it and settle its worker."""
         try:
             if not run.ended or run.output_open:
                 await self._kill(container, run)
         except ProviderError:
             pass  # the sandbox is gone, and the command with it
         finally:
-            run.close()
+            self._finish(container, run)
 
     @staticmethod
     def _exited(run: _CommandRun, spec: ExecSpec, cap: OutputCap, timed_out: bool, seconds: float) -> pb.ExecEvent:

@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.fake_api",
     "tests.fixtures.docker_engine",
+    "tests.fixtures.docker_provider",
     "tests.fixtures.sandbox_host",
     "tests.fixtures.tether_cli",
 ]

@@ -5,9 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import docker
@@ -24,108 +21,9 @@ from remote_sandbox.providers.base import (
     SandboxRecord,
 )
 from remote_sandbox.providers.docker import DockerProvider
+from tests.fixtures.docker_provider import Sandboxes, collect, processes, shell
 
 pytestmark = pytest.mark.docker
-
-
-@dataclass
-class Outcome:
-    """Everything one exec produced."""
-
-    pid: int
-    stdout: bytes
-    stderr: bytes
-    exited: pb.Exited
-    order: list[str]
-
-
-async def collect(provider: DockerProvider, record: SandboxRecord, spec: ExecSpec) -> Outcome:
-    """Run ``spec`` to the end and gather its events."""
-    pid, stdout, stderr, exited, order = 0, b"", b"", None, []
-    async for event in provider.exec(record, spec):
-        kind = event.WhichOneof("event")
-        order.append(kind)
-        if kind == "started":
-            pid = event.started.pid
-        elif kind == "output" and event.output.stream == pb.Output.STDOUT:
-            stdout += event.output.data
-        elif kind == "output":
-            stderr += event.output.data
-        else:
-            exited = event.exited
-    assert exited is not None, "the stream ended without Exited"
-    return Outcome(pid, stdout, stderr, exited, order)
-
-
-def shell(command: str, **options: object) -> ExecSpec:
-    """A shell command run in the workspace."""
-    options.setdefault("cwd", "/workspace")
-    return ExecSpec(argv=None, shell=command, **options)  # type: ignore[arg-type]
-
-
-async def processes(provider: DockerProvider, record: SandboxRecord) -> str:
-    """The container's process list (pid, command line)."""
-    return (await collect(provider, record, shell("ps -o pid,args"))).stdout.decode()
-
-
-class Sandboxes:
-    """Provisions sandboxes for one test and destroys them all at its end."""
-
-    def __init__(self, provider: DockerProvider, root: Path, image: str) -> None:
-        """Make sandboxes with ``provider`` under ``root`` from ``image``."""
-        self.provider = provider
-        self.root = root
-        self.image = image
-        self.records: list[SandboxRecord] = []
-
-    async def new(self, **recipe_fields: object) -> SandboxRecord:
-        """Provision a sandbox from a busybox recipe with ``recipe_fields``."""
-        recipe_fields.setdefault("image", self.image)  # "" leaves it to the provider's default
-        sandbox_id = f"test-{uuid.uuid4().hex[:12]}"
-        home = self.root / sandbox_id
-        workspace = home / "workspace"
-        workspace.mkdir(parents=True)
-        record = SandboxRecord(
-            sandbox_id=sandbox_id,
-            tenant="tenant-a",
-            recipe=pb.Recipe(**recipe_fields),  # type: ignore[arg-type]
-            workspace=workspace,
-            workdir=str(recipe_fields.get("workdir") or "/workspace"),
-            isolation="",
-        )
-        self.records.append(record)
-        await self.provider.provision(record)
-        return record
-
-
-@pytest.fixture
-def host_id() -> str:
-    """A host id unique to the test, so reconcile never touches another test's containers."""
-    return f"host-{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture
-async def provider(docker_engine: docker.DockerClient, host_id: str) -> AsyncIterator[DockerProvider]:
-    """A provider on the shared engine client; leftovers of its host id are removed after."""
-    provider = DockerProvider(host_id=host_id, client=docker_engine)
-    yield provider
-    await provider.reconcile(host_id)
-    await provider.close()
-
-
-@pytest.fixture
-async def sandboxes(provider: DockerProvider, tmp_path: Path, docker_test_image: str) -> AsyncIterator[Sandboxes]:
-    """Sandbox factory; destroys what it made."""
-    made = Sandboxes(provider, tmp_path, docker_test_image)
-    yield made
-    for record in made.records:
-        await provider.destroy(record)
-
-
-@pytest.fixture
-async def sandbox(sandboxes: Sandboxes) -> SandboxRecord:
-    """One provisioned busybox sandbox."""
-    return await sandboxes.new()
 
 
 def container_of(docker_engine: docker.DockerClient, record: SandboxRecord) -> dict:

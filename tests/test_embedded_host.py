@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import select
 import signal
 import stat
@@ -19,22 +18,15 @@ from agent.embedded_host import READY_LINE_PREFIX, EmbeddedHost, EmbeddedHostErr
 from agent.sandbox_client import SandboxAuthError, SandboxClient
 from protos.recipes import load_recipe
 from remote_sandbox import cli
+from tests.fixtures.processes import wait_pids_gone
 
 WAIT_S = 20.0
 """Bound on every wait for a process to end."""
 
 
 def wait_pid_gone(pid: int, timeout: float) -> bool:
-    """Whether ``pid`` exits within ``timeout`` (waits on a pidfd; works for non-children too)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    try:
-        ready, _, _ = select.select([fd], [], [], timeout)
-        return bool(ready)
-    finally:
-        os.close(fd)
+    """Whether ``pid`` exits within ``timeout`` (works for non-children too)."""
+    return not wait_pids_gone([pid], timeout)
 
 
 def test_ready_line_matches_the_host_cli() -> None:

@@ -13,7 +13,6 @@ import contextlib
 import io
 import os
 import secrets
-import select
 import signal
 import stat
 import tarfile
@@ -35,46 +34,13 @@ from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from remote_sandbox.providers.local import LocalProvider
 from remote_sandbox.server import HostConfig, SandboxHost
 from tests.fixtures.sandbox_host import RunningHost, recipe_for, sandbox_host_process
+from tests.fixtures.processes import marker_pids, wait_pids_gone
 
 WAIT_S = 15.0
 """Bound on every wait for a process to appear or go."""
 
 
 # ----- helpers
-
-
-def marker_pids(marker: str) -> list[int]:
-    """Pids of live processes with ``marker`` as one whole argument."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if marker.encode() in argv:
-            found.append(int(name))
-    return found
-
-
-def wait_pids_gone(pids: list[int], timeout: float) -> list[int]:
-    """Wait (on pidfds) until every pid has exited; return those still alive after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    survivors = []
-    for pid in pids:
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            continue
-        try:
-            ready, _, _ = select.select([fd], [], [], max(deadline - time.monotonic(), 0))
-            if not ready:
-                survivors.append(pid)
-        finally:
-            os.close(fd)
-    return survivors
 
 
 def background_marker_script(marker: str) -> str:

@@ -10,42 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import docker
 import pytest
 
 from remote_sandbox.providers.base import SandboxRecord
 from remote_sandbox.providers.docker import MAX_IDLE_WORKERS, DockerProvider
-from tests.test_docker_provider import Sandboxes, collect, processes, shell
+from tests.fixtures.docker_provider import collect, processes, shell
 
 pytestmark = pytest.mark.docker
 
 WORKERS = "ps -o pid,ppid,args | awk '$2 == 1 && /server.sh/ {print $1}'"
 """Pids of the workers: forks of the exec server, reparented to pid 1 (the server's parent is outside, 0)."""
-
-
-@pytest.fixture
-async def provider(docker_engine: docker.DockerClient) -> AsyncIterator[DockerProvider]:
-    """A provider with a host id of its own; leftovers of that id are removed after."""
-    host_id = f"host-{uuid.uuid4().hex[:12]}"
-    provider = DockerProvider(host_id=host_id, client=docker_engine)
-    yield provider
-    await provider.reconcile(host_id)
-    await provider.close()
-
-
-@pytest.fixture
-async def sandbox(provider: DockerProvider, tmp_path: Path, docker_test_image: str) -> AsyncIterator[SandboxRecord]:
-    """One provisioned busybox sandbox, destroyed after."""
-    made = Sandboxes(provider, tmp_path, docker_test_image)
-    try:
-        yield await made.new()
-    finally:
-        for record in made.records:
-            await provider.destroy(record)
 
 
 async def worker_pids(provider: DockerProvider, record: SandboxRecord) -> list[str]:

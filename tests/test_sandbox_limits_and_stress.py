@@ -46,7 +46,7 @@ from remote_sandbox.providers.local import LocalProvider
 from remote_sandbox.server import HostConfig, SandboxHost
 from tests.fixtures.sandbox_host import RunningHost, in_process_host, recipe_for, sandbox_host_process
 from tests.fixtures.sandbox_host import _read_line as read_line
-from tests.test_sandbox_contract import marker_pids, wait_pids_gone
+from tests.fixtures.processes import marker_pids, wait_pids_gone
 
 WAIT_S = 15.0
 """Bound on every wait for a process, a line or a file to appear or go."""

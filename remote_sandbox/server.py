@@ -225,14 +225,6 @@ def _read_more(reader: ws.FileReader) -> tuple[ws.FileReader, list[bytes]]:
     return reader, reader.read(READ_BATCH_BYTES)
 
 
-def _close_reader(reader: ws.FileReader | None, reading: asyncio.Future[tuple[ws.FileReader, list[bytes]]] | None) -> None:
-    """Close the file of a ReadFile, whichever trip opened it."""
-    if reader is not None:
-        reader.close()
-    if reading is not None and not reading.cancelled() and reading.exception() is None:
-        reading.result()[0].close()
-
-
 def _write_batch(writer: ws.AtomicWrite | None, open_writer: Callable[[], ws.AtomicWrite], chunks: list[bytes]) -> ws.AtomicWrite:
     """Open the temp file unless open, and append ``chunks``: one trip to a worker thread."""
     opened = writer is None
@@ -246,14 +238,25 @@ def _write_batch(writer: ws.AtomicWrite | None, open_writer: Callable[[], ws.Ato
         raise
 
 
-def _abort_writer(
-    writer: ws.AtomicWrite | None, writing: asyncio.Future[ws.AtomicWrite] | None
+def _release_after_trip(
+    handle: Any, trip: asyncio.Future[Any] | None, release: Callable[[Any], None], opened: Callable[[Any], Any] = lambda r: r
 ) -> None:
-    """Drop the temp file of a WriteFile, whichever trip opened it (after a commit: only close it)."""
-    if writer is not None:
-        writer.abort()
-    if writing is not None and not writing.cancelled() and writing.exception() is None:
-        writing.result().abort()
+    """``release`` ``handle`` and what the worker-thread ``trip`` opened (``opened(result)``), once that trip is over.
+
+    A cancelled call must not close a file under a thread still using it, so a trip
+    still running releases when it ends. ``release`` must be safe to call twice.
+    """
+
+    def finish(_: object = None) -> None:
+        if handle is not None:
+            release(handle)
+        if trip is not None and not trip.cancelled() and trip.exception() is None:
+            release(opened(trip.result()))
+
+    if trip is not None and not trip.done():
+        trip.add_done_callback(finish)
+    else:
+        finish()
 
 
 def _bytes_text(size: int) -> str:
@@ -532,11 +535,7 @@ class _SandboxService(pb_grpc.SandboxServicer):
                 _, batch = await asyncio.shield(reading)
         finally:
             entry.active -= 1
-            release = functools.partial(_close_reader, reader)
-            if reading is not None and not reading.done():
-                reading.add_done_callback(release)
-            else:
-                release(reading)
+            _release_after_trip(reader, reading, ws.FileReader.close, opened=lambda result: result[0])
 
     @_unary
     async def WriteFile(self, call: _Call, request_iterator: AsyncIterator[pb.WriteFileRequest], context: Any) -> pb.FileInfo:
@@ -604,11 +603,8 @@ class _SandboxService(pb_grpc.SandboxServicer):
             return writer.commit()
         finally:
             entry.active -= 1
-            release = functools.partial(_abort_writer, writer)
-            if writing is not None and not writing.done():
-                writing.add_done_callback(release)  # once the thread is done with the file
-            else:
-                release(writing)
+            # Drops the temp file (after a commit: only closes it).
+            _release_after_trip(writer, writing, ws.AtomicWrite.abort)
 
     @_unary
     async def Stat(self, call: _Call, request: pb.PathRequest, context: Any) -> pb.FileInfo:

@@ -56,12 +56,14 @@ class Recipe(_message.Message):
     def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., base: _Optional[str] = ..., setup: _Optional[_Iterable[str]] = ..., env: _Optional[_Mapping[str, str]] = ..., workdir: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., network: _Optional[bool] = ..., idle_ttl_seconds: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ProvisionRequest(_message.Message):
-    __slots__ = ("recipe", "request_id")
+    __slots__ = ("recipe", "request_id", "workspace_dir")
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_DIR_FIELD_NUMBER: _ClassVar[int]
     recipe: Recipe
     request_id: str
-    def __init__(self, recipe: _Optional[_Union[Recipe, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    workspace_dir: str
+    def __init__(self, recipe: _Optional[_Union[Recipe, _Mapping]] = ..., request_id: _Optional[str] = ..., workspace_dir: _Optional[str] = ...) -> None: ...
 
 class SandboxRef(_message.Message):
     __slots__ = ("sandbox_id",)
@@ -70,7 +72,7 @@ class SandboxRef(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
 
 class SandboxInfo(_message.Message):
-    __slots__ = ("sandbox_id", "state", "provider", "recipe", "workdir", "isolation", "os", "created_unix_ms", "last_used_unix_ms", "warnings")
+    __slots__ = ("sandbox_id", "state", "provider", "recipe", "workdir", "isolation", "os", "created_unix_ms", "last_used_unix_ms", "warnings", "workspace_dir")
     class State(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATE_UNSPECIFIED: _ClassVar[SandboxInfo.State]
@@ -89,6 +91,7 @@ class SandboxInfo(_message.Message):
     CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    WORKSPACE_DIR_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     state: SandboxInfo.State
     provider: str
@@ -99,7 +102,8 @@ class SandboxInfo(_message.Message):
     created_unix_ms: int
     last_used_unix_ms: int
     warnings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sandbox_id: _Optional[str] = ..., state: _Optional[_Union[SandboxInfo.State, str]] = ..., provider: _Optional[str] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., workdir: _Optional[str] = ..., isolation: _Optional[str] = ..., os: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., last_used_unix_ms: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
+    workspace_dir: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., state: _Optional[_Union[SandboxInfo.State, str]] = ..., provider: _Optional[str] = ..., recipe: _Optional[_Union[Recipe, _Mapping]] = ..., workdir: _Optional[str] = ..., isolation: _Optional[str] = ..., os: _Optional[str] = ..., created_unix_ms: _Optional[int] = ..., last_used_unix_ms: _Optional[int] = ..., warnings: _Optional[_Iterable[str]] = ..., workspace_dir: _Optional[str] = ...) -> None: ...
 
 class ListSandboxesRequest(_message.Message):
     __slots__ = ()
@@ -289,40 +293,68 @@ class ListDirResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[FileInfo, _Mapping]]] = ...) -> None: ...
 
 class ManifestRequest(_message.Message):
-    __slots__ = ("sandbox_id", "paths")
+    __slots__ = ("sandbox_id", "paths", "since", "exclude", "gitignore", "max_file_bytes")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    GITIGNORE_FIELD_NUMBER: _ClassVar[int]
+    MAX_FILE_BYTES_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sandbox_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    since: str
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    gitignore: bool
+    max_file_bytes: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., since: _Optional[str] = ..., exclude: _Optional[_Iterable[str]] = ..., gitignore: _Optional[bool] = ..., max_file_bytes: _Optional[int] = ...) -> None: ...
 
 class ManifestEntry(_message.Message):
-    __slots__ = ("path", "size", "mode", "mtime_ns", "sha256")
+    __slots__ = ("path", "size", "mode", "mtime_ns", "sha256", "raw_path")
     PATH_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     MTIME_NS_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    RAW_PATH_FIELD_NUMBER: _ClassVar[int]
     path: str
     size: int
     mode: int
     mtime_ns: int
     sha256: str
-    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+    raw_path: bytes
+    def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., sha256: _Optional[str] = ..., raw_path: _Optional[bytes] = ...) -> None: ...
+
+class SkippedPath(_message.Message):
+    __slots__ = ("path", "reason")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    reason: str
+    def __init__(self, path: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ManifestResponse(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "token", "delta", "removed", "skipped")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[ManifestEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[ManifestEntry, _Mapping]]] = ...) -> None: ...
+    token: str
+    delta: bool
+    removed: _containers.RepeatedCompositeFieldContainer[ManifestEntry]
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedPath]
+    def __init__(self, entries: _Optional[_Iterable[_Union[ManifestEntry, _Mapping]]] = ..., token: _Optional[str] = ..., delta: _Optional[bool] = ..., removed: _Optional[_Iterable[_Union[ManifestEntry, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[SkippedPath, _Mapping]]] = ...) -> None: ...
 
 class ExportRequest(_message.Message):
-    __slots__ = ("sandbox_id", "paths")
+    __slots__ = ("sandbox_id", "paths", "raw_paths")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     PATHS_FIELD_NUMBER: _ClassVar[int]
+    RAW_PATHS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, sandbox_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    raw_paths: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, sandbox_id: _Optional[str] = ..., paths: _Optional[_Iterable[str]] = ..., raw_paths: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TarChunk(_message.Message):
     __slots__ = ("data",)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from session.blobs import BlobStore
 from session.store import SessionStore, SessionStoreError
 from tests.test_session_support import assert_valid_messages, assistant_payload, text_block
 
@@ -97,6 +98,23 @@ def test_full_disk_fails_a_blob_and_a_new_session_without_leftovers(full_disk: P
     assert store.open(log.session_id).events()[0].type == "meta"
     log.close()
     store.close()
+
+
+def test_full_disk_fails_a_blob_batch_without_temporary_files(full_disk: Path) -> None:
+    store = BlobStore(full_disk / "blobs")
+    with pytest.raises(SessionStoreError) as streaming:
+        with store.batch() as batch:
+            kept = batch.put(b"small enough")
+            batch.put_stream(os.urandom(16_384) for _ in range(16))  # 256 KiB on a 64 KiB disk
+    assert "No space left on device" in str(streaming.value)
+    assert streaming.value.path is not None and str(streaming.value.path) in str(streaming.value)
+    with pytest.raises(SessionStoreError) as putting:
+        with store.batch() as batch:
+            batch.put(os.urandom(200_000))
+    assert "No space left on device" in str(putting.value)
+    left = sorted(path.relative_to(store.root) for path in store.root.rglob("*") if path.is_file())
+    assert left == [store.path_for(kept).relative_to(store.root)]
+    assert store.get(kept) == b"small enough"
 
 
 def test_read_only_home_refuses_writes_but_reads_list_and_searches(

@@ -155,6 +155,11 @@ class SessionLog:
         """The events from the root to the current leaf."""
         return path_to(self._leaf, self._by_uuid)
 
+    def path_to(self, event_uuid: str) -> list[Event]:
+        """The events from the root down to event_uuid; EventNotFound if there is none."""
+        self.event(event_uuid)
+        return path_to(event_uuid, self._by_uuid)
+
     def conversation(self) -> list[dict[str, Any]]:
         """The Messages API `messages` list for the live path, repaired (see conversation.py)."""
         with _collector_paused():
@@ -198,6 +203,11 @@ class SessionLog:
         """Make later appends hang below event_uuid: a new branch; nothing is rewritten."""
         self.event(event_uuid)
         self._leaf = event_uuid
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The project's blob store (e.g. for `blobs.batch()` when writing many blobs)."""
+        return self._blobs
 
     def put_blob(self, data: bytes) -> str:
         """Store data in the project's blob directory; return its sha256 hex."""

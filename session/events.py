@@ -26,6 +26,7 @@ class EventType(StrEnum):
     COMPACTION = "compaction"
     TITLE = "title"
     INTERRUPTION = "interruption"
+    CHECKPOINT = "checkpoint"
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,8 @@ def render_markdown(events: list[Event]) -> str:
             host = payload.get("host", "?")
             sandbox_id = payload.get("sandbox_id", "?")
             parts.append(f"*Sandbox {what}: `{sandbox_id}` on {host}*")
+        elif kind == EventType.CHECKPOINT:
+            parts.append(_checkpoint_line(payload))
         elif kind == EventType.INTERRUPTION:
             parts.append(f"*Interrupted: {payload.get('reason', 'unknown reason')}*")
         elif kind == EventType.TITLE:
@@ -69,6 +71,13 @@ def _assistant_parts(payload: dict[str, Any], tool_names: dict[str, str]) -> lis
     if texts:
         parts.append("## Assistant\n\n" + "\n\n".join(texts))
     return parts
+
+
+def _checkpoint_line(payload: dict[str, Any]) -> str:
+    """A workspace checkpoint in one line: its number, why it was taken, and the workspace's size."""
+    files = payload.get("files", "?")
+    size = payload.get("bytes", "?")
+    return f"*Checkpoint {payload.get('seq', '?')} ({payload.get('label', '?')}): {files} files, {size} bytes*"
 
 
 def _fence(text: str, language: str = "") -> str:

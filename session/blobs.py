@@ -129,6 +129,7 @@ class BlobBatch:
         """The sha256 of each blob this batch wrote (not the ones already present), in order."""
         self._written_paths: list[Path] = []
         self._directories: set[Path] = set()
+        self._existing: set[Path] = set()
         self._finished = False
 
     def put(self, data: bytes) -> str:
@@ -208,8 +209,11 @@ class BlobBatch:
 
     def _note_directories(self, directory: Path) -> None:
         """Create directory if needed, remembering each directory whose entries change."""
+        if directory in self._existing:
+            return  # a 10,000-blob batch would otherwise stat the same 256 directories over and over
         for created in _make_directory(directory):
             self._directories.add(created.parent)
+        self._existing.add(directory)
 
     def _wrote(self, sha: str, final: Path) -> None:
         """Record a blob renamed into place, to be synced when the batch ends."""

@@ -80,6 +80,10 @@ class SandboxLimitExceeded(SandboxError):
     """A limit of the host or sandbox was hit; the message says which (RESOURCE_EXHAUSTED)."""
 
 
+class SandboxPermissionDenied(SandboxError):
+    """The host does not allow what was asked (a direct workspace it was not started to allow)."""
+
+
 class HostUnreachable(SandboxError):
     """The host could not be reached or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED)."""
 
@@ -193,6 +197,8 @@ class SandboxClient:
             return SandboxNotRunning(details)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return SandboxInvalidRequest(details)
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return SandboxPermissionDenied(details)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return SandboxLimitExceeded(details)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -229,9 +235,13 @@ class SandboxClient:
 
     # ----- lifecycle
 
-    async def provision(self, recipe: pb.Recipe, request_id: str | None = None) -> pb.SandboxInfo:
-        """Create a sandbox from ``recipe``; retrying with the same ``request_id`` returns the same one."""
-        request = pb.ProvisionRequest(recipe=recipe, request_id=request_id or "")
+    async def provision(self, recipe: pb.Recipe, request_id: str | None = None, workspace_dir: str = "") -> pb.SandboxInfo:
+        """Create a sandbox from ``recipe``; retrying with the same ``request_id`` returns the same one.
+
+        ``workspace_dir`` names a directory on the host to use as the workspace itself
+        (a direct workspace); only a host started with an allowed root under it accepts it.
+        """
+        request = pb.ProvisionRequest(recipe=recipe, request_id=request_id or "", workspace_dir=workspace_dir)
         try:
             return await self.stub.Provision(request, metadata=self._metadata, timeout=PROVISION_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:

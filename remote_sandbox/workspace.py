@@ -62,17 +62,18 @@ def sandbox_root(state_dir: Path, sandbox_id: str) -> Path:
     return state_dir / "sandboxes" / sandbox_id
 
 
-def create_sandbox_dirs(root: Path) -> Path:
-    """Create ``root`` with its ``workspace/`` and ``spill/``; return the workspace."""
+def create_sandbox_dirs(root: Path, with_workspace: bool = True) -> Path:
+    """Create ``root`` with its ``spill/`` and (unless the workspace is a direct one) ``workspace/``; return the latter."""
     root.mkdir(parents=True, mode=0o700)
-    (root / "workspace").mkdir(mode=0o755)
+    if with_workspace:
+        (root / "workspace").mkdir(mode=0o755)
     (root / "spill").mkdir(mode=0o755)
     return root / "workspace"
 
 
 def spill_dir(record: SandboxRecord) -> Path:
     """The host directory of a sandbox's spill area."""
-    return record.workspace.parent / "spill"
+    return record.state_root / "spill"
 
 
 def split_path(path: str) -> list[str]:

@@ -8,7 +8,7 @@ early) cancels the RPC, and the host kills the command's process group.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -423,9 +423,43 @@ class SandboxClient:
             raise self._error(exc, "listing the workspace") from None
         return list(response.entries)
 
-    async def export(self, sandbox_id: str, paths: list[str] | None = None) -> AsyncIterator[bytes]:
-        """A tar stream of ``paths`` (workspace-relative; None = the whole workspace), chunk by chunk."""
-        call = self.stub.Export(pb.ExportRequest(sandbox_id=sandbox_id, paths=paths or []), metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+    async def manifest_delta(
+        self,
+        sandbox_id: str,
+        *,
+        since: str = "",
+        exclude: Iterable[str] = (),
+        gitignore: bool = False,
+        max_file_bytes: int = 0,
+        paths: list[str] | None = None,
+    ) -> pb.ManifestResponse:
+        """The workspace's manifest, or (with ``since``, an earlier answer's ``token``) what changed since.
+
+        The answer says which it is (``delta``): a host that no longer knows the
+        token, or a token made with other rules, gets a full answer. ``exclude`` is
+        gitignore-style; ``gitignore`` also honours the workspace's ``.gitignore``
+        files; larger regular files than ``max_file_bytes`` (0 = no limit) are
+        listed in ``skipped`` instead.
+        """
+        request = pb.ManifestRequest(
+            sandbox_id=sandbox_id,
+            paths=paths or [],
+            since=since,
+            exclude=list(exclude),
+            gitignore=gitignore,
+            max_file_bytes=max_file_bytes,
+        )
+        try:
+            return await self.stub.Manifest(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "listing the workspace") from None
+
+    async def export(
+        self, sandbox_id: str, paths: list[str] | None = None, raw_paths: list[bytes] | None = None
+    ) -> AsyncIterator[bytes]:
+        """A tar stream of ``paths`` and ``raw_paths`` (exact bytes; workspace-relative; none = all), chunk by chunk."""
+        request = pb.ExportRequest(sandbox_id=sandbox_id, paths=paths or [], raw_paths=raw_paths or [])
+        call = self.stub.Export(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
         try:
             async for chunk in call:
                 yield chunk.data

@@ -37,6 +37,7 @@ from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from remote_sandbox import workspace as ws
 from remote_sandbox.auth import BearerTokenInterceptor, TokenTable
+from remote_sandbox.manifest import ManifestState
 from remote_sandbox.providers.base import (
     ExecSpec,
     InvalidRequest,
@@ -173,6 +174,8 @@ class _Entry:
     """Commands and transfers running now; an active sandbox is never reaped."""
     execs: int = 0
     """Commands running now (bounded by ``max_execs_per_sandbox``)."""
+    manifests: ManifestState = field(default_factory=ManifestState)
+    """The hash cache and the remembered Manifest answers of this sandbox."""
 
     def touch(self) -> None:
         """Mark the sandbox as used now."""
@@ -630,20 +633,21 @@ class _SandboxService(pb_grpc.SandboxServicer):
 
     @_unary
     async def Manifest(self, call: _Call, request: pb.ManifestRequest, context: Any) -> pb.ManifestResponse:
-        """Path, size, mode and sha256 of every file and symlink under the paths."""
+        """Path, size, mode and sha256 of every file and symlink under the paths, in full or since a token."""
         entry = self._entry(call, request.sandbox_id)
         entry.active += 1
         try:
-            entries = await asyncio.to_thread(ws.Workspace(entry.record).manifest, list(request.paths))
+            return await asyncio.to_thread(ws.Workspace(entry.record).manifest, request, entry.manifests)
         finally:
             entry.active -= 1
-        return pb.ManifestResponse(entries=entries)
 
     @_streaming
     async def Export(self, call: _Call, request: pb.ExportRequest, context: Any) -> AsyncIterator[pb.TarChunk]:
         """A tar stream of the paths."""
         entry = self._entry(call, request.sandbox_id)
-        chunks = ws.Workspace(entry.record).export_tar(list(request.paths))
+        # Exact bytes become the surrogate-escaped names the walk uses, as os.fsdecode makes them.
+        paths = [*request.paths, *(os.fsdecode(raw) for raw in request.raw_paths)]
+        chunks = ws.Workspace(entry.record).export_tar(paths)
         entry.active += 1
         try:
             while (data := await asyncio.to_thread(next, chunks, None)) is not None:

@@ -55,7 +55,14 @@ def embedded_state_root() -> Path:
 class EmbeddedHost:
     """A sandbox host child process for this session only."""
 
-    def __init__(self, *, python: str | None = None, state_root: Path | None = None, start_timeout: float = START_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        *,
+        python: str | None = None,
+        state_root: Path | None = None,
+        start_timeout: float = START_TIMEOUT_S,
+        workspace_roots: list[Path] | None = None,
+    ) -> None:
         """Prepare to run the host with ``python`` (default: this interpreter)."""
         self.python = python or sys.executable
         """The interpreter that runs ``-m remote_sandbox``."""
@@ -63,6 +70,8 @@ class EmbeddedHost:
         """Parent of this host's state dir."""
         self.start_timeout = start_timeout
         """Seconds the child may take to start listening."""
+        self.workspace_roots = list(workspace_roots or [])
+        """Directories under which a sandbox may use an existing directory as its (direct) workspace."""
         self.target = ""
         """``unix:///.../host.sock`` once started."""
         self.token = ""
@@ -104,6 +113,8 @@ class EmbeddedHost:
             # The user is both tenant and operator here: their recipes may copy any base.
             "--allow-base", "/",
         ]  # fmt: skip
+        for root in self.workspace_roots:
+            args += ["--allow-workspace-root", str(root)]
         env = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED_ENV_PREFIXES)}
         return args, env
 

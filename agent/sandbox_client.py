@@ -8,7 +8,7 @@ early) cancels the RPC, and the host kills the command's process group.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,6 +78,10 @@ class SandboxInvalidRequest(SandboxError):
 
 class SandboxLimitExceeded(SandboxError):
     """A limit of the host or sandbox was hit; the message says which (RESOURCE_EXHAUSTED)."""
+
+
+class SandboxPermissionDenied(SandboxError):
+    """The host does not allow what was asked (a direct workspace it was not started to allow)."""
 
 
 class HostUnreachable(SandboxError):
@@ -193,6 +197,8 @@ class SandboxClient:
             return SandboxNotRunning(details)
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return SandboxInvalidRequest(details)
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return SandboxPermissionDenied(details)
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return SandboxLimitExceeded(details)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -229,9 +235,13 @@ class SandboxClient:
 
     # ----- lifecycle
 
-    async def provision(self, recipe: pb.Recipe, request_id: str | None = None) -> pb.SandboxInfo:
-        """Create a sandbox from ``recipe``; retrying with the same ``request_id`` returns the same one."""
-        request = pb.ProvisionRequest(recipe=recipe, request_id=request_id or "")
+    async def provision(self, recipe: pb.Recipe, request_id: str | None = None, workspace_dir: str = "") -> pb.SandboxInfo:
+        """Create a sandbox from ``recipe``; retrying with the same ``request_id`` returns the same one.
+
+        ``workspace_dir`` names a directory on the host to use as the workspace itself
+        (a direct workspace); only a host started with an allowed root under it accepts it.
+        """
+        request = pb.ProvisionRequest(recipe=recipe, request_id=request_id or "", workspace_dir=workspace_dir)
         try:
             return await self.stub.Provision(request, metadata=self._metadata, timeout=PROVISION_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
@@ -413,9 +423,43 @@ class SandboxClient:
             raise self._error(exc, "listing the workspace") from None
         return list(response.entries)
 
-    async def export(self, sandbox_id: str, paths: list[str] | None = None) -> AsyncIterator[bytes]:
-        """A tar stream of ``paths`` (workspace-relative; None = the whole workspace), chunk by chunk."""
-        call = self.stub.Export(pb.ExportRequest(sandbox_id=sandbox_id, paths=paths or []), metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+    async def manifest_delta(
+        self,
+        sandbox_id: str,
+        *,
+        since: str = "",
+        exclude: Iterable[str] = (),
+        gitignore: bool = False,
+        max_file_bytes: int = 0,
+        paths: list[str] | None = None,
+    ) -> pb.ManifestResponse:
+        """The workspace's manifest, or (with ``since``, an earlier answer's ``token``) what changed since.
+
+        The answer says which it is (``delta``): a host that no longer knows the
+        token, or a token made with other rules, gets a full answer. ``exclude`` is
+        gitignore-style; ``gitignore`` also honours the workspace's ``.gitignore``
+        files; larger regular files than ``max_file_bytes`` (0 = no limit) are
+        listed in ``skipped`` instead.
+        """
+        request = pb.ManifestRequest(
+            sandbox_id=sandbox_id,
+            paths=paths or [],
+            since=since,
+            exclude=list(exclude),
+            gitignore=gitignore,
+            max_file_bytes=max_file_bytes,
+        )
+        try:
+            return await self.stub.Manifest(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, "listing the workspace") from None
+
+    async def export(
+        self, sandbox_id: str, paths: list[str] | None = None, raw_paths: list[bytes] | None = None
+    ) -> AsyncIterator[bytes]:
+        """A tar stream of ``paths`` and ``raw_paths`` (exact bytes; workspace-relative; none = all), chunk by chunk."""
+        request = pb.ExportRequest(sandbox_id=sandbox_id, paths=paths or [], raw_paths=raw_paths or [])
+        call = self.stub.Export(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
         try:
             async for chunk in call:
                 yield chunk.data

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--remove-on-exit", type=Path, action="append", default=[], metavar="DIR",
         help="remove DIR when the host stops (repeatable; the embedded host's private dirs, so a killed parent leaves nothing behind)",
     )  # fmt: skip
+    serve.add_argument(
+        "--allow-workspace-root", type=Path, action="append", default=[], metavar="DIR",
+        help="let a Provision use an existing directory under DIR as its workspace, bind-mounted read-write (repeatable; refused otherwise)",
+    )  # fmt: skip
     serve.add_argument("--allow-base", type=Path, action="append", default=[], metavar="DIR", help="local: let recipes copy a 'base' directory from under DIR (repeatable)")
     limits = serve.add_argument_group("limits (past one, a call fails with RESOURCE_EXHAUSTED naming it)")
     limits.add_argument(
@@ -154,6 +158,7 @@ def main(argv: list[str]) -> int:
         default_image=args.default_image,
         destroy_on_exit=not args.keep_sandboxes,
         allow_base=args.allow_base,
+        allow_workspace_roots=args.allow_workspace_root,
         max_sandboxes_per_tenant=args.max_sandboxes_per_tenant,
         max_execs_per_sandbox=args.max_execs_per_sandbox,
         max_write_bytes=args.max_write_bytes,

@@ -37,10 +37,12 @@ from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from remote_sandbox import workspace as ws
 from remote_sandbox.auth import BearerTokenInterceptor, TokenTable
+from remote_sandbox.manifest import ManifestState
 from remote_sandbox.providers.base import (
     ExecSpec,
     InvalidRequest,
     LimitExceeded,
+    PermissionDenied,
     Provider,
     ProviderError,
     SandboxNotFound,
@@ -113,6 +115,7 @@ _STATUS = {
     SandboxNotRunning: grpc.StatusCode.FAILED_PRECONDITION,
     InvalidRequest: grpc.StatusCode.INVALID_ARGUMENT,
     LimitExceeded: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 
@@ -153,6 +156,8 @@ class HostConfig:
     """WriteFile of a file larger than this is RESOURCE_EXHAUSTED (checked while it streams in)."""
     reap_interval_s: float = 30.0
     """How often sandboxes idle past their recipe's TTL are looked for."""
+    allow_workspace_roots: list[Path] = field(default_factory=list)
+    """Directories under which a Provision may name a direct workspace (``--allow-workspace-root``); none = refused."""
 
 
 class HostStartError(Exception):
@@ -164,11 +169,13 @@ class _Entry:
     """A live sandbox as the host tracks it."""
 
     record: SandboxRecord
-    request_key: tuple[str, str] | None = None
+    request_key: tuple[str, str, str] | None = None
     active: int = 0
     """Commands and transfers running now; an active sandbox is never reaped."""
     execs: int = 0
     """Commands running now (bounded by ``max_execs_per_sandbox``)."""
+    manifests: ManifestState = field(default_factory=ManifestState)
+    """The hash cache and the remembered Manifest answers of this sandbox."""
 
     def touch(self) -> None:
         """Mark the sandbox as used now."""
@@ -423,6 +430,7 @@ class _SandboxService(pb_grpc.SandboxServicer):
             created_unix_ms=record.created_unix_ms,
             last_used_unix_ms=record.last_used_unix_ms,
             warnings=record.warnings,
+            workspace_dir=record.workspace_dir,
         )
 
     # ----- lifecycle
@@ -431,13 +439,15 @@ class _SandboxService(pb_grpc.SandboxServicer):
     async def Provision(self, call: _Call, request: pb.ProvisionRequest, context: Any) -> pb.SandboxInfo:
         """Create a sandbox from the recipe; the same request_id returns the same sandbox."""
         tenant = self._tenant(call)
+        workspace_dir = self.host.check_workspace_dir(request.workspace_dir)
         if not request.request_id:
-            sandbox_id = await self.host.provision(tenant, request.recipe, None)
+            sandbox_id = await self.host.provision(tenant, request.recipe, None, workspace_dir)
             return await self._info(self._entry(call, sandbox_id))
-        key = (tenant, request.request_id)
+        # The directory is part of the request: the same id naming another directory is another request.
+        key = (tenant, request.request_id, request.workspace_dir)
         task = self.host.provisioning.get(key)
         if task is None:
-            task = asyncio.ensure_future(self.host.provision(tenant, request.recipe, key))
+            task = asyncio.ensure_future(self.host.provision(tenant, request.recipe, key, workspace_dir))
             self.host.provisioning[key] = task
             task.add_done_callback(functools.partial(self.host.provision_done, key))
         # Shielded: a client that gives up mid-provision can retry with the same
@@ -623,20 +633,21 @@ class _SandboxService(pb_grpc.SandboxServicer):
 
     @_unary
     async def Manifest(self, call: _Call, request: pb.ManifestRequest, context: Any) -> pb.ManifestResponse:
-        """Path, size, mode and sha256 of every file and symlink under the paths."""
+        """Path, size, mode and sha256 of every file and symlink under the paths, in full or since a token."""
         entry = self._entry(call, request.sandbox_id)
         entry.active += 1
         try:
-            entries = await asyncio.to_thread(ws.Workspace(entry.record).manifest, list(request.paths))
+            return await asyncio.to_thread(ws.Workspace(entry.record).manifest, request, entry.manifests)
         finally:
             entry.active -= 1
-        return pb.ManifestResponse(entries=entries)
 
     @_streaming
     async def Export(self, call: _Call, request: pb.ExportRequest, context: Any) -> AsyncIterator[pb.TarChunk]:
         """A tar stream of the paths."""
         entry = self._entry(call, request.sandbox_id)
-        chunks = ws.Workspace(entry.record).export_tar(list(request.paths))
+        # Exact bytes become the surrogate-escaped names the walk uses, as os.fsdecode makes them.
+        paths = [*request.paths, *(os.fsdecode(raw) for raw in request.raw_paths)]
+        chunks = ws.Workspace(entry.record).export_tar(paths)
         entry.active += 1
         try:
             while (data := await asyncio.to_thread(next, chunks, None)) is not None:
@@ -652,7 +663,7 @@ class _SandboxService(pb_grpc.SandboxServicer):
         entry = self._entry(call, first.sandbox.sandbox_id)
         # Spooled to disk first: tarfile wants a file, and a half-received stream
         # must not leave a half-written workspace behind.
-        spool = entry.record.workspace.parent / f"import-{secrets.token_hex(6)}.tar"
+        spool = entry.record.state_root / f"import-{secrets.token_hex(6)}.tar"
         entry.active += 1
         try:
             with open(spool, "wb") as handle:
@@ -696,8 +707,10 @@ class SandboxHost:
         self._provider = provider
         self.sandboxes: dict[str, _Entry] = {}
         """Live sandboxes by id, every tenant's."""
-        self.provisioning: dict[tuple[str, str], asyncio.Future[str]] = {}
-        """Provisions in flight by (tenant, request_id)."""
+        self.provisioning: dict[tuple[str, str, str], asyncio.Future[str]] = {}
+        """Provisions in flight by (tenant, request_id, workspace_dir)."""
+        self.workspace_roots = [Path(root).expanduser().resolve() for root in config.allow_workspace_roots]
+        """Resolved directories a direct workspace may be under."""
         self._pending_provisions: dict[str, int] = {}
         self.address = ""
         """The bound address, once started."""
@@ -864,14 +877,39 @@ class SandboxHost:
 
     # ----- sandboxes
 
-    def provision_done(self, key: tuple[str, str], task: asyncio.Future[str]) -> None:
+    def provision_done(self, key: tuple[str, str, str], task: asyncio.Future[str]) -> None:
         """Remember which sandbox a request id made; forget a failed attempt so it can be retried."""
         current = self.provisioning.get(key)
         if current is task and (task.cancelled() or task.exception() is not None):
             del self.provisioning[key]
 
-    async def provision(self, tenant: str, recipe: pb.Recipe, key: tuple[str, str] | None) -> str:
-        """Make a sandbox for ``tenant``; return its id."""
+    def check_workspace_dir(self, requested: str) -> Path | None:
+        """The resolved directory a Provision asks to use as its workspace, None for a fresh one; refuse what is not allowed."""
+        if not requested:
+            return None
+        if not self.workspace_roots:
+            # Asked before anything about the path is looked at: a remote client learns nothing of this host's disk.
+            raise PermissionDenied(
+                "this sandbox host does not accept direct workspaces; start it with "
+                "--allow-workspace-root DIR to allow directories under DIR"
+            )
+        if "\0" in requested or not requested.startswith("/"):
+            raise InvalidRequest(f"workspace_dir {requested!r} must be an absolute path")
+        resolved = Path(os.path.realpath(requested))
+        if not any(resolved == root or root in resolved.parents for root in self.workspace_roots):
+            allowed = ", ".join(str(root) for root in self.workspace_roots)
+            raise PermissionDenied(
+                f"workspace_dir {requested} is not under an allowed workspace root ({allowed}); "
+                "the host operator can allow more with --allow-workspace-root DIR"
+            )
+        if not resolved.is_dir():
+            raise InvalidRequest(f"workspace_dir {requested} is not an existing directory on the sandbox host")
+        return resolved
+
+    async def provision(
+        self, tenant: str, recipe: pb.Recipe, key: tuple[str, str, str] | None, workspace_dir: Path | None = None
+    ) -> str:
+        """Make a sandbox for ``tenant`` (in ``workspace_dir`` if given, already checked); return its id."""
         # Sandboxes still being made count too: concurrent Provisions must not all pass.
         pending = self._pending_provisions.get(tenant, 0)
         owned = sum(1 for e in self.sandboxes.values() if e.record.tenant == tenant) + pending
@@ -884,17 +922,21 @@ class SandboxHost:
         workdir = _check_workdir(recipe.workdir or DEFAULT_WORKDIR)
         self._pending_provisions[tenant] = pending + 1
         try:
-            return await self._provision(tenant, recipe, key, workdir)
+            return await self._provision(tenant, recipe, key, workdir, workspace_dir)
         finally:
             self._pending_provisions[tenant] -= 1
             if not self._pending_provisions[tenant]:
                 del self._pending_provisions[tenant]
 
-    async def _provision(self, tenant: str, recipe: pb.Recipe, key: tuple[str, str] | None, workdir: str) -> str:
+    async def _provision(
+        self, tenant: str, recipe: pb.Recipe, key: tuple[str, str, str] | None, workdir: str, workspace_dir: Path | None
+    ) -> str:
         """Make the directories and the provider's sandbox; register it; return its id."""
         sandbox_id = "sb-" + secrets.token_hex(6)
         root = ws.sandbox_root(self.state_dir, sandbox_id)
-        workspace = await asyncio.to_thread(ws.create_sandbox_dirs, root)
+        workspace = await asyncio.to_thread(ws.create_sandbox_dirs, root, workspace_dir is None)
+        if workspace_dir is not None:
+            workspace = workspace_dir
         now = _now_ms()
         record = SandboxRecord(
             sandbox_id=sandbox_id,
@@ -905,6 +947,9 @@ class SandboxHost:
             isolation="",
             created_unix_ms=now,
             last_used_unix_ms=now,
+            # Always the host's own directory, so destroying the sandbox never touches the user's.
+            state=root,
+            workspace_dir=str(workspace_dir or ""),
         )
         try:
             await self.provider.provision(record)
@@ -926,7 +971,7 @@ class SandboxHost:
         try:
             await self.provider.destroy(record)
         finally:
-            await asyncio.to_thread(shutil.rmtree, record.workspace.parent, True)
+            await asyncio.to_thread(shutil.rmtree, record.state_root, True)
 
     async def _reap_idle(self) -> None:
         """Every ``reap_interval_s``, destroy sandboxes idle past their TTL."""

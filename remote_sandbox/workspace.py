@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import hashlib
 import io
 import os
 import secrets
@@ -33,6 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
+from remote_sandbox import tar_import
+from remote_sandbox.manifest import ManifestState
+from remote_sandbox.manifest import manifest as manifest_of
 from remote_sandbox.providers.base import InvalidRequest, SandboxRecord
 
 READ_CHUNK = 256 * 1024
@@ -62,17 +64,18 @@ def sandbox_root(state_dir: Path, sandbox_id: str) -> Path:
     return state_dir / "sandboxes" / sandbox_id
 
 
-def create_sandbox_dirs(root: Path) -> Path:
-    """Create ``root`` with its ``workspace/`` and ``spill/``; return the workspace."""
+def create_sandbox_dirs(root: Path, with_workspace: bool = True) -> Path:
+    """Create ``root`` with its ``spill/`` and (unless the workspace is a direct one) ``workspace/``; return the latter."""
     root.mkdir(parents=True, mode=0o700)
-    (root / "workspace").mkdir(mode=0o755)
+    if with_workspace:
+        (root / "workspace").mkdir(mode=0o755)
     (root / "spill").mkdir(mode=0o755)
     return root / "workspace"
 
 
 def spill_dir(record: SandboxRecord) -> Path:
     """The host directory of a sandbox's spill area."""
-    return record.workspace.parent / "spill"
+    return record.state_root / "spill"
 
 
 def split_path(path: str) -> list[str]:
@@ -352,24 +355,33 @@ class Workspace:
 
     # ----- workspace snapshots
 
-    def manifest(self, paths: Iterable[str] = ()) -> list[pb.ManifestEntry]:
-        """Every file and symlink under ``paths`` (workspace-relative; none = all), with its sha256.
-
-        ``mode`` carries the file type bits, so ``stat.S_ISLNK(entry.mode)`` tells
-        a symlink, whose ``sha256`` is that of its target string.
-        """
-        entries: list[pb.ManifestEntry] = []
-        for rel, st, fd_dir, name in self._walk_tree(paths):
-            if stat.S_ISREG(st.st_mode):
-                digest = _sha256_at(fd_dir, name)
-                if digest is None:
-                    continue  # removed or replaced mid-walk
-                entries.append(_manifest_entry(rel, st, digest))
-            elif stat.S_ISLNK(st.st_mode):
-                target = os.readlink(name, dir_fd=fd_dir).encode("utf-8", "surrogateescape")
-                entries.append(_manifest_entry(rel, st, hashlib.sha256(target).hexdigest()))
-        entries.sort(key=lambda entry: entry.path)
-        return entries
+    def manifest(self, request: pb.ManifestRequest, state: ManifestState) -> pb.ManifestResponse:
+        """Answer a Manifest request (see ``remote_sandbox.manifest``); its paths must stay inside the workspace."""
+        roots = []
+        for raw in request.paths:
+            if raw.startswith("/") and path_under(raw, self.workspace.mount) is None:
+                raise self._outside(raw)
+            resolved = self.resolve(raw, follow_last=False)
+            try:
+                if resolved.area is not self.workspace:
+                    raise self._outside(raw)
+                if resolved.st is None:
+                    raise InvalidRequest(f"no such file or directory: {raw}")
+                # Normalised here (``..`` folded, the mount prefix dropped): the walk takes plain relative paths.
+                roots.append("/".join([*resolved.parents, *([resolved.name] if resolved.name else [])]))
+            finally:
+                resolved.close()
+        if roots:
+            normalised = pb.ManifestRequest()
+            normalised.CopyFrom(request)
+            del normalised.paths[:]
+            normalised.paths.extend(roots)
+            request = normalised
+        root_fd = os.open(self.workspace.host, _DIR_FLAGS)
+        try:
+            return manifest_of(root_fd, request, state)
+        finally:
+            os.close(root_fd)
 
     def _walk_tree(self, paths: Iterable[str]) -> Iterator[tuple[str, os.stat_result, int, str]]:
         """Yield ``(relative path, lstat, dir fd, name)`` for everything under ``paths``, never following symlinks."""
@@ -432,21 +444,11 @@ class Workspace:
             yield sink.take()
 
     def import_tar(self, tar_path: Path) -> tuple[int, int]:
-        """Unpack the tar file at ``tar_path`` into the workspace; return ``(files, bytes)``."""
-        files = total = 0
-        try:
-            tar = tarfile.open(tar_path, mode="r:*")
-        except tarfile.TarError as exc:
-            raise InvalidRequest(f"the import is not a readable tar stream: {exc}") from None
-        with tar:
-            try:
-                for member in tar:
-                    files, total = self._import_member(tar, member, files, total)
-            except tarfile.TarError as exc:
-                raise InvalidRequest(f"the import's tar stream is damaged: {exc}") from None
-        return files, total
+        """Unpack the tar file at ``tar_path`` into the workspace; return ``(files, bytes)`` (see ``tar_import``)."""
+        return tar_import.import_tar(self, tar_path)
 
     def _import_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo, files: int, total: int) -> tuple[int, int]:
+        """Unpack one member the general way: resolved from the root, symlinks followed inside the workspace."""
         name = member.name
         parts = split_path(name)
         if name.startswith("/") or ".." in parts:
@@ -694,25 +696,11 @@ def _walk_dir(dir_fd: int, rel: str) -> Iterator[tuple[str, os.stat_result, int,
         os.close(dir_fd)
 
 
-def _sha256_at(dir_fd: int, name: str) -> str | None:
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
-def _manifest_entry(rel: str, st: os.stat_result, digest: str) -> pb.ManifestEntry:
-    return pb.ManifestEntry(path=rel, size=st.st_size, mode=st.st_mode, mtime_ns=st.st_mtime_ns, sha256=digest)
-
-
 def _file_info(path: str, st: os.stat_result) -> pb.FileInfo:
     """A FileInfo from a stat result."""
     return pb.FileInfo(
-        path=path,
+        # A name that is not UTF-8 (only a tar member can bring one) is shown approximately.
+        path=path.encode("utf-8", "surrogateescape").decode("utf-8", "replace"),
         kind=_KINDS.get(stat.S_IFMT(st.st_mode), pb.FileInfo.OTHER),
         size=st.st_size,
         mode=stat.S_IMODE(st.st_mode),

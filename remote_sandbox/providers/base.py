@@ -36,6 +36,10 @@ class LimitExceeded(ProviderError):
     """A configured limit was hit; the message names it (RESOURCE_EXHAUSTED)."""
 
 
+class PermissionDenied(ProviderError):
+    """The host is not configured to allow this (a direct workspace outside its allowed roots) (PERMISSION_DENIED)."""
+
+
 @dataclass
 class ExecSpec:
     """One command to run, as the server hands it to a provider."""
@@ -77,7 +81,16 @@ class SandboxRecord:
     handle: object = None
     """Provider-private state (a container, a bwrap command line...)."""
     spill_mount: str = "/tmp/tether-spill"
-    """The spill area (the host's ``<workspace>/../spill``) as commands in the sandbox see it."""
+    """The spill area (the host's ``<state_root>/spill``) as commands in the sandbox see it."""
+    state: Path | None = None
+    """The sandbox's own host directory (spill, tmp, control files); None = the workspace's parent."""
+    workspace_dir: str = ""
+    """The user's directory when this is a direct workspace (never removed by the host); "" otherwise."""
+
+    @property
+    def state_root(self) -> Path:
+        """The sandbox's own host directory, removed on destroy; never the user's directory."""
+        return self.state if self.state is not None else self.workspace.parent
 
 
 class Provider(abc.ABC):

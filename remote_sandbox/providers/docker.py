@@ -664,8 +664,8 @@ class DockerProvider(Provider):
         if _overlaps(workdir, CONTROL_MOUNT):
             raise InvalidRequest(f"workdir {workdir!r} overlaps {CONTROL_MOUNT}, where the exec server lives")
         record.workdir = workdir
-        spill_dir = record.workspace.parent / "spill"
-        control_dir = record.workspace.parent / CONTROL_DIR_NAME
+        spill_dir = record.state_root / "spill"
+        control_dir = record.state_root / CONTROL_DIR_NAME
         spill_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(control_dir, ignore_errors=True)
         control_dir.mkdir(parents=True)

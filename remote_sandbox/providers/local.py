@@ -928,10 +928,13 @@ class LocalProvider(Provider):
     async def provision(self, record: SandboxRecord) -> None:
         """Prepare the sandbox's directories, copy the base, start its launcher, run the setup commands."""
         recipe = record.recipe
-        root = record.workspace.parent
+        root = record.state_root
         sandbox = _Sandbox(root=root, bwrap=self.bwrap is not None)
         (sandbox.tmp / "home").mkdir(parents=True, exist_ok=True)
         sandbox.spill.mkdir(exist_ok=True)
+        if recipe.base and record.workspace_dir:
+            # Copying a base would write into the user's own directory.
+            raise InvalidRequest("a recipe with a 'base' cannot be used with a direct workspace: the base would be copied into it")
         if recipe.base:
             await self._copy_base(recipe.base, record.workspace)
         if sandbox.bwrap:

@@ -1,0 +1,161 @@
+"""Direct workspaces: an existing host directory as a sandbox's workspace, over real gRPC.
+
+A host accepts one only under a root it was started to allow; commands' writes
+land in the directory itself; destroying the sandbox, reaping it, or stopping
+the host never removes or changes the directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.sandbox_client import SandboxClient, SandboxInvalidRequest, SandboxPermissionDenied
+from tests.fixtures.sandbox_host import RunningHost, in_process_host
+
+
+def _snapshot(directory: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file under ``directory`` with its content, mode and mtime (symlinks by target)."""
+    seen = {}
+    for path in sorted(directory.rglob("*")):
+        st = path.lstat()
+        if path.is_symlink():
+            seen[str(path.relative_to(directory))] = (os.readlink(path).encode(), st.st_mode, st.st_mtime_ns)
+        elif path.is_file():
+            seen[str(path.relative_to(directory))] = (path.read_bytes(), st.st_mode, st.st_mtime_ns)
+        else:
+            seen[str(path.relative_to(directory)) + "/"] = (b"", st.st_mode, 0)
+    return seen
+
+
+def _project(root: Path) -> Path:
+    """A small user project under ``root``."""
+    project = root / "project"
+    (project / "src").mkdir(parents=True)
+    (project / "src" / "main.py").write_text("print('hi')\n")
+    (project / "README").write_text("readme\n")
+    (project / "link").symlink_to("src/main.py")
+    return project
+
+
+@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)])
+async def direct_host(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[RunningHost]:
+    """A host that allows direct workspaces under ``tmp_path/allowed``, once per provider."""
+    image = ""
+    if request.param == "docker":
+        request.getfixturevalue("docker_engine")
+        image = request.getfixturevalue("docker_test_image")
+    (tmp_path / "allowed").mkdir()
+    async with in_process_host(
+        request.param, tmp_path / "host-state", image, allow_workspace_roots=[tmp_path / "allowed"]
+    ) as host:
+        yield host
+
+
+async def test_refused_by_a_host_started_without_an_allowed_root(local_sandbox_host: RunningHost, tmp_path: Path) -> None:
+    async with SandboxClient(local_sandbox_host.target, local_sandbox_host.token) as client:
+        with pytest.raises(SandboxPermissionDenied, match="--allow-workspace-root"):
+            await client.provision(local_sandbox_host.recipe, workspace_dir=str(tmp_path))
+        assert await client.list() == []
+
+
+async def test_refused_outside_the_allowed_root_and_for_bad_paths(direct_host: RunningHost, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # A symlink inside the root that leads out is judged by where it leads.
+    (tmp_path / "allowed" / "escape").symlink_to(outside)
+    async with SandboxClient(direct_host.target, direct_host.token) as client:
+        for refused in (outside, tmp_path / "allowed" / "escape", Path("/")):
+            with pytest.raises(SandboxPermissionDenied, match="not under an allowed workspace root"):
+                await client.provision(direct_host.recipe, workspace_dir=str(refused))
+        with pytest.raises(SandboxInvalidRequest, match="absolute"):
+            await client.provision(direct_host.recipe, workspace_dir="allowed/project")
+        with pytest.raises(SandboxInvalidRequest, match="not an existing directory"):
+            await client.provision(direct_host.recipe, workspace_dir=str(tmp_path / "allowed" / "missing"))
+        assert await client.list() == []
+
+
+async def test_commands_write_into_the_directory_and_destroy_leaves_it(direct_host: RunningHost, tmp_path: Path) -> None:
+    project = _project(tmp_path / "allowed")
+    async with SandboxClient(direct_host.target, direct_host.token) as client:
+        info = await client.provision(direct_host.recipe, workspace_dir=str(project))
+        assert info.workspace_dir == str(project)
+        result = await client.exec(info.sandbox_id, shell="echo x > f && cat src/main.py && ls")
+        assert result.exit_code == 0, result.stderr
+        assert b"print('hi')" in result.stdout
+        assert (project / "f").read_text() == "x\n"
+        # The file operations of the host see the same directory.
+        assert await client.read_file(info.sandbox_id, "README") == b"readme\n"
+        await client.write_file(info.sandbox_id, "written", b"by WriteFile")
+        assert (project / "written").read_bytes() == b"by WriteFile"
+        before = _snapshot(project)
+        await client.destroy(info.sandbox_id)
+    assert _snapshot(project) == before
+    assert not any((direct_host.state_dir / "sandboxes").iterdir()), "the sandbox's own state was left behind"
+
+
+async def test_reaper_and_host_shutdown_leave_the_directory(tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    project = _project(allowed)
+    before = _snapshot(project)
+    async with in_process_host("local", tmp_path / "host-state", allow_workspace_roots=[allowed]) as host:
+        assert host.host is not None
+        recipe = host.recipe
+        recipe.idle_ttl_seconds = 1
+        async with SandboxClient(host.target, host.token) as client:
+            reaped = await client.provision(recipe, workspace_dir=str(project))
+            await client.exec(reaped.sandbox_id, shell="mkdir -p build && echo o > build/out")
+            before = _snapshot(project)
+            gone = await host.host.reap_idle(now_ms=reaped.last_used_unix_ms + 3_600_000)
+            assert gone == [reaped.sandbox_id]
+            assert _snapshot(project) == before
+            survivor = await client.provision(host.recipe, workspace_dir=str(project))
+            assert survivor.workspace_dir == str(project)
+    # The host stopped with a live direct sandbox: its destroy-on-exit must spare the directory.
+    assert _snapshot(project) == before
+
+
+async def test_idempotent_provision_counts_the_directory(direct_host: RunningHost, tmp_path: Path) -> None:
+    one = _project(tmp_path / "allowed")
+    two = tmp_path / "allowed" / "two"
+    two.mkdir()
+    async with SandboxClient(direct_host.target, direct_host.token) as client:
+        first = await client.provision(direct_host.recipe, request_id="r1", workspace_dir=str(one))
+        again = await client.provision(direct_host.recipe, request_id="r1", workspace_dir=str(one))
+        other = await client.provision(direct_host.recipe, request_id="r1", workspace_dir=str(two))
+        assert first.sandbox_id == again.sandbox_id
+        assert other.sandbox_id != first.sandbox_id
+        assert other.workspace_dir == str(two)
+
+
+async def test_bubblewrap_shows_only_the_directory_not_the_host(tmp_path: Path) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    project = _project(allowed)
+    # Secrets of the host user beside the project, as ~/.ssh would be: never visible.
+    secret = allowed / "dot-ssh"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("PRIVATE KEY\n")
+    async with in_process_host("local", tmp_path / "host-state", allow_workspace_roots=[allowed]) as host:
+        async with SandboxClient(host.target, host.token) as client:
+            info = await client.provision(host.recipe, workspace_dir=str(project))
+            if not info.isolation.startswith("bubblewrap"):
+                pytest.skip(f"bubblewrap is not usable here: {info.isolation}")
+            assert info.workdir == "/workspace"
+            for hidden in (secret / "id_rsa", Path.home() / ".ssh" / "id_rsa", Path.home(), host.state_dir, project):
+                probe = await client.exec(info.sandbox_id, argv=["cat", str(hidden)])
+                assert probe.exit_code != 0, f"{hidden} is reachable in the sandbox"
+                assert b"PRIVATE KEY" not in probe.stdout
+            assert (await client.exec(info.sandbox_id, argv=["ls", "/root"])).exit_code != 0
+            up = await client.exec(info.sandbox_id, shell="cat ../dot-ssh/id_rsa; ls ..")
+            assert b"PRIVATE KEY" not in up.stdout and b"dot-ssh" not in up.stdout
+            readonly = await client.exec(info.sandbox_id, argv=["touch", "/usr/tether-probe"])
+            assert b"Read-only file system" in readonly.stderr
+            with contextlib.suppress(Exception):
+                await client.destroy(info.sandbox_id)
+    assert (secret / "id_rsa").read_text() == "PRIVATE KEY\n"

@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -18,6 +19,9 @@ from session.durable import fsync_directory
 from session.errors import SessionStoreError, describe_os_error
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+REFRESH_AFTER_SECONDS = 600
+"""A stored blob put again gets a fresh mtime if its mtime is older than this (see _refresh_if_present)."""
 
 TEMPORARY_PREFIX = ".tmp-"
 """Names starting with this in the blob directory are unfinished writes, never blobs."""
@@ -256,17 +260,22 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _refresh_if_present(final: Path) -> bool:
-    """Whether the blob exists; if so, mark it as just used.
+    """Whether the blob exists; if so, and it is not recent, mark it as just used.
 
     Garbage collection never removes a blob younger than an hour; a writer that finds
-    its blob already there is about to name it in an event, so the blob must look young.
+    its blob already there is about to name it in an event, so the blob must look
+    young. One touched in the last REFRESH_AFTER_SECONDS still has most of the hour
+    left, and is left alone: a checkpoint of an unchanged workspace dirties no inode.
     """
     try:
-        os.utime(final)
+        modified = os.stat(final).st_mtime
     except FileNotFoundError:
         return False
     except OSError:
-        return final.exists()  # a read-only store: present is all that matters
+        return final.exists()
+    if modified < time.time() - REFRESH_AFTER_SECONDS:
+        with suppress(OSError):  # a read-only store: present is all that matters
+            os.utime(final)
     return True
 
 

@@ -1,4 +1,4 @@
-"""`tether sessions ...`: list, show, search and export sessions from the command line."""
+"""`tether sessions ...`: list, show, search and export sessions, and collect unused blobs."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from session.errors import SessionStoreError
+from session.gc import CollectionReport, collect_garbage, project_folders
 from session.index import SearchHit, SessionSummary, summarize
 from session.store import SessionStore
 from session.transcript import render_markdown
@@ -34,7 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser for `tether sessions`."""
-    parser = _Parser(prog=PROG, description="List, show, search and export tether sessions.")
+    parser = _Parser(prog=PROG, description="List, show, search and export tether sessions; collect unused blobs.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     listing = commands.add_parser("list", help="sessions of this project (or all), newest first")
@@ -53,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="a session as Markdown or as the API's messages JSON")
     export.add_argument("session_id", metavar="ID", help="a session id or a unique prefix of one")
     export.add_argument("--format", choices=["md", "json"], default="md", help="md (default) or json")
+
+    gc = commands.add_parser(
+        "gc", help="remove blobs (tool outputs, checkpoint files) no session names, if older than an hour"
+    )
+    gc.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    where = gc.add_mutually_exclusive_group()
+    where.add_argument("--project", metavar="DIR", type=Path, help="collect DIR's blobs (default: the current directory)")
+    where.add_argument("--all", action="store_true", help="collect the blobs of every project")
     return parser
 
 
@@ -146,7 +155,44 @@ def _export(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> 
     return 0
 
 
-_COMMANDS = {"list": _list, "show": _show, "search": _search, "export": _export}
+def _gc(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
+    """`gc`: remove each project's unreferenced old blobs, one line per blob, then a total."""
+    project = None if arguments.all else (arguments.project or Path.cwd())
+    folders = project_folders(store.home, project)
+    if not folders:
+        where = "any project" if project is None else str(project)
+        print(f"No sessions in {where}.", file=out)
+        return 0
+    failed = False
+    reports: list[CollectionReport] = []
+    for folder in folders:
+        try:
+            report = collect_garbage(folder, dry_run=arguments.dry_run)
+        except SessionStoreError as error:
+            # One unreadable project must not stop the others from being collected.
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+            failed = True
+            continue
+        reports.append(report)
+        verb = "would remove" if arguments.dry_run else "removed"
+        prefix = f"{folder.name}: " if project is None else ""
+        for item in report.removed:
+            print(f"{prefix}{verb} {item.name}  {_size(item.size)}", file=out)
+    removed = sum(len(report.removed) for report in reports)
+    freed = sum(report.bytes_freed for report in reports)
+    referenced = sum(report.kept_referenced for report in reports)
+    young = sum(report.kept_young for report in reports)
+    verb = "Would remove" if arguments.dry_run else "Removed"
+    print(
+        f"{verb} {removed} blob{'s' if removed != 1 else ''}, "
+        f"{'would free' if arguments.dry_run else 'freed'} {_size(freed)}; "
+        f"kept {referenced} in use and {young} younger than an hour.",
+        file=out,
+    )
+    return 1 if failed else 0
+
+
+_COMMANDS = {"list": _list, "show": _show, "search": _search, "export": _export, "gc": _gc}
 
 
 def _print_summary(summary: SessionSummary, out: TextIO) -> None:
@@ -181,6 +227,16 @@ def _print_table(rows: list[tuple[str, ...]], out: TextIO, *, right_aligned: set
             for column, cell in enumerate(row[:-1])
         ]
         print("  ".join([*cells, row[-1]]), file=out)
+
+
+def _size(size: int) -> str:
+    """A byte count for people: bytes exactly, with KiB/MiB/GiB beside larger ones."""
+    if size < 1024:
+        return f"{size} bytes"
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size} bytes ({size / scale:.1f} {unit})"
+    return f"{size} bytes"
 
 
 def _local_time(timestamp: str) -> str:

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from agent.embedded_host import EmbeddedHost
 from agent.sandbox_client import SandboxClient, SandboxInvalidRequest, SandboxPermissionDenied
+from protos.recipes import load_recipe
 from tests.fixtures.sandbox_host import RunningHost, in_process_host
 
 
@@ -200,3 +202,23 @@ async def test_import_never_writes_outside_the_directory(direct_host: RunningHos
         assert (project / "src" / "new.py").read_bytes() == b"n"
         assert (project / "src" / "main.py").read_bytes() == b"m"
     assert list(neighbour.iterdir()) == []
+
+
+async def test_embedded_host_allows_only_its_workspace_roots(tmp_path: Path) -> None:
+    project = _project(tmp_path / "allowed")
+    (tmp_path / "other").mkdir()
+    async with EmbeddedHost(state_root=tmp_path / "states", workspace_roots=[tmp_path / "allowed"]) as host:
+        async with SandboxClient(host.target, host.token) as client:
+            await client.wait_ready()
+            info = await client.provision(load_recipe(None), workspace_dir=str(project))
+            await _sh_ok(client, info.sandbox_id, "echo embedded > f")
+            assert (project / "f").read_text() == "embedded\n"
+            with pytest.raises(SandboxPermissionDenied):
+                await client.provision(load_recipe(None), workspace_dir=str(tmp_path / "other"))
+    assert (project / "f").read_text() == "embedded\n"
+    assert (project / "src" / "main.py").exists()
+
+
+async def _sh_ok(client: SandboxClient, sandbox_id: str, command: str) -> None:
+    result = await client.exec(sandbox_id, shell=command)
+    assert result.exit_code == 0, result.stderr

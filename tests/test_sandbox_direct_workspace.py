@@ -8,13 +8,17 @@ the host never removes or changes the directory.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import tarfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from agent.embedded_host import EmbeddedHost
 from agent.sandbox_client import SandboxClient, SandboxInvalidRequest, SandboxPermissionDenied
+from protos.recipes import load_recipe
 from tests.fixtures.sandbox_host import RunningHost, in_process_host
 
 
@@ -159,3 +163,62 @@ async def test_bubblewrap_shows_only_the_directory_not_the_host(tmp_path: Path) 
             with contextlib.suppress(Exception):
                 await client.destroy(info.sandbox_id)
     assert (secret / "id_rsa").read_text() == "PRIVATE KEY\n"
+
+
+def _tar(*members: tuple[str, str, bytes]) -> bytes:
+    """A tar stream of ``(kind, name, data-or-target)`` members: ``file`` or ``symlink``."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for kind, name, payload in members:
+            info = tarfile.TarInfo(name)
+            if kind == "symlink":
+                info.type = tarfile.SYMTYPE
+                info.linkname = payload.decode()
+                tar.addfile(info)
+            else:
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    return buffer.getvalue()
+
+
+async def test_import_never_writes_outside_the_directory(direct_host: RunningHost, tmp_path: Path) -> None:
+    project = _project(tmp_path / "allowed")
+    neighbour = tmp_path / "allowed" / "neighbour"
+    neighbour.mkdir()
+    async with SandboxClient(direct_host.target, direct_host.token) as client:
+        info = await client.provision(direct_host.recipe, workspace_dir=str(project))
+        with pytest.raises(SandboxInvalidRequest, match="outside the workspace"):
+            await client.import_tar(info.sandbox_id, _tar(("file", "../neighbour/x", b"x")))
+        # A symlink member leading out, then a member through it: refused, nothing written outside.
+        with pytest.raises(SandboxInvalidRequest, match="outside the workspace"):
+            await client.import_tar(
+                info.sandbox_id, _tar(("symlink", "out", str(neighbour).encode()), ("file", "out/x", b"x"))
+            )
+        # Through a symlink that stays inside, a member lands where the sandbox would put it.
+        done = await client.import_tar(
+            info.sandbox_id, _tar(("symlink", "inside", b"src"), ("file", "inside/new.py", b"n"), ("file", "src/main.py", b"m"))
+        )
+        assert done.files == 3
+        assert (project / "src" / "new.py").read_bytes() == b"n"
+        assert (project / "src" / "main.py").read_bytes() == b"m"
+    assert list(neighbour.iterdir()) == []
+
+
+async def test_embedded_host_allows_only_its_workspace_roots(tmp_path: Path) -> None:
+    project = _project(tmp_path / "allowed")
+    (tmp_path / "other").mkdir()
+    async with EmbeddedHost(state_root=tmp_path / "states", workspace_roots=[tmp_path / "allowed"]) as host:
+        async with SandboxClient(host.target, host.token) as client:
+            await client.wait_ready()
+            info = await client.provision(load_recipe(None), workspace_dir=str(project))
+            await _sh_ok(client, info.sandbox_id, "echo embedded > f")
+            assert (project / "f").read_text() == "embedded\n"
+            with pytest.raises(SandboxPermissionDenied):
+                await client.provision(load_recipe(None), workspace_dir=str(tmp_path / "other"))
+    assert (project / "f").read_text() == "embedded\n"
+    assert (project / "src" / "main.py").exists()
+
+
+async def _sh_ok(client: SandboxClient, sandbox_id: str, command: str) -> None:
+    result = await client.exec(sandbox_id, shell=command)
+    assert result.exit_code == 0, result.stderr

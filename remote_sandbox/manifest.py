@@ -225,7 +225,10 @@ def _walk_dir(dir_fd: int, rel: str, rules: IgnoreRules, walk: _Walk) -> None:
                 sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
             except OSError:
                 continue  # replaced by a symlink or removed mid-walk
-            _walk_dir(sub_fd, child, rules, walk)
+            # git never applies .gitignore patterns to its own directory (a `logs/` or `*.pack`
+            # line must not drop repository files): only the request's own excludes hold there.
+            inner = IgnoreRules(rules.root) if child == ".git" and rules.nested else rules
+            _walk_dir(sub_fd, child, inner, walk)
     finally:
         os.close(dir_fd)
 

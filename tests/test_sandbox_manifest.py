@@ -203,3 +203,16 @@ def test_a_file_changed_just_before_a_walk_is_hashed_again(tmp_path: Path) -> No
         assert {e.sha256 for e in third.entries} == {"poisoned"}
     finally:
         os.close(root)
+
+
+async def test_gitignore_patterns_never_reach_into_the_repository(local_sandbox_host: RunningHost) -> None:
+    async with SandboxClient(local_sandbox_host.target, local_sandbox_host.token) as client:
+        sandbox = (await client.provision(local_sandbox_host.recipe)).sandbox_id
+        await _sh(
+            client,
+            sandbox,
+            "mkdir -p .git/logs .git/objects/pack logs && echo h > .git/logs/HEAD && echo p > .git/objects/pack/x.pack"
+            " && echo l > logs/app.txt && printf 'logs/\\n*.pack\\n' > .gitignore",
+        )
+        answer = await client.manifest_delta(sandbox, gitignore=True)
+        assert set(_by_path(answer)) == {".gitignore", ".git/logs/HEAD", ".git/objects/pack/x.pack"}

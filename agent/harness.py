@@ -25,6 +25,20 @@ from agent.permissions import (
 )
 from agent.resident import RUN_LABEL
 from agent.sandbox_client import SandboxClient, SandboxError
+from agent.workspace.changes import (
+    ApplyReport,
+    RewindPlan,
+    WorkspaceChangeError,
+    apply_to_project,
+    base_state,
+    current_state,
+    plan_rewind,
+    record_rewind,
+    unified_diff,
+    write_local,
+)
+from agent.workspace.session import SessionWorkspace, WorkspaceError, workspace_of
+from agent.workspace.settings import MODES, WorkspaceSettings
 from protos.recipes import load_recipe, recipe_to_dict
 from session.store import SessionLog, SessionStore
 
@@ -53,6 +67,10 @@ class HarnessOptions:
     """Extra allow rules from the command line, e.g. ``Bash(git status:*)``."""
     disallowed_tools: list[str] = field(default_factory=list)
     """Extra deny rules from the command line."""
+    workspace: str = ""
+    """``direct`` | ``copy`` | empty: the settings' choice, else direct with the embedded host, copy with a remote one."""
+    verbose: bool = False
+    """Say what is set up (workspace mode, sandbox) as status notices."""
 
 
 class HarnessError(Exception):
@@ -72,6 +90,8 @@ class Harness:
         self.loop: AgentLoop | None = None
         self.model = ModelClient(model=options.model or os.environ.get("TETHER_MODEL") or DEFAULT_MODEL)
         self.started_at = time.monotonic()
+        self.workspace: SessionWorkspace | None = None
+        """The session's workspace (mode, checkpoints), once started."""
         self._shared_host = False
 
     @property
@@ -101,27 +121,41 @@ class Harness:
                 deny=opts.disallowed_tools,
             )
             gate = PermissionGate(opts.permission_mode, settings, opts.project_dir, lambda: self.lease.workdir)
+            workspace_settings = WorkspaceSettings.load([user_settings_path(), project_settings_path(opts.project_dir)])
         except SettingsError as exc:
             raise HarnessError(f"tether: {exc}") from exc
+        if opts.workspace and opts.workspace not in MODES:
+            raise HarnessError(f"tether: --workspace must be one of {', '.join(MODES)}, not {opts.workspace!r}")
+        log = None
+        if opts.resume:
+            log = store.open(opts.resume)
+        elif opts.continue_latest:
+            log = store.latest(opts.project_dir)
+            if log is None:
+                raise HarnessError(f"tether: no session to continue in {opts.project_dir}")
+        # A resumed session works on the project it was started in, wherever tether runs now.
+        recorded = workspace_of(log) if log is not None else None
+        project_dir = Path(recorded["project_dir"]) if recorded and recorded.get("project_dir") else opts.project_dir
+        try:
+            mode, rules = SessionWorkspace.choose(
+                recorded, project_dir, requested_mode=opts.workspace, remote=bool(opts.sandbox), settings=workspace_settings
+            )
+        except WorkspaceError as exc:
+            raise HarnessError(str(exc)) from exc
         if opts.sandbox:
             token = opts.sandbox_token or os.environ.get("TETHER_SANDBOX_TOKEN", "")
             self.client = SandboxClient(opts.sandbox, token or None, ca_file=opts.sandbox_ca_file or None)
             await self.client.wait_ready()
         else:
-            self.client = await self._embedded_client()
+            self.client = await self._embedded_client([project_dir] if mode == "direct" else [])
+        self.log = log if log is not None else store.create(opts.project_dir)
+        self.workspace = SessionWorkspace.open(self.log, project_dir, mode, rules, workspace_settings, self.emit)
         self.lease = SandboxLease(self.client, host=self.host_label, recipe=recipe)
+        self.workspace.attach(self.lease)
         if self._shared_host:
             # If this run is killed, the resident harness finds its sandbox by this label.
             self.lease.labels[RUN_LABEL] = str(os.getpid())
         self.lease.start()
-        if opts.resume:
-            self.log = store.open(opts.resume)
-        elif opts.continue_latest:
-            self.log = store.latest(opts.project_dir)
-            if self.log is None:
-                raise HarnessError(f"tether: no session to continue in {opts.project_dir}")
-        else:
-            self.log = store.create(opts.project_dir)
         info = await self.lease.ready()
         log = self.log
         self.lease.on_change = lambda event, payload: log.append(
@@ -141,18 +175,24 @@ class Harness:
         )
         for warning in info.warnings:
             await self.emit(ev.Status(warning))
+        if opts.verbose:
+            await self.emit(ev.Status(f"workspace: {mode} ({project_dir}); sandbox {info.sandbox_id} on {self.host_label} ({info.isolation})"))
         self.loop = AgentLoop(
             model=self.model,
             lease=self.lease,
             log=self.log,
-            project_dir=opts.project_dir,
+            project_dir=project_dir,
             emit=self.emit,
             max_turns=opts.max_turns,
             gate=gate,
+            workspace=self.workspace,
         )
 
-    async def _embedded_client(self) -> SandboxClient:
-        """A client of the embedded host: the resident harness's shared one if it answers, else our own."""
+    async def _embedded_client(self, workspace_roots: list[Path]) -> SandboxClient:
+        """A client of the embedded host: the resident harness's shared one if it answers, else our own.
+
+        Our own host may mount only ``workspace_roots`` (the project, in direct mode).
+        """
         shared = os.environ.get("TETHER_SHARED_HOST")
         if shared:
             client = SandboxClient(shared, os.environ.get("TETHER_SHARED_HOST_TOKEN") or None)
@@ -162,7 +202,7 @@ class Harness:
                 return client
             except SandboxError:
                 await client.close()  # the shared host died; start one of our own
-        self.embedded = EmbeddedHost()
+        self.embedded = EmbeddedHost(workspace_roots=workspace_roots)
         target, token = await self.embedded.start()
         client = SandboxClient(target, token)
         await client.wait_ready()
@@ -172,6 +212,49 @@ class Harness:
         """Answer one prompt."""
         assert self.loop is not None, "start() first"
         return await self.loop.run(prompt)
+
+    async def checkpoint_now(self) -> None:
+        """Record the workspace as it is now (before a diff or rewind reads the newest checkpoint)."""
+        assert self.workspace is not None and self.lease is not None
+        await self.workspace.wait_baseline()
+        info = await self.lease.ready()
+        await self.workspace.checkpointer.take(info.sandbox_id, label="tool")
+
+    async def diff(self) -> str:
+        """The session's changes to the project as a unified diff (empty: none)."""
+        assert self.log is not None
+        await self.checkpoint_now()
+        base, _ = base_state(self.log)
+        return unified_diff(self.log, base, current_state(self.log))
+
+    async def apply(self, *, force: bool = False) -> ApplyReport:
+        """Write a copy workspace's changes into the local project."""
+        assert self.log is not None and self.workspace is not None
+        if self.workspace.mode == "direct":
+            raise WorkspaceChangeError("nothing to apply: the workspace is the project directory itself")
+        await self.checkpoint_now()
+        return apply_to_project(self.log, self.workspace.project_dir, force=force)
+
+    async def plan_rewind(self, number: int, choice: str) -> RewindPlan:
+        """What rewinding to before prompt ``number`` would change (the workspace is checkpointed first)."""
+        assert self.log is not None
+        await self.checkpoint_now()
+        return plan_rewind(self.log, number, choice)
+
+    async def rewind(self, plan: RewindPlan) -> ApplyReport:
+        """Carry out ``plan``: the files (in the project or the sandbox), then the branch in the log."""
+        assert self.log is not None and self.workspace is not None and self.lease is not None and self.loop is not None
+        report = ApplyReport()
+        if plan.changes.set or plan.changes.removed:
+            if self.workspace.mode == "direct":
+                write_local(self.workspace.project_dir, self.log, plan.changes, expected=None, report=report)
+            else:
+                info = await self.lease.ready()
+                await self.workspace.checkpointer.write(info.sandbox_id, plan.changes)
+        record_rewind(self.log, plan)
+        self.workspace.checkpointer.load()
+        self.loop.reload()
+        return report
 
     def interrupt(self) -> bool:
         """Stop the running turn (model stream and tool); False if nothing was running."""

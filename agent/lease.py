@@ -7,8 +7,9 @@ a session that never calls a tool never waits for one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,10 @@ class SandboxLease:
     """Labels added to the recipe's when provisioning (not part of the recipe itself)."""
     on_change: Callable[[str, dict[str, Any]], None] | None = None
     """Told of every sandbox event (``lost``, ``reprovisioned``) so the session log can keep it."""
+    workspace_dir: str = ""
+    """A direct workspace: the host directory every sandbox of this lease mounts (empty = a fresh one)."""
+    prepare: Callable[[pb.SandboxInfo], Awaitable[None]] | None = None
+    """Run on every new sandbox before any tool may use it (the workspace's upload or restore)."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -52,7 +57,14 @@ class SandboxLease:
             self._provisioning = asyncio.ensure_future(self._provision())
 
     async def ready(self) -> pb.SandboxInfo:
-        """The provisioned sandbox, provisioning it now if needed."""
+        """The provisioned sandbox, provisioning it now if needed.
+
+        A provisioning that failed is tried again here, so one bad moment of the
+        host does not fail every later call.
+        """
+        task = self._provisioning
+        if task is not None and task.done() and (task.cancelled() or task.exception() is not None):
+            self._provisioning = None
         self.start()
         assert self._provisioning is not None
         return await asyncio.shield(self._provisioning)
@@ -63,31 +75,57 @@ class SandboxLease:
             recipe = pb.Recipe()
             recipe.CopyFrom(self.recipe)
             recipe.labels.update(self.labels)
-        info = await self.client.provision(recipe, request_id=str(uuid.uuid4()))
+        info = await self.client.provision(recipe, request_id=str(uuid.uuid4()), workspace_dir=self.workspace_dir)
+        try:
+            if self.prepare is not None:
+                await self.prepare(info)
+        except BaseException:
+            # A sandbox whose workspace could not be prepared must not be used, nor left behind.
+            with contextlib.suppress(BaseException):
+                await self.client.destroy(info.sandbox_id)
+            raise
+        previous_cwd = self.cwd if self.info is not None else ""
         self.info = info
         self.generation += 1
         self.cwd = info.workdir
+        if previous_cwd and previous_cwd != info.workdir:
+            # Back where the shell was, if the restored workspace still has that directory.
+            with contextlib.suppress(Exception):
+                if (await self.client.stat(info.sandbox_id, previous_cwd)).kind == pb.FileInfo.DIRECTORY:
+                    self.cwd = previous_cwd
         return info
 
-    async def replace(self, reason: str, lost_id: str | None = None) -> pb.SandboxInfo:
-        """The sandbox ``lost_id`` is gone: provision a new one from the same recipe and say so.
+    def begin_replace(self, reason: str, lost_id: str | None = None) -> asyncio.Future[pb.SandboxInfo]:
+        """The sandbox ``lost_id`` is gone: start provisioning a new one from the same recipe, now.
 
-        Callers that saw the same loss share one replacement: if the lease has
-        already moved past ``lost_id``, the current sandbox is returned.
+        Returns at once; the next ``ready()`` waits for the new sandbox, so the
+        replacement runs while the model reads the error. Callers that saw the
+        same loss share one replacement: if the lease has already moved past
+        ``lost_id``, or a replacement is under way, that is what is returned.
         """
         task = self._provisioning
         if task is not None and not task.done():
-            return await asyncio.shield(task)  # a replacement is already on its way
+            return asyncio.shield(task)  # a replacement is already on its way
         if lost_id is not None and self.info is not None and self.info.sandbox_id != lost_id:
-            return self.info
+            done: asyncio.Future[pb.SandboxInfo] = asyncio.get_running_loop().create_future()
+            done.set_result(self.info)
+            return done
         lost = self.info.sandbox_id if self.info is not None else ""
         if self.on_change is not None:
             self.on_change("lost", {"sandbox_id": lost, "reason": reason, "generation": self.generation})
         self._provisioning = asyncio.ensure_future(self._provision())
-        info = await asyncio.shield(self._provisioning)
-        if self.on_change is not None:
-            self.on_change("reprovisioned", {"sandbox_id": info.sandbox_id, "replaces": lost, "generation": self.generation})
-        return info
+
+        def logged(task: asyncio.Task) -> None:
+            if not task.cancelled() and task.exception() is None and self.on_change is not None:
+                info = task.result()
+                self.on_change("reprovisioned", {"sandbox_id": info.sandbox_id, "replaces": lost, "generation": self.generation})
+
+        self._provisioning.add_done_callback(logged)
+        return asyncio.shield(self._provisioning)
+
+    async def replace(self, reason: str, lost_id: str | None = None) -> pb.SandboxInfo:
+        """``begin_replace`` and wait for the new sandbox."""
+        return await self.begin_replace(reason, lost_id)
 
     async def release(self) -> None:
         """Destroy the sandbox if one was made; never raises."""

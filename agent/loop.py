@@ -22,6 +22,7 @@ from agent.prompt import system_prompt
 from agent.sandbox_client import SandboxError
 from agent.tools.base import ToolResult
 from agent.toolset import ToolCall, ToolSet
+from agent.workspace.session import SessionWorkspace
 from session.conversation import COMPACTION_PREAMBLE
 from session.store import SessionLog
 
@@ -70,6 +71,8 @@ class AgentLoop:
     """Model requests allowed per prompt; None = no limit."""
     gate: PermissionGate | None = None
     """Permission checks for tool calls; None = every call runs."""
+    workspace: SessionWorkspace | None = None
+    """The session's workspace (checkpoints after file-changing calls); None = no checkpoints."""
     tools: ToolSet = field(init=False)
     totals: SessionTotals = field(default_factory=SessionTotals)
     _messages: list[dict[str, Any]] | None = field(default=None, repr=False)
@@ -86,7 +89,13 @@ class AgentLoop:
     """Results of the running batch's calls that have finished, by tool_use id (kept if the rest is interrupted)."""
 
     def __post_init__(self) -> None:
-        self.tools = ToolSet(self.lease, gate=self.gate)
+        workspace = self.workspace
+        self.tools = ToolSet(
+            self.lease,
+            gate=self.gate,
+            checkpointer=workspace.checkpointer if workspace is not None else None,
+            before_change=workspace.wait_baseline if workspace is not None else None,
+        )
 
     async def run(self, prompt: str) -> ev.TurnFinished:
         """Answer one user prompt, running tools until the model ends its turn.
@@ -107,6 +116,11 @@ class AgentLoop:
             return await self._record_interruption()
         finally:
             self._task = None
+
+    def reload(self) -> None:
+        """Rebuild the conversation from the log before the next prompt (after a rewind moved its branch)."""
+        self._messages = None
+        self._context_tokens = 0
 
     def interrupt(self) -> bool:
         """Stop the running turn; returns False if there was none."""
@@ -246,6 +260,7 @@ class AgentLoop:
                 sandbox_os=info.os,
                 project_dir=self.project_dir,
                 plan_mode=self.gate is not None and self.gate.mode == "plan",
+                workspace_mode=self.workspace.mode if self.workspace is not None else "",
             )
             self._system = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]
         return self._system

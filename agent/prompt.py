@@ -12,7 +12,13 @@ MEMORY_MAX_CHARS = 40_000
 
 
 def system_prompt(
-    *, workdir: str, sandbox_os: str, project_dir: Path, plan_mode: bool = False, today: dt.date | None = None
+    *,
+    workdir: str,
+    sandbox_os: str,
+    project_dir: Path,
+    plan_mode: bool = False,
+    workspace_mode: str = "",
+    today: dt.date | None = None,
 ) -> str:
     """The system prompt text for a session in ``project_dir`` whose tools run in ``workdir``."""
     today = today or dt.date.today()
@@ -26,6 +32,16 @@ def system_prompt(
         f"Today's date: {today.isoformat()}\n"
         "</environment>",
     ]
+    if workspace_mode == "direct":
+        parts.append(
+            f"The workspace is the user's project directory ({project_dir}) itself, mounted into the "
+            "sandbox: your edits change the user's files directly."
+        )
+    elif workspace_mode == "copy":
+        parts.append(
+            f"The workspace is a copy of the user's project ({project_dir}), uploaded when the session "
+            "started; your changes stay in the sandbox until the user reviews and applies them."
+        )
     if plan_mode:
         parts.append(
             "Plan mode is on: you may only use read-only tools (Read, Glob, Grep, TodoWrite). "

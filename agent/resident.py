@@ -204,7 +204,10 @@ def serve(path: Path, ready_fd: int) -> int:
     from agent.embedded_host import EmbeddedHost
 
     warm_up()
-    host = EmbeddedHost()
+    # It serves every project's direct workspace: it may mount any directory. Only this user can
+    # reach it (a private socket and a one-time token), and the harness refuses to mount a
+    # directory that holds the home directory or the session store.
+    host = EmbeddedHost(workspace_roots=[Path("/")])
     target, token = host.start_blocking()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(path))

@@ -25,6 +25,7 @@ from agent.tools.bash import BashTool
 from agent.tools.files import EditTool, ReadTool, WriteTool
 from agent.tools.search import GlobTool, GrepTool
 from agent.tools.todo import TodoWriteTool
+from agent.workspace.checkpoints import Checkpointer
 
 
 def default_tools() -> list[Tool]:
@@ -51,6 +52,10 @@ class ToolSet:
     """Paths Read in this session; shared by every call (Write and Edit check it)."""
     gate: PermissionGate | None = None
     """Decides whether each call may run; None = every call runs."""
+    checkpointer: Checkpointer | None = None
+    """Takes a workspace checkpoint after every call that may change files; None = no checkpoints."""
+    before_change: Callable[[], Awaitable[None]] | None = None
+    """Awaited before a call that may change files (the workspace's baseline must be taken first)."""
 
     def __post_init__(self) -> None:
         self._by_name = {tool.name: tool for tool in self.tools}
@@ -143,12 +148,16 @@ class ToolSet:
         else:
             ctx = ToolContext(self.lease, call.id, output, self.read_paths)
             seen = self.lease.info.sandbox_id if self.lease.info is not None else None
+            lost = False
             try:
+                if tool.changes_files and self.before_change is not None:
+                    await self.before_change()
                 result = await tool.run(ctx, call.input)
             except ToolInputError as exc:
                 result = ToolResult(f"Invalid input for {call.name}: {exc}", is_error=True)
             except (SandboxGone, SandboxNotRunning) as exc:
                 result = await self._sandbox_lost(exc, seen, emit)
+                lost = True
             except SandboxError as exc:
                 result = ToolResult(_describe_sandbox_error(exc, self.lease), is_error=True)
             except Exception as exc:  # noqa: BLE001 - one broken call must not end the session
@@ -157,31 +166,63 @@ class ToolSet:
                     "This is a bug in tether, not in your input; try another way.",
                     is_error=True,
                 )
+            await emit(ev.ToolFinished(call.id, call.name, result.content, result.is_error))
+            if tool.changes_files and not lost:
+                await self._checkpoint(call, emit)
+            return result
         await emit(ev.ToolFinished(call.id, call.name, result.content, result.is_error))
         return result
 
+    async def _checkpoint(self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]]) -> None:
+        """Record what ``call`` changed in the workspace; a failure is a notice, never the call's result."""
+        if self.checkpointer is None or self.lease.info is None:
+            return
+        sandbox_id = self.lease.info.sandbox_id
+        try:
+            await self.checkpointer.take(sandbox_id, after=call.id)
+        except (SandboxGone, SandboxNotRunning):
+            pass  # the next call finds the sandbox gone and replaces it; the last checkpoint stands
+        except SandboxError as exc:
+            await emit(ev.Status(f"Checkpoint after {call.name} not taken: {exc}"))
 
     async def _sandbox_lost(
         self, exc: SandboxError, seen: str | None, emit: Callable[[ev.AgentEvent], Awaitable[None]]
     ) -> ToolResult:
-        """Replace a sandbox that vanished and word what happened for the model."""
-        await emit(ev.Status(f"The sandbox was lost ({exc}); provisioning a new one from the same recipe…"))
+        """Start replacing a sandbox that vanished, and word what happened for the model.
+
+        The replacement (and the workspace's restore) runs in the background: the
+        model reads this result meanwhile, and its next tool call waits for it.
+        """
+        await emit(ev.Status(f"Sandbox lost ({exc}); starting a new one from the same recipe…"))
+        self.lease.begin_replace(str(exc), seen)
+        self.read_paths.clear()
         lost = (
             f"The sandbox was lost while running this tool ({exc}). The call may or may not have "
             "taken effect before it was lost."
         )
-        try:
-            await self.lease.replace(str(exc), seen)
-        except SandboxError as again:
-            return ToolResult(f"{lost} Provisioning a new sandbox failed too: {again}", is_error=True)
-        self.read_paths.clear()
-        await emit(ev.Status("A new sandbox is ready; its workspace starts from the recipe, not from the lost one."))
-        return ToolResult(
-            f"{lost} A new sandbox was provisioned from the same recipe and is ready, but its workspace "
-            "starts fresh: files created or changed in the lost sandbox are gone, and the shell is "
-            "back in the workspace root. Check the state before going on.",
-            is_error=True,
-        )
+        keeper = self.checkpointer
+        if keeper is not None and keeper.mode == "direct":
+            then = (
+                "The workspace is the user's project directory itself, so every change that reached "
+                "it is still there. A new sandbox that mounts it is being started from the same recipe; "
+                "your next tool call waits for it. The shell starts in the workspace root."
+            )
+        elif keeper is not None and keeper.seq >= 0:
+            after = f", taken after tool call {keeper.last_tool}" if keeper.last_tool else ""
+            then = (
+                f"A new sandbox is being started from the same recipe with the workspace restored as of "
+                f"checkpoint {keeper.seq}{after} ({len(keeper.state):,} files); your next tool call "
+                "waits for it. Changes made after that checkpoint, including any by this call, are not "
+                "in it. The shell goes back to its directory if that still exists. Check the state of "
+                "what this call was doing before going on."
+            )
+        else:
+            then = (
+                "A new sandbox is being started from the same recipe; your next tool call waits for it. "
+                "Its workspace starts fresh: files created or changed in the lost sandbox are gone, and "
+                "the shell is back in the workspace root. Check the state before going on."
+            )
+        return ToolResult(f"{lost} {then}", is_error=True)
 
 
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {

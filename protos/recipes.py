@@ -158,15 +158,20 @@ def _cpus(value: Any) -> float:
 
 def _memory(value: Any) -> int:
     """Bytes from an int or a size like "2g", "512m", "1.5GiB"."""
+    return parse_size(value, "recipe key 'memory'")
+
+
+def parse_size(value: Any, what: str) -> int:
+    """Bytes from an int or a size like "2g", "512m", "1.5GiB"; ``ValueError`` names ``what``."""
     if isinstance(value, bool):
-        raise ValueError(f"recipe key 'memory' must be bytes or a size like \"2g\", not {value!r}")
+        raise ValueError(f"{what} must be bytes or a size like \"2g\", not {value!r}")
     if isinstance(value, int) and value >= 0:
         return value
     if isinstance(value, str):
         match = _MEMORY.fullmatch(value.strip())
         if match:
             return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()])
-    raise ValueError(f"recipe key 'memory' must be bytes or a size like \"2g\" or \"512m\", not {value!r}")
+    raise ValueError(f"{what} must be bytes or a size like \"2g\" or \"512m\", not {value!r}")
 
 
 def _duration(value: Any) -> int:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pathspec
 
-DEFAULT_EXCLUDES = (
+DEPENDENCY_DIRS = (
     "node_modules/",
     ".venv/",
     "venv/",
@@ -25,15 +25,22 @@ DEFAULT_EXCLUDES = (
     ".pytest_cache/",
     ".ruff_cache/",
     ".gradle/",
-    ".next/",
     ".cache/",
+)
+"""Dependencies, virtualenvs and caches: never source, rebuilt in seconds, and often gigabytes."""
+
+BUILD_OUTPUTS = (
     "target/",
     "dist/",
     "build/",
+    ".next/",
     "*.egg-info/",
 )
-"""What a workspace leaves out unless told otherwise: dependencies, virtualenvs and build outputs.
-Each is rebuilt from the project in seconds and can be gigabytes."""
+"""Usual build output directories. Some projects keep sources under such names, so in a git
+repository these hold only for files git does not track."""
+
+DEFAULT_EXCLUDES = DEPENDENCY_DIRS + BUILD_OUTPUTS
+"""What a workspace leaves out unless told otherwise."""
 
 GIT_DIR = ".git/"
 """The repository directory, as an exclude pattern."""

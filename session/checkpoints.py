@@ -26,7 +26,7 @@ try:
 except ImportError:  # pragma: no cover - orjson is a dependency
     _loads = json.loads
 
-LABELS: Final = frozenset({"baseline", "tool", "restore", "rewind", "apply"})
+LABELS: Final = frozenset({"baseline", "resume", "tool", "restore", "rewind", "apply"})
 """Why a checkpoint was taken: the values of its `label` field."""
 
 INLINE_CHANGES_MAX_BYTES: Final = 64 * 1024

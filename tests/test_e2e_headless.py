@@ -186,7 +186,7 @@ def test_a_container_killed_mid_session_is_replaced_and_the_session_goes_on(
     assert json.loads(proc.stdout)["result"] == "after: third"
     assert len(killed) == 1
     lost_result = _last_tool_result(fake_api.message_requests[2].body)
-    assert "sandbox was lost" in lost_result and "new sandbox was provisioned" in lost_result
+    assert "sandbox was lost" in lost_result and "new sandbox is being started" in lost_result
     events = [e["payload"] for e in tether_env.session_events() if e["type"] == "sandbox"]
     assert [e["event"] for e in events] == ["provisioned", "lost", "reprovisioned"]
     assert events[1]["sandbox_id"] == killed[0] == events[2]["replaces"]

@@ -175,8 +175,12 @@ def tool_turn(step: int, run: int) -> Reply:
 
 
 def blocked_tool_turn() -> Reply:
-    """A Bash call that says it started, then blocks on a FIFO nobody will open: it ends only by the kill."""
-    command = "mkfifo gate && echo started && cat gate"
+    """A Bash call that says it started, then blocks on a FIFO nobody will open: it ends only by the kill.
+
+    The workspace outlives a killed run (it is the project directory, or restored into the next
+    sandbox), so an earlier run's FIFO may still be there.
+    """
+    command = "rm -f gate && mkfifo gate && echo started && cat gate"
     return reply(text("Waiting at the gate."), tool_use("Bash", {"command": command, "timeout": 60_000}))
 
 

@@ -48,6 +48,8 @@ class Tool(abc.ABC):
     input_schema: dict[str, Any]
     read_only: bool = False
     """Read-only tools may run concurrently and need no permission."""
+    changes_files: bool = False
+    """Whether a call may change the workspace (a checkpoint follows each one)."""
 
     def schema(self) -> dict[str, Any]:
         """The tool's definition as the Messages API takes it."""

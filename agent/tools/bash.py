@@ -17,6 +17,7 @@ class BashTool(Tool):
     """Runs a command with /bin/sh in the sandbox's workspace."""
 
     name = "Bash"
+    changes_files = True
     description = (
         "Executes a shell command in the sandbox and returns its output. The working "
         "directory persists between calls; environment changes do not. Output past "

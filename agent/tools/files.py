@@ -98,6 +98,7 @@ class WriteTool(Tool):
     """Writes a whole file, atomically; refuses to clobber a file the model has not read."""
 
     name = "Write"
+    changes_files = True
     description = (
         "Writes a file in the sandbox, replacing it if it exists. An existing file must "
         "have been Read in this session first. Parent directories are created."
@@ -143,6 +144,7 @@ class EditTool(Tool):
     """Replaces an exact string in a file: once and uniquely, or everywhere with ``replace_all``."""
 
     name = "Edit"
+    changes_files = True
     description = (
         "Performs an exact string replacement in a file. `old_string` must occur exactly once "
         "unless `replace_all` is true. The file must have been Read in this session first."

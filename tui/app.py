@@ -14,8 +14,14 @@ from textual.widgets._markdown import MarkdownStream
 from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
 from agent.sandbox_client import SandboxError
+from agent.workspace.changes import WorkspaceChangeError, prompts
+from session.errors import SessionStoreError
 from tui.permission import PermissionScreen
-from tui.widgets import ErrorMessage, Notice, PromptArea, StatusBar, ToolCallPanel, UserMessage
+from tui.rewind import RewindChoice, RewindScreen
+from tui.widgets import DiffView, ErrorMessage, Notice, PromptArea, StatusBar, ToolCallPanel, UserMessage
+
+WORKSPACE_COMMANDS = ("/diff", "/apply", "/rewind")
+"""Slash commands the app answers itself (the rest go to the harness)."""
 
 
 class TetherApp(App[int]):
@@ -65,11 +71,61 @@ class TetherApp(App[int]):
         prompt.focus()
 
     async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
-        """Send the prompt to the harness."""
+        """Send the prompt to the harness, or run one of the app's own commands."""
         prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = True
         await self._mount(UserMessage(message.text))
-        self.run_prompt(message.text)
+        words = message.text.strip().split()
+        if words and words[0] in WORKSPACE_COMMANDS:
+            self.run_workspace_command(words[0], words[1:])
+        else:
+            self.run_prompt(message.text)
+
+    @work(exclusive=True, group="turn", exit_on_error=False)
+    async def run_workspace_command(self, command: str, args: list[str]) -> None:
+        """``/diff``, ``/apply [--force]`` or ``/rewind``: the session's workspace, shown in the transcript."""
+        try:
+            if command == "/diff":
+                diff = await self.harness.diff()
+                await self._mount(DiffView(diff) if diff else Notice("No changes to the project in this session."))
+            elif command == "/apply":
+                report = await self.harness.apply(force="--force" in args)
+                await self._mount(Notice(f"Applied to {self.harness.workspace.project_dir}: {report.summary()}"))
+            else:
+                await self._rewind()
+        except (WorkspaceChangeError, SessionStoreError, SandboxError) as exc:
+            await self._mount(ErrorMessage(f"{command}: {exc}"))
+        finally:
+            prompt = self.query_one("#prompt", PromptArea)
+            prompt.disabled = False
+            prompt.focus()
+
+    async def _rewind(self) -> None:
+        assert self.harness.log is not None
+        listed = prompts(self.harness.log)
+        if not listed:
+            await self._mount(Notice("Nothing to rewind: no prompt has been sent yet."))
+            return
+
+        async def describe(number: int, choice: str) -> list[str]:
+            plan = await self.harness.plan_rewind(number, choice)
+            changes = plan.changes
+            return [f"{'delete ' if path in changes.removed else 'restore'} {path}" for path in sorted({*changes.set, *changes.removed})]
+
+        picked: RewindChoice | None = await self.push_screen_wait(RewindScreen(listed, describe))
+        if picked is None:
+            return
+        plan = await self.harness.plan_rewind(picked.number, picked.choice)
+        report = await self.harness.rewind(plan)
+        files = len(plan.changes.set) + len(plan.changes.removed)
+        note = f"Rewound to before prompt {picked.number}"
+        note += {"both": f": conversation and {files} file(s)", "conversation": ": conversation only", "code": f": {files} file(s), conversation kept"}[picked.choice]
+        if report.refused:
+            note += f"; {len(report.refused)} file(s) could not be restored: " + ", ".join(p for p, _ in report.refused[:5])
+        await self._mount(Notice(note + "."))
+        if picked.choice != "code":
+            # The rewound prompt comes back to be edited and sent again.
+            self.query_one("#prompt", PromptArea).text = plan.prompt.event.payload.get("content", "") if isinstance(plan.prompt.event.payload.get("content"), str) else plan.prompt.text
 
     @work(exclusive=True, group="turn", exit_on_error=False)
     async def run_prompt(self, text: str) -> None:
@@ -143,8 +199,10 @@ class TetherApp(App[int]):
 
     def _refresh_status(self) -> None:
         cost = "cost unknown" if self._cost is None else f"${self._cost:.4f}"
+        workspace = self.harness.workspace
+        mode = f" · workspace {workspace.mode}" if workspace is not None else ""
         self.query_one("#status", StatusBar).update(
-            f"{self.harness.model.model} · {self._tokens:,} tokens · {cost} · sandbox {self.harness.host_label}: {self._sandbox_state}"
+            f"{self.harness.model.model} · {self._tokens:,} tokens · {cost}{mode} · sandbox {self.harness.host_label}: {self._sandbox_state}"
         )
 
     def action_interrupt(self) -> None:

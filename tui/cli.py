@@ -17,7 +17,10 @@ tether -c | --continue                  continue the newest session of this proj
 tether -r | --resume [SESSION_ID]       resume that session, or list them
 tether -p PROMPT [--output-format text|json|stream-json]      run headless
 tether sandbox serve [--listen ADDR] [--provider docker|local] [--token-file F] ...
-tether sessions list | show ID | search TEXT | export ID [--format md|json]
+tether sessions list | show ID | search TEXT | export ID [--format md|json] | gc
+tether diff [SESSION]                   the session's changes to the project, as a unified diff
+tether apply [SESSION] [--force]        write a copy workspace's changes into the project
+tether rewind SESSION [--to N] [--conversation-only | --code-only]   back to before prompt N
 """
 
 
@@ -42,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--allowedTools", "--allowed-tools", dest="allowed_tools", nargs="+", default=[], metavar="RULE", help="allow rules, e.g. Bash 'Bash(git status:*)' 'Edit(src/**)'")
     parser.add_argument("--disallowedTools", "--disallowed-tools", dest="disallowed_tools", nargs="+", default=[], metavar="RULE", help="deny rules (deny wins)")
+    parser.add_argument(
+        "--workspace",
+        choices=("direct", "copy"),
+        default="",
+        help="direct: the sandbox works in this project directory itself (default with the embedded sandbox); "
+        "copy: the project is uploaded and changes come back with `tether apply` (default with --sandbox)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="say on stderr what tether sets up (workspace, sandbox)")
     parser.add_argument("--project", metavar="DIR", type=Path, default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -57,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         from session.cli import main as sessions_main
 
         return sessions_main(argv[1:])
+    if argv[:1] in (["diff"], ["apply"], ["rewind"]):
+        from tui.workspace_cli import main as workspace_main
+
+        return workspace_main(argv[0], argv[1:])
 
     args = build_parser().parse_args(argv)
     if args.resume == "":
@@ -94,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         permission_mode=args.permission_mode,
         allowed_tools=_split_rules(args.allowed_tools),
         disallowed_tools=_split_rules(args.disallowed_tools),
+        workspace=args.workspace,
+        verbose=args.verbose,
     )
     if args.prompt is not None:
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt

@@ -111,3 +111,15 @@ class ToolCallPanel(Collapsible):
 
 class StatusBar(Static):
     """Model, tokens and cost, sandbox host and state."""
+
+
+class DiffView(Static):
+    """A unified diff in the transcript, coloured as one (``/diff``)."""
+
+    def __init__(self, diff: str) -> None:
+        """Show ``diff`` (git-style unified diff text)."""
+        from rich.syntax import Syntax
+
+        super().__init__(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True, background_color="default"))
+        self.diff = diff
+        """The diff text shown."""

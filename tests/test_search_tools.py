@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from agent.sandbox_client import SandboxClient
+from tests.fixtures.sandbox_host import RunningHost
 from tests.test_tools import SandboxTools, tools  # noqa: F401 - the fixture, defined once there
 
 NEEDLE = "needle"
@@ -153,3 +155,18 @@ async def test_multiline_and_unknown_types(tools: SandboxTools) -> None:
         assert spanning.content.splitlines() == [f"{tools.workdir}/a.py:1:def f(", f"{tools.workdir}/a.py:2:    x,", f"{tools.workdir}/a.py:3:):"]
     else:
         assert spanning.is_error and "ripgrep" in spanning.content
+
+
+async def test_ripgrep_is_looked_for_again_in_a_replacement_sandbox(tools: SandboxTools, sandbox_host: RunningHost) -> None:
+    await tools.call("Grep", {"pattern": NEEDLE})
+    first = tools.lease.sandbox_id
+    found = tools.lease.programs[(first, "rg")]
+    async with SandboxClient(sandbox_host.target, sandbox_host.token) as other:
+        await other.destroy(first)
+    lost = await tools.call("Bash", {"command": "true"})
+    assert lost.is_error and tools.lease.sandbox_id != first
+    assert (tools.lease.sandbox_id, "rg") not in tools.lease.programs
+    await make_project(tools, {"a.txt": NEEDLE})
+    again = await tools.call("Grep", {"pattern": NEEDLE})
+    assert again.content.splitlines() == ["Found 1 file", f"{tools.workdir}/a.txt"]
+    assert tools.lease.programs[(tools.lease.sandbox_id, "rg")] == found

@@ -86,3 +86,34 @@ def _split_top_level(body: str) -> list[str]:
         current.append(ch)
     parts.append("".join(current))
     return parts
+
+
+_PLAIN_NAME_GLOB = re.compile(r"[^\[\]\\:/]+")
+"""File-name glob syntax every engine reads alike: no classes, escapes, ``/``, or ``:`` (ripgrep's type-definition separator)."""
+
+
+def file_name_glob(pattern: str) -> str | None:
+    """A glob every match of ``pattern`` has as its file name (its last segment), when one can be told simply.
+
+    A search program can then skip other files early; the whole pattern is still checked afterwards.
+    None when the last segment holds ``**``, a ``/`` is inside braces, braces nest or do not close,
+    or it uses syntax engines read differently (classes, escapes).
+    """
+    depth, cut = 0, -1
+    for i, ch in enumerate(pattern):
+        if ch == "{":
+            depth += 1
+            if depth > 1:
+                return None
+        elif ch == "}":
+            depth -= 1
+            if depth < 0:
+                return None
+        elif ch == "/":
+            if depth:
+                return None
+            cut = i
+    segment = pattern[cut + 1 :]
+    if depth or not segment or "**" in segment or not _PLAIN_NAME_GLOB.fullmatch(segment):
+        return None
+    return segment

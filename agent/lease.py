@@ -32,6 +32,9 @@ class SandboxLease:
     """The Bash tool's working directory; persists between calls."""
     labels: dict[str, str] = field(default_factory=dict)
     """Labels added to the recipe's when provisioning (not part of the recipe itself)."""
+    programs: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Programs tools looked for in a sandbox: ``(sandbox id, name)`` → path, "" when it has none.
+    Keyed by sandbox id, so a replacement sandbox is looked at afresh."""
     on_change: Callable[[str, dict[str, Any]], None] | None = None
     """Told of every sandbox event (``lost``, ``reprovisioned``) so the session log can keep it."""
     workspace_dir: str = ""

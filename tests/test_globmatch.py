@@ -2,7 +2,7 @@
 
 import pytest
 
-from agent.globmatch import compile_glob
+from agent.globmatch import compile_glob, file_name_glob
 
 
 @pytest.mark.parametrize(
@@ -29,3 +29,26 @@ from agent.globmatch import compile_glob
 )
 def test_glob(pattern: str, path: str, expected: bool) -> None:
     assert (compile_glob(pattern).match(path) is not None) is expected
+
+
+@pytest.mark.parametrize(
+    ("pattern", "expected"),
+    [
+        ("*.py", "*.py"),
+        ("src/**/*.{ts,tsx}", "*.{ts,tsx}"),
+        ("{a,b}/x.py", "x.py"),
+        ("naïve café.py", "naïve café.py"),
+        ("src/**", None),
+        ("{a/b,c}.py", None),
+        ("*.{a,{b,c}}", None),
+        ("x[ab].py", None),
+        ("src/", None),
+        ("c:*.py", None),
+    ],
+)
+def test_file_name_glob(pattern: str, expected: str | None) -> None:
+    assert file_name_glob(pattern) == expected
+    if expected is not None:  # every path the whole pattern matches has a file name the short one matches
+        for path in ("src/a/x.py", "a/x.py", "ui/app.tsx", "naïve café.py"):
+            if compile_glob(pattern).match(path):
+                assert compile_glob(expected).match(path.rsplit("/", 1)[-1])

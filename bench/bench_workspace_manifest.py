@@ -4,9 +4,13 @@ Baseline: ``os.scandir`` + ``stat`` of every entry of the sandbox's host workspa
 directory, in this process. Candidates, through the real gRPC client against a
 local-provider host subprocess (as the embedded host runs):
 
-1. ``manifest_delta(since=token)`` of the unchanged tree. Target: <= 2x the baseline.
-2. the same after one 10 KB file was rewritten (new content, same size). Target:
-   <= the unchanged delta + 5 ms.
+1. ``manifest_delta(since=token)`` of the unchanged tree.
+2. the same after one 10 KB file was rewritten (new content, same size).
+3. a whole checkpoint (``Checkpointer.take``: delta Manifest with the session's
+   ignore rules, nothing to store) of the unchanged tree. Target: <= 2x the baseline.
+4. a whole checkpoint after one 10 KB file was rewritten: the Manifest, its Export
+   into the project's blob store, one checkpoint event in the session log.
+   Target: <= the unchanged checkpoint + 5 ms.
 
 Run: .venv/bin/python bench/bench_workspace_manifest.py [--runs 30] [--files 10000]
 """
@@ -24,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.sandbox_client import SandboxClient  # noqa: E402
 from bench.bench_sandbox_support import ClientLoop, host_process, interleave_async, median, verdict  # noqa: E402
 from bench.common import summary  # noqa: E402
+from agent.workspace.checkpoints import Checkpointer, WorkspaceRules  # noqa: E402
 from protos.recipes import load_recipe  # noqa: E402
+from session.store import SessionStore  # noqa: E402
 
 PER_DIR = 100
 CHANGED_BYTES = 10 * 1000
@@ -83,20 +89,44 @@ def main() -> None:
             assert response.delta and [e.path for e in response.entries] == ["changed.bin"], response.entries
             first[0] = response.token
 
+        store = SessionStore(home=host.state_dir.parent / "bench-store")
+        log = store.create(workspace)
+        keeper = Checkpointer(client, log, "copy", WorkspaceRules.for_session("copy", False, [], 50 << 20))
+        assert loop.run(keeper.take(sid, label="baseline")) is not None
+
+        async def checkpoint_unchanged() -> None:
+            assert await keeper.take(sid, after="toolu_bench") is None, "the tree changed under the benchmark"
+
+        async def checkpoint_one_changed() -> None:
+            changed.write_bytes(os.urandom(CHANGED_BYTES))
+            summary_ = await keeper.take(sid, after="toolu_bench")
+            assert summary_ is not None and summary_.changed == 1, summary_
+
         assert bare_walk(str(workspace)) >= arguments.files
-        walk_s, same_s, changed_s = loop.run(
-            interleave_async([lambda: bare_walk(str(workspace)), unchanged, one_changed], arguments.runs, warmup=3)
+        # Each change is made and seen by one chain of tokens before the other chain's turn.
+        walk_s, cp_changed_s, cp_same_s, changed_s, same_s = loop.run(
+            interleave_async(
+                [lambda: bare_walk(str(workspace)), checkpoint_one_changed, checkpoint_unchanged, one_changed, unchanged],
+                arguments.runs,
+                warmup=3,
+            )
         )
         loop.run(client.close())
+        store.close()
     loop.close()
     print(summary(f"bare scandir+stat walk ({arguments.files} files)", walk_s, 1e-3, "ms"))
     print(summary("Manifest delta, unchanged", same_s, 1e-3, "ms"))
     print(summary("Manifest delta, one 10 KB file changed", changed_s, 1e-3, "ms"))
-    ratio = median(same_s) / median(walk_s)
-    extra_ms = (median(changed_s) - median(same_s)) * 1000
-    print(f"medians: walk {median(walk_s) * 1000:.2f} ms, unchanged {median(same_s) * 1000:.2f} ms, changed {median(changed_s) * 1000:.2f} ms")
-    print(verdict("unchanged delta / bare walk", ratio, 2, at_most=True))
-    print(verdict("one changed file costs ms more", extra_ms, 5, at_most=True))
+    print(summary("checkpoint, unchanged", cp_same_s, 1e-3, "ms"))
+    print(summary("checkpoint, one 10 KB file changed", cp_changed_s, 1e-3, "ms"))
+    print(
+        f"medians: walk {median(walk_s) * 1000:.2f} ms, manifest unchanged {median(same_s) * 1000:.2f} ms, "
+        f"changed {median(changed_s) * 1000:.2f} ms; checkpoint unchanged {median(cp_same_s) * 1000:.2f} ms, "
+        f"changed {median(cp_changed_s) * 1000:.2f} ms"
+    )
+    print(verdict("manifest delta, unchanged / bare walk", median(same_s) / median(walk_s), 2, at_most=True))
+    print(verdict("checkpoint, unchanged / bare walk", median(cp_same_s) / median(walk_s), 2, at_most=True))
+    print(verdict("checkpoint: one changed file costs ms more", (median(cp_changed_s) - median(cp_same_s)) * 1000, 5, at_most=True))
 
 
 if __name__ == "__main__":

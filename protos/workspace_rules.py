@@ -9,6 +9,7 @@ match wins): a hand-written matcher would get the corner cases wrong.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import pathspec
@@ -46,12 +47,59 @@ GIT_DIR = ".git/"
 """The repository directory, as an exclude pattern."""
 
 
-def compile_rules(lines: list[str] | tuple[str, ...]) -> pathspec.GitIgnoreSpec | None:
-    """A matcher for gitignore-style ``lines`` (blank lines and comments allowed); None if there are none."""
-    kept = [line for line in lines if line.strip() and not line.lstrip().startswith("#")]
+class RuleSet:
+    """Compiled gitignore-style lines that remember their answers.
+
+    The same workspace is walked again after every tool call, asking about the
+    same ten thousand paths: a regex test per pattern per path cost ~6 us, a
+    remembered answer a dict lookup.
+    """
+
+    MEMO_LIMIT = 200_000
+    """Answers kept before the memo starts afresh (bounds memory on huge trees)."""
+
+    def __init__(self, lines: tuple[str, ...]) -> None:
+        """Compile ``lines`` (already without blanks and comments)."""
+        self.lines = lines
+        """The patterns, as given."""
+        self.spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        """pathspec's matcher."""
+        self._memo: dict[str, bool | None] = {}
+
+    def verdict(self, probe: str) -> bool | None:
+        """True: ignored; False: re-included by a negation; None: no pattern matches ``probe``.
+
+        A directory is asked about with a trailing "/".
+        """
+        try:
+            return self._memo[probe]
+        except KeyError:
+            pass
+        if len(self._memo) >= self.MEMO_LIMIT:
+            self._memo.clear()
+        answer = self.spec.check_file(probe).include
+        self._memo[probe] = answer
+        return answer
+
+    def match_file(self, path: str) -> bool:
+        """Whether ``path`` (a file) is ignored."""
+        return bool(self.verdict(path))
+
+
+def compile_rules(lines: list[str] | tuple[str, ...]) -> RuleSet | None:
+    """A matcher for gitignore-style ``lines`` (blank lines and comments allowed); None if there are none.
+
+    The same lines give the same object (so its memo is shared by every walk that uses them).
+    """
+    kept = tuple(line for line in lines if line.strip() and not line.lstrip().startswith("#"))
     if not kept:
         return None
-    return pathspec.GitIgnoreSpec.from_lines(kept)
+    return _compiled(kept)
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(lines: tuple[str, ...]) -> RuleSet:
+    return RuleSet(lines)
 
 
 @dataclass
@@ -64,21 +112,21 @@ class IgnoreRules:
     not enter it.
     """
 
-    root: pathspec.GitIgnoreSpec | None
+    root: RuleSet | None
     """The excludes given for the whole workspace."""
-    nested: list[tuple[str, pathspec.GitIgnoreSpec]] = field(default_factory=list)
-    """``(directory prefix with trailing "/" or "", spec)`` from ``.gitignore`` files, outermost first."""
+    nested: list[tuple[str, RuleSet]] = field(default_factory=list)
+    """``(directory prefix with trailing "/" or "", rules)`` from ``.gitignore`` files, outermost first."""
 
     def ignored(self, rel: str, is_dir: bool) -> bool:
         """Whether ``rel`` (workspace-relative, "/"-separated) is left out."""
         verdict = None
         probe = rel + "/" if is_dir else rel
         if self.root is not None:
-            verdict = self.root.check_file(probe).include
-        for prefix, spec in self.nested:
+            verdict = self.root.verdict(probe)
+        for prefix, rules in self.nested:
             if not probe.startswith(prefix):
                 continue
-            include = spec.check_file(probe[len(prefix) :]).include
+            include = rules.verdict(probe[len(prefix) :])
             if include is not None:
                 verdict = include
         return bool(verdict)
@@ -87,8 +135,8 @@ class IgnoreRules:
         """The rules inside ``directory`` (workspace-relative, "" = root), given its ``.gitignore`` text if any."""
         if not gitignore_text:
             return self
-        spec = compile_rules(gitignore_text.splitlines())
-        if spec is None:
+        rules = compile_rules(gitignore_text.splitlines())
+        if rules is None:
             return self
         prefix = directory + "/" if directory else ""
-        return IgnoreRules(self.root, [*self.nested, (prefix, spec)])
+        return IgnoreRules(self.root, [*self.nested, (prefix, rules)])

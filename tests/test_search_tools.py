@@ -164,6 +164,7 @@ async def test_ripgrep_is_looked_for_again_in_a_replacement_sandbox(tools: Sandb
     async with SandboxClient(sandbox_host.target, sandbox_host.token) as other:
         await other.destroy(first)
     lost = await tools.call("Bash", {"command": "true"})
+    await tools.lease.ready()  # the replacement runs in the background; the next call waits for it
     assert lost.is_error and tools.lease.sandbox_id != first
     assert (tools.lease.sandbox_id, "rg") not in tools.lease.programs
     await make_project(tools, {"a.txt": NEEDLE})

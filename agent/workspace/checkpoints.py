@@ -11,6 +11,7 @@ another host) starts from the newest checkpoint (``restore``).
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import tarfile
 import tempfile
@@ -39,6 +40,9 @@ from session.errors import SessionStoreError
 from session.log import SessionLog
 
 Emit = Callable[[ev.AgentEvent], Awaitable[None]]
+
+IN_MEMORY_EXPORT_BYTES = 8 << 20
+"""An export up to this size is stored without a spool file or a worker thread."""
 
 
 @dataclass
@@ -202,15 +206,35 @@ class Checkpointer:
         self._token, self._token_sandbox = token, sandbox_id
 
     async def _fetch(self, sandbox_id: str, paths: list[str]) -> dict[str, FileState]:
-        """Export ``paths`` into the blob store; what each turned out to hold (the file may have changed since the Manifest)."""
+        """Export ``paths`` into the blob store; what each turned out to hold (the file may have changed since the Manifest).
+
+        A small export (the usual case: a tool changed a few files) is read in memory
+        and stored here; a large one is spooled to disk and stored on a worker thread.
+        """
         plain = [p for p in paths if _is_utf8(p)]
         raw = [os.fsencode(p) for p in paths if not _is_utf8(p)]
         assert self.client is not None
-        with tempfile.TemporaryFile(prefix="tether-export-") as spool:
+        parts: list[bytes] = []
+        size = 0
+        spool = None
+        try:
             async for chunk in self.client.export(sandbox_id, plain, raw_paths=raw):
+                if spool is None and size + len(chunk) <= IN_MEMORY_EXPORT_BYTES:
+                    parts.append(chunk)
+                    size += len(chunk)
+                    continue
+                if spool is None:
+                    spool = tempfile.TemporaryFile(prefix="tether-export-")
+                    await asyncio.to_thread(spool.writelines, parts)
+                    parts.clear()
                 await asyncio.to_thread(spool.write, chunk)
+            if spool is None:
+                return _store_members(io.BytesIO(b"".join(parts)), self.log)
             spool.seek(0)
             return await asyncio.to_thread(_store_members, spool, self.log)
+        finally:
+            if spool is not None:
+                spool.close()
 
     async def restore(self, sandbox_id: str) -> RestoreSummary:
         """Bring the newest checkpoint into the new, empty sandbox ``sandbox_id``.
@@ -225,7 +249,7 @@ class Checkpointer:
             missing: list[str] = []
             state = dict(self.state)
             assert self.client is not None
-            await self.client.import_tar(sandbox_id, chunks_from_thread(lambda: _tar_of_state(state, self.log, missing)))
+            await self.client.import_tar(sandbox_id, chunks_from_thread(lambda: tar_of_state(state, self.log, missing)))
             if missing:
                 shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
                 await self._notice(
@@ -242,7 +266,7 @@ class Checkpointer:
             if changes.set:
                 partial = dict(changes.set)
                 missing: list[str] = []
-                await self.client.import_tar(sandbox_id, chunks_from_thread(lambda: _tar_of_state(partial, self.log, missing)))
+                await self.client.import_tar(sandbox_id, chunks_from_thread(lambda: tar_of_state(partial, self.log, missing)))
                 if missing:
                     await self._notice(f"Could not restore {len(missing)} file(s) whose content is missing from the session store: {', '.join(missing[:10])}.")
             if changes.removed:
@@ -302,7 +326,7 @@ def _store_members(spool, log: SessionLog) -> dict[str, FileState]:
     return found
 
 
-def _tar_of_state(state: WorkspaceState, log: SessionLog, missing: list[str]) -> Iterator[bytes]:
+def tar_of_state(state: WorkspaceState, log: SessionLog, missing: list[str]) -> Iterator[bytes]:
     """A tar stream of every file of ``state`` from the blob store; paths whose blob is gone go to ``missing``."""
     tar = TarBuilder()
     for path in sorted(state):

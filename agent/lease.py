@@ -87,7 +87,7 @@ class SandboxLease:
             with contextlib.suppress(BaseException):
                 await self.client.destroy(info.sandbox_id)
             raise
-        previous_cwd = self.cwd if self.info is not None else ""
+        previous_cwd = self.cwd  # the last sandbox's, or a resumed session's from its log
         self.info = info
         self.generation += 1
         self.cwd = info.workdir

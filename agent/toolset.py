@@ -178,6 +178,7 @@ class ToolSet:
         if self.checkpointer is None or self.lease.info is None:
             return
         sandbox_id = self.lease.info.sandbox_id
+        self.checkpointer.note_cwd(self.lease.cwd)
         try:
             await self.checkpointer.take(sandbox_id, after=call.id)
         except (SandboxGone, SandboxNotRunning):

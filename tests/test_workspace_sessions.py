@@ -24,7 +24,7 @@ from agent.harness import Harness, HarnessOptions
 from session.store import SessionStore
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
 from tests.fixtures.sandbox_host import RunningHost
-from tests.fixtures.tether_cli import TetherEnv, clean_env
+from tests.fixtures.tether_cli import TETHER, TetherEnv, clean_env
 
 WAIT_S = 30.0
 """Bound on every wait here."""
@@ -189,18 +189,19 @@ def test_resume_after_the_sandbox_is_gone_sees_the_last_checkpoint(
     env = {"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
     (tether_env.project / "keep.txt").write_text("kept\n")
     fake_api.script(
-        bash("echo made-in-first-run > made.txt && rm keep.txt && mkdir -p sub && cd sub"),
+        bash("echo made-in-first-run > made.txt && rm keep.txt && mkdir -p sub && echo s > sub/s.txt && cd sub"),
         reply(text("done")),
     )
     first = tether_env.run("-p", "make", "--workspace", "copy", "--permission-mode", "bypassPermissions", env=env)
     assert first.returncode == 0, first.stderr
     session_id = tether_env.session_events()[0]["session_id"]
     # The first run's sandbox went with its process; the resumed run gets a new one.
-    fake_api.script(bash("pwd; ls; cat made.txt"), reply(text("seen")))
+    fake_api.script(bash("pwd; ls ..; cat ../made.txt"), reply(text("seen")))
     second = tether_env.run("-r", session_id, "-p", "look", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env)
     assert second.returncode == 0, second.stderr
     finished = [json.loads(line) for line in second.stdout.splitlines() if '"tool_finished"' in line]
     output = finished[0]["content"]
+    assert output.splitlines()[0] == "/workspace/sub", "the shell did not go back to its directory"
     assert "made-in-first-run" in output and "keep.txt" not in output
     assert (tether_env.project / "keep.txt").exists(), "copy mode touched the local project"
     assert not (tether_env.project / "made.txt").exists()
@@ -347,10 +348,112 @@ def test_direct_mode_refuses_the_home_directory(fake_api: FakeMessagesAPI, tethe
     env = {"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
     home = Path(tether_env.env["HOME"])
     proc = subprocess.run(
-        [*__import__("tests.fixtures.tether_cli", fromlist=["TETHER"]).TETHER, "-p", "hi"],
+        [*TETHER, "-p", "hi"],
         cwd=home, env={**tether_env.env, **env}, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 1
     assert "will not mount" in proc.stderr and "home directory" in proc.stderr and "--workspace copy" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert tether_env.session_files() == [], "a refused start left a session behind"
+
+
+async def test_odd_names_symlinks_and_special_files_across_a_lost_sandbox(fake_api: FakeMessagesAPI, isolated: Path) -> None:
+    harness, recorder = await started(HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions"))
+    try:
+        fake_api.script(
+            bash(
+                "printf 'latin1\\n' > \"$(printf 'caf\\351.txt')\" && ln -s /etc/passwd out-link && "
+                "ln -s 'caf\\303\\251' dangling && mkfifo pipe && printf 'x' > 'sp ace.txt' && chmod 700 'sp ace.txt'"
+            ),
+            reply(text("made")),
+        )
+        await harness.run("make odd things")
+        assert any("pipe (fifo)" in notice for notice in recorder.notices()), recorder.notices()
+        await harness.client.destroy(harness.lease.sandbox_id)
+        check = "ls | od -c | head -5; readlink out-link; readlink dangling; stat -c '%a %n' 'sp ace.txt'; ls pipe 2>&1; cat caf*.txt"
+        fake_api.script(bash(check), bash(check), reply(text("ok")))
+        await harness.run("check")
+        after = recorder.results()[-1]
+        assert not after.is_error, after.content
+        assert "3 5 1" in after.content or "351" in after.content, after.content  # the byte 0xE9, not a replacement
+        assert "/etc/passwd" in after.content and "700 sp ace.txt" in after.content
+        assert "No such file" in after.content and "latin1" in after.content
+    finally:
+        await harness.close()
+
+
+async def test_a_blob_missing_from_the_store_is_named_when_restoring(fake_api: FakeMessagesAPI, isolated: Path) -> None:
+    (isolated / "a.txt").write_text("a\n")
+    (isolated / "b.txt").write_text("b\n")
+    harness, recorder = await started(HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions"))
+    try:
+        state = harness.workspace.checkpointer.state
+        harness.log.blobs.path_for(state["b.txt"].sha256).unlink()
+        await harness.client.destroy(harness.lease.sandbox_id)
+        fake_api.script(bash("cat a.txt b.txt"), bash("cat a.txt b.txt"), reply(text("ok")))
+        await harness.run("look")
+        assert any("could not bring back 1 file" in n and "b.txt" in n for n in recorder.notices()), recorder.notices()
+        last = recorder.results()[-1].content
+        assert "a" in last.splitlines() and "No such file" in last
+    finally:
+        await harness.close()
+
+
+def test_apply_to_a_project_that_is_gone_or_read_only(fake_api: FakeMessagesAPI, tether_env: TetherEnv) -> None:
+    env = {"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
+    project = tether_env.project
+    (project / "sub").mkdir()
+    (project / "sub" / "x.txt").write_text("old\n")
+    (project / "y.txt").write_text("old\n")
+    fake_api.script(bash("echo new > sub/x.txt && echo new > y.txt"), reply(text("done")))
+    proc = tether_env.run("-p", "go", "--workspace", "copy", "--permission-mode", "bypassPermissions", env=env)
+    assert proc.returncode == 0, proc.stderr
+    session_id = tether_env.session_events()[0]["session_id"]
+    (project / "sub").chmod(0o555)
+    try:
+        if os.geteuid() != 0:  # root writes through a read-only directory; the refusal is for users
+            applied = tether_env.run("apply", session_id, env=env)
+            assert applied.returncode == 1 and "refused sub/x.txt" in applied.stdout
+    finally:
+        (project / "sub").chmod(0o755)
+    moved = project.with_name("moved")
+    project.rename(moved)
+    gone = subprocess.run(
+        [*TETHER, "apply", session_id],
+        cwd=moved, env={**tether_env.env, **env}, capture_output=True, text=True, timeout=60,
+    )
+    assert gone.returncode == 1
+    assert "does not exist any more; nothing was written" in gone.stderr and "Traceback" not in gone.stderr
+    assert (moved / "y.txt").read_text() == "old\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+async def test_a_checkpoint_on_a_full_disk_is_a_notice_and_the_session_goes_on(
+    fake_api: FakeMessagesAPI, isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    small = tmp_path / "small-home"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
+    try:
+        monkeypatch.setenv("TETHER_HOME", str(small))
+        (isolated / "a.txt").write_text("a\n")
+        harness, recorder = await started(HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions"))
+        try:
+            fake_api.script(bash("head -c 3000000 /dev/urandom > big.bin && echo small > s.txt"), reply(text("made")))
+            done = await harness.run("make a big file")
+            assert not done.is_error and done.result == "made"
+            assert any(n.startswith("Checkpoint not saved") for n in recorder.notices()), recorder.notices()
+            assert not [p for p in small.rglob("*") if p.name.startswith(".tmp")], "a half-written blob was left"
+            fake_api.script(bash("rm big.bin"), reply(text("removed")))
+            assert (await harness.run("remove it")).result == "removed"
+            # The next checkpoint caught up: s.txt is in, big.bin never made it.
+            assert "s.txt" in harness.workspace.checkpointer.state and "big.bin" not in harness.workspace.checkpointer.state
+            reloaded = SessionStore(home=small)
+            try:
+                assert reloaded.open(harness.session_id).conversation()[-1]["content"][0]["text"] == "removed"
+            finally:
+                reloaded.close()
+        finally:
+            await harness.close()
+    finally:
+        subprocess.run(["umount", "--lazy", str(small)], check=True)

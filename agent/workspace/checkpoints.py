@@ -41,6 +41,9 @@ from session.log import SessionLog
 
 Emit = Callable[[ev.AgentEvent], Awaitable[None]]
 
+CWD_EVENT = "cwd"
+"""The log event that records where the shell went."""
+
 IN_MEMORY_EXPORT_BYTES = 8 << 20
 """An export up to this size is stored without a spool file or a worker thread."""
 
@@ -123,6 +126,8 @@ class Checkpointer:
     """The newest checkpoint's number; -1 = none yet."""
     last_tool: str = ""
     """The tool call the newest checkpoint followed (for the words of a restore)."""
+    cwd: str = ""
+    """The shell's directory as last recorded (a resumed session's shell goes back there)."""
     _token: str = ""
     _token_sandbox: str = ""
     _reported_skips: set[str] = field(default_factory=set)
@@ -134,7 +139,17 @@ class Checkpointer:
         self.state = state
         self.seq = int(event.payload.get("seq", 0)) if event is not None else -1
         self.last_tool = str(event.payload.get("after") or "") if event is not None else ""
+        self.cwd = next((e.payload.get("cwd", "") for e in reversed(self.log.live_path()) if e.type == CWD_EVENT), "")
         self._token = ""
+
+    def note_cwd(self, cwd: str) -> None:
+        """Record the shell's directory if it moved (one small event; a ``cd`` changes no file)."""
+        if cwd and cwd != self.cwd:
+            try:
+                self.log.append(CWD_EVENT, {"cwd": cwd})
+            except SessionStoreError:
+                return  # the next move tries again; losing this costs only the directory on resume
+            self.cwd = cwd
 
     def forget_host_state(self) -> None:
         """The next checkpoint compares the whole workspace with ``state`` (the host's answer may be stale)."""

@@ -123,6 +123,7 @@ class SessionWorkspace:
     def attach(self, lease: SandboxLease) -> None:
         """Make every sandbox of ``lease`` start with this workspace."""
         self.checkpointer.client = lease.client
+        lease.cwd = self.checkpointer.cwd
         if self.mode == "direct":
             lease.workspace_dir = str(self.project_dir)
         lease.prepare = self._prepare

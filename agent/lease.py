@@ -41,6 +41,8 @@ class SandboxLease:
     """A direct workspace: the host directory every sandbox of this lease mounts (empty = a fresh one)."""
     prepare: Callable[[pb.SandboxInfo], Awaitable[None]] | None = None
     """Run on every new sandbox before any tool may use it (the workspace's upload or restore)."""
+    last_loss: str = ""
+    """Why the last sandbox was replaced (for the notice the replacement gives)."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
 
     @property
@@ -114,6 +116,7 @@ class SandboxLease:
             done.set_result(self.info)
             return done
         lost = self.info.sandbox_id if self.info is not None else ""
+        self.last_loss = reason
         if self.on_change is not None:
             self.on_change("lost", {"sandbox_id": lost, "reason": reason, "generation": self.generation})
         self._provisioning = asyncio.ensure_future(self._provision())

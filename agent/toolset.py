@@ -194,7 +194,9 @@ class ToolSet:
         The replacement (and the workspace's restore) runs in the background: the
         model reads this result meanwhile, and its next tool call waits for it.
         """
-        await emit(ev.Status(f"Sandbox lost ({exc}); starting a new one from the same recipe…"))
+        if self.checkpointer is None:
+            # With a workspace, the replacement says it all in one line once it is done.
+            await emit(ev.Status(f"Sandbox lost ({exc}); starting a new one from the same recipe…"))
         self.lease.begin_replace(str(exc), seen)
         self.read_paths.clear()
         lost = (

@@ -130,7 +130,8 @@ async def test_copy_workspace_survives_its_sandbox_being_destroyed(fake_api: Fak
         assert after.content.splitlines()[:3] == ["new", "600", "made/new.txt"]
         assert "return a + b" in after.content
         assert harness.lease.sandbox_id != lost
-        assert any(n.startswith("Sandbox replaced: restored checkpoint") for n in recorder.notices()), recorder.notices()
+        lost_notices = [n for n in recorder.notices() if n.startswith("Sandbox lost")]
+        assert len(lost_notices) == 1 and "restored checkpoint" in lost_notices[0], recorder.notices()
     finally:
         await harness.close()
 

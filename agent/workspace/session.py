@@ -73,7 +73,9 @@ class SessionWorkspace:
     baseline: asyncio.Task | None = field(default=None, repr=False)
     """Direct mode: the baseline (or resume) checkpoint being taken in the background."""
     restores: int = 0
-    """Sandboxes the workspace was restored into after the first."""
+    """Sandboxes the workspace was prepared in so far."""
+    lease: SandboxLease | None = field(default=None, repr=False)
+    """The lease it is attached to."""
 
     @classmethod
     def choose(
@@ -122,6 +124,7 @@ class SessionWorkspace:
 
     def attach(self, lease: SandboxLease) -> None:
         """Make every sandbox of ``lease`` start with this workspace."""
+        self.lease = lease
         self.checkpointer.client = lease.client
         lease.cwd = self.checkpointer.cwd
         if self.mode == "direct":
@@ -137,7 +140,7 @@ class SessionWorkspace:
                 label = "baseline" if self.checkpointer.seq < 0 else "resume"
                 self.baseline = asyncio.ensure_future(self.checkpointer.take(info.sandbox_id, label=label))
             else:
-                await self.emit(ev.Status("Sandbox replaced; the workspace is the project directory itself, nothing to restore."))
+                await self.emit(ev.Status(f"Sandbox lost ({self._loss()}) — a new one mounts the project directory; nothing to restore."))
             self.fresh = False
             self.restores += 1
             return
@@ -150,12 +153,17 @@ class SessionWorkspace:
         if self.restores:
             await self.emit(
                 ev.Status(
-                    f"Sandbox replaced: restored checkpoint {summary.seq} ({summary.files:,} files) in {summary.seconds:.1f} s."
+                    f"Sandbox lost ({self._loss()}) — restored checkpoint {summary.seq} "
+                    f"({summary.files:,} files) in {summary.seconds:.1f} s."
                 )
             )
         elif summary.files:
             await self.emit(ev.Status(f"Workspace restored from checkpoint {summary.seq} ({summary.files:,} files) in {summary.seconds:.1f} s."))
         self.restores += 1
+
+    def _loss(self) -> str:
+        reason = self.lease.last_loss if self.lease is not None else ""
+        return reason[:120] or "it went away"
 
     async def wait_baseline(self) -> None:
         """Wait until the direct workspace's baseline is recorded (a file-changing tool must not run before)."""

@@ -23,6 +23,7 @@ import shutil
 import socket
 import stat
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,9 @@ rpc_log = logging.getLogger("remote_sandbox.rpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Sandbox"].full_name
 """``tether.sandbox.v1.Sandbox``."""
+
+KEPT_DIRECT_CACHES = 32
+"""Direct workspaces whose hash caches outlive their sandboxes (least recently provisioned go first)."""
 
 DEFAULT_WORKDIR = "/workspace"
 """The workspace path in the sandbox when the recipe names none."""
@@ -706,6 +710,8 @@ class SandboxHost:
         """Stable id of this host's state dir, written on docker containers for reconciling."""
         self._provider = provider
         self.sandboxes: dict[str, _Entry] = {}
+        self._direct_manifests: OrderedDict[tuple[str, str], ManifestState] = OrderedDict()
+        """Hash caches of direct workspaces by (tenant, directory), kept across their sandboxes."""
         """Live sandboxes by id, every tenant's."""
         self.provisioning: dict[tuple[str, str, str], asyncio.Future[str]] = {}
         """Provisions in flight by (tenant, request_id, workspace_dir)."""
@@ -958,9 +964,24 @@ class SandboxHost:
                 await self.provider.destroy(record)
             await asyncio.to_thread(shutil.rmtree, root, True)
             raise
-        self.sandboxes[sandbox_id] = _Entry(record, key)
+        self.sandboxes[sandbox_id] = _Entry(record, key, manifests=self._manifest_state(tenant, workspace_dir))
         log.info("provisioned %s for %s (%s)", sandbox_id, tenant, record.isolation)
         return sandbox_id
+
+    def _manifest_state(self, tenant: str, workspace_dir: Path | None) -> ManifestState:
+        """A fresh hash cache, or the one a direct workspace's earlier sandboxes filled.
+
+        Every ``tether -p`` in a project is a new session with a new sandbox of the same
+        directory: keeping the cache spares re-hashing the whole project each time.
+        """
+        if workspace_dir is None:
+            return ManifestState()
+        key = (tenant, str(workspace_dir))
+        state = self._direct_manifests.pop(key, None) or ManifestState()
+        self._direct_manifests[key] = state
+        while len(self._direct_manifests) > KEPT_DIRECT_CACHES:
+            self._direct_manifests.popitem(last=False)
+        return state
 
     async def destroy(self, entry: _Entry) -> None:
         """Destroy one sandbox: its processes or container, then its directory."""

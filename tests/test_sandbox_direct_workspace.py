@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.embedded_host import EmbeddedHost
+from remote_sandbox import manifest as manifest_module
 from agent.sandbox_client import SandboxClient, SandboxInvalidRequest, SandboxPermissionDenied
 from protos.recipes import load_recipe
 from tests.fixtures.sandbox_host import RunningHost, in_process_host
@@ -222,3 +223,31 @@ async def test_embedded_host_allows_only_its_workspace_roots(tmp_path: Path) -> 
 async def _sh_ok(client: SandboxClient, sandbox_id: str, command: str) -> None:
     result = await client.exec(sandbox_id, shell=command)
     assert result.exit_code == 0, result.stderr
+
+
+async def test_a_direct_workspace_keeps_its_hash_cache_across_sandboxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Files written just now are not trusted from the cache (the racy-timestamp rule); this
+    # test is about the cache outliving the sandbox, so it trusts them.
+    monkeypatch.setattr(manifest_module, "RACY_NS", 0)
+    project = tmp_path / "project"
+    project.mkdir()
+    for index in range(20):
+        (project / f"f{index}.txt").write_text(f"{index}\n" * 100)
+    async with in_process_host("local", tmp_path / "host-state", allow_workspace_roots=[tmp_path]) as host:
+        async with SandboxClient(host.target, host.token) as client:
+            first = await client.provision(host.recipe, workspace_dir=str(project))
+            await client.manifest_delta(first.sandbox_id)
+            await client.destroy(first.sandbox_id)
+            assert host.host is not None
+            hashed: list[str] = []
+            real = manifest_module._see_file
+
+            def counting(dir_fd, name, rel, st, walk):  # the one place a file gets hashed
+                hashed.append(rel)
+                return real(dir_fd, name, rel, st, walk)
+
+            monkeypatch.setattr(manifest_module, "_see_file", counting)
+            second = await client.provision(host.recipe, workspace_dir=str(project))
+            answer = await client.manifest_delta(second.sandbox_id)
+            assert len(answer.entries) == 20
+            assert hashed == [], f"a new sandbox of the same directory hashed {hashed} again"

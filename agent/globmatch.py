@@ -75,7 +75,9 @@ def _matching_brace(pattern: str, start: int) -> int:
 
 
 def _split_top_level(body: str) -> list[str]:
-    parts, depth, current = [], 0, []
+    parts: list[str] = []
+    depth = 0
+    current: list[str] = []
     for ch in body:
         if ch == "," and depth == 0:
             parts.append("".join(current))

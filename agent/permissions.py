@@ -7,6 +7,8 @@ relative to the workspace or absolute). Deny rules win over everything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import asyncio
 import json
 import posixpath
@@ -116,7 +118,7 @@ class PermissionSettings:
     deny: list[Rule] = field(default_factory=list)
 
     @classmethod
-    def load(cls, paths: list[Path], *, allow: list[str] = (), deny: list[str] = ()) -> PermissionSettings:
+    def load(cls, paths: list[Path], *, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> PermissionSettings:
         """Read ``[permissions] allow/deny`` from each existing TOML file, then add the extra rules."""
         settings = cls()
         for path in paths:

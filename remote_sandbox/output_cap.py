@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import BinaryIO
+
 from pathlib import Path
 
 
@@ -16,7 +18,7 @@ class OutputCap:
         self.counts = {"out": 0, "err": 0}
         """All bytes seen per stream, streamed or not."""
         self._head: list[bytes] = []
-        self._spill = None
+        self._spill: BinaryIO | None = None
 
     @property
     def truncated(self) -> bool:

@@ -536,12 +536,14 @@ class _SandboxService(pb_grpc.SandboxServicer):
         )
         entry.active += 1
         try:
-            reader, batch = await asyncio.shield(reading)
-            yield pb.FileChunk(data=batch[0] if batch else b"", file_size=reader.size)
+            assert reading is not None
+            opened, batch = await asyncio.shield(reading)
+            reader = opened
+            yield pb.FileChunk(data=batch[0] if batch else b"", file_size=opened.size)
             del batch[:1]
             while True:
                 # The next batch is read while this one is sent: the disk and the socket overlap.
-                reading = None if reader.done else asyncio.ensure_future(asyncio.to_thread(_read_more, reader))
+                reading = None if opened.done else asyncio.ensure_future(asyncio.to_thread(_read_more, opened))
                 for data in batch:
                     yield pb.FileChunk(data=data)
                 if reading is None:

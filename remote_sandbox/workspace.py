@@ -27,7 +27,7 @@ import shutil
 import stat
 import tarfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -413,7 +413,7 @@ class Workspace:
             finally:
                 resolved.close()
 
-    def export_tar(self, paths: Iterable[str] = ()) -> Iterator[bytes]:
+    def export_tar(self, paths: Iterable[str] = ()) -> Generator[bytes, None, None]:
         """A tar stream (PAX) of ``paths`` (workspace-relative; none = all), in chunks."""
         sink = _ChunkSink()
         with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tar:

@@ -24,7 +24,7 @@ from session.log import SessionLog
 try:
     from orjson import loads as _loads
 except ImportError:  # pragma: no cover - orjson is a dependency
-    _loads = json.loads
+    _loads = json.loads  # type: ignore[assignment]
 
 LABELS: Final = frozenset({"baseline", "resume", "tool", "restore", "rewind", "apply"})
 """Why a checkpoint was taken: the values of its `label` field."""

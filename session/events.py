@@ -82,7 +82,7 @@ try:
     # Parses a long log about twice as fast as json, straight from bytes or a view of them.
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover - orjson is a dependency; this keeps a broken install readable
-    _fast_loads = json.loads
+    _fast_loads = json.loads  # type: ignore[assignment]
 
 
 class LineRejected(ValueError):
@@ -154,9 +154,9 @@ def event_from_record(record: Any) -> Event:
 
 
 _new_event = object.__new__
-_set_uuid = Event.uuid.__set__  # type: ignore[attr-defined]
-_set_parent_uuid = Event.parent_uuid.__set__  # type: ignore[attr-defined]
-_set_session_id = Event.session_id.__set__  # type: ignore[attr-defined]
-_set_timestamp = Event.timestamp.__set__  # type: ignore[attr-defined]
-_set_type = Event.type.__set__  # type: ignore[attr-defined]
-_set_payload = Event.payload.__set__  # type: ignore[attr-defined]
+_set_uuid = Event.uuid.__set__  # type: ignore[attr-defined,misc,union-attr]
+_set_parent_uuid = Event.parent_uuid.__set__  # type: ignore[attr-defined,misc,union-attr]
+_set_session_id = Event.session_id.__set__  # type: ignore[attr-defined,misc,union-attr]
+_set_timestamp = Event.timestamp.__set__  # type: ignore[attr-defined,misc,union-attr]
+_set_type = Event.type.__set__  # type: ignore[attr-defined,misc,union-attr]
+_set_payload = Event.payload.__set__  # type: ignore[attr-defined,misc,union-attr]

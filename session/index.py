@@ -8,6 +8,8 @@ that changed, only from where it stopped when a log merely grew.
 
 from __future__ import annotations
 
+import builtins
+
 import functools
 import hashlib
 import logging
@@ -247,13 +249,13 @@ class SessionIndex:
 
         return self._with_rebuild(query)
 
-    def search(self, text: str, project_dir: Path | None = None, limit: int = 50) -> list[SearchHit]:
+    def search(self, text: str, project_dir: Path | None = None, limit: int = 50) -> builtins.list[SearchHit]:
         """The best match per session for every word of text (as word prefixes), best first."""
         words = text.split()
         if not words or limit <= 0:
             return []
 
-        def query() -> list[SearchHit]:
+        def query() -> builtins.list[SearchHit]:
             """Refresh, then match."""
             self._refresh(project_dir)
             columns = "s.row, s.id, s.project, s.title, s.updated, s.path, m.event_uuid, m.kind"

@@ -10,13 +10,13 @@ one copy from the page cache into memory the CPU cache already holds.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import BinaryIO
+import io
 
 CHUNK_BYTES = 1 << 20
 """How much is read at a time: large enough that reads are few, small enough to stay in cache."""
 
 
-def read_lines(file: BinaryIO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[memoryview, bool]]:
+def read_lines(file: io.RawIOBase | io.BufferedIOBase, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[memoryview, bool]]:
     """Each line of file without its newline, and whether a newline ended it.
 
     Only the last line can lack its newline (a torn write); it is yielded only if

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+
 import re
 import uuid
 from importlib import metadata
@@ -106,7 +108,7 @@ class SessionStore:
         """Sessions of one project (None: all projects), newest first."""
         return self.index.list(project_dir)
 
-    def search(self, text: str, project_dir: Path | None = None, limit: int = 50) -> list[SearchHit]:
+    def search(self, text: str, project_dir: Path | None = None, limit: int = 50) -> builtins.list[SearchHit]:
         """Sessions whose messages or tool results hold every word of text, best match first."""
         return self.index.search(text, project_dir, limit)
 

@@ -181,8 +181,10 @@ class SessionWorkspace:
             max_file_bytes=settings.max_file_bytes,
             max_total_bytes=settings.max_total_bytes,
         )
+        client = self.checkpointer.client
+        assert client is not None, "attach the workspace to a lease first"
         with self.log.blobs.batch() as batch:
-            result = await upload_project(self.checkpointer.client, sandbox_id, self.project_dir, selection, batch)
+            result = await upload_project(client, sandbox_id, self.project_dir, selection, batch)
         keeper = self.checkpointer
         changes = diff_states({}, result.state)
         record_checkpoint(

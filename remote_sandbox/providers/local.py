@@ -49,7 +49,7 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from remote_sandbox.output_cap import OutputCap
@@ -308,11 +308,11 @@ class _Feed:
     a line costs a few microseconds less of the host's one event loop.
     """
 
-    def __init__(self, stream: str, pipe: BinaryIO, queue: asyncio.Queue[tuple[str, bytes | None]]) -> None:
+    def __init__(self, stream: str, pipe: IO[bytes], queue: asyncio.Queue[tuple[str, bytes | None]]) -> None:
         """Read ``pipe`` (made non-blocking) on the running loop, tagging chunks with ``stream`` (``out``/``err``)."""
         self.stream = stream
         self.queue = queue
-        self._pipe: BinaryIO | None = pipe
+        self._pipe: IO[bytes] | None = pipe
         self._fd = pipe.fileno()
         self._loop = asyncio.get_running_loop()
         self._paused = False
@@ -366,7 +366,7 @@ class _Process:
         self.returncode: int | None = None
         """Popen-style status once known: negative for a signal."""
         self._tasks: list[asyncio.Task[None]] = []
-        self._stdin_pipe: BinaryIO | None = None
+        self._stdin_pipe: IO[bytes] | None = None
 
     @property
     def pid(self) -> int:
@@ -385,7 +385,7 @@ class _Process:
         """Collect the leader's status (it has exited); None if it has not."""
         return self.returncode
 
-    async def _connect(self, stdout: BinaryIO, stderr: BinaryIO, stdin: BinaryIO | None) -> None:
+    async def _connect(self, stdout: IO[bytes], stderr: IO[bytes], stdin: IO[bytes] | None) -> None:
         """Read ``stdout`` and ``stderr`` into the queue; feed ``stdin`` the command's input, then close it."""
         self.feeds = [_Feed("out", stdout, self.queue), _Feed("err", stderr, self.queue)]
         if stdin is not None:
@@ -401,7 +401,7 @@ class _Process:
         self.exited = True
         self.queue.put_nowait(("exit", None))
 
-    async def _feed_stdin(self, pipe: BinaryIO) -> None:
+    async def _feed_stdin(self, pipe: IO[bytes]) -> None:
         """Write stdin without blocking the loop, then close it (EOF)."""
         fd = pipe.fileno()
         os.set_blocking(fd, False)

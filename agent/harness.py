@@ -40,7 +40,14 @@ from agent.workspace.changes import (
 from agent.workspace.session import SessionWorkspace, WorkspaceError, workspace_of
 from agent.workspace.settings import MODES, WorkspaceSettings
 from protos.recipes import load_recipe, recipe_to_dict
-from session.store import SessionLog, SessionStore
+from session.store import (
+    AmbiguousSessionId,
+    EventType,
+    SessionLog,
+    SessionNotFound,
+    SessionStore,
+    SessionStoreError,
+)
 
 
 @dataclass
@@ -93,6 +100,8 @@ class Harness:
         self.workspace: SessionWorkspace | None = None
         """The session's workspace (mode, checkpoints), once started."""
         self._shared_host = False
+        self._new_log: SessionLog | None = None
+        """The session log this harness created (not resumed), until it is kept or discarded."""
 
     @property
     def session_id(self) -> str:
@@ -106,7 +115,19 @@ class Harness:
         return self.options.sandbox or "embedded"
 
     async def start(self) -> None:
-        """Open the session, reach the sandbox host and begin provisioning."""
+        """Open the session, reach the sandbox host and begin provisioning.
+
+        If start-up fails, a session it created is removed again: it holds no message.
+        """
+        try:
+            await self._start()
+        except BaseException:
+            if self._new_log is not None:
+                # No prompt reached it; close() removes the file once nothing writes to it any more.
+                self.log = None
+            raise
+
+    async def _start(self) -> None:
         preload_sdk()
         opts = self.options
         store = SessionStore()
@@ -127,12 +148,21 @@ class Harness:
         if opts.workspace and opts.workspace not in MODES:
             raise HarnessError(f"tether: --workspace must be one of {', '.join(MODES)}, not {opts.workspace!r}")
         log = None
-        if opts.resume:
-            log = store.open(opts.resume)
-        elif opts.continue_latest:
-            log = store.latest(opts.project_dir)
-            if log is None:
-                raise HarnessError(f"tether: no session to continue in {opts.project_dir}")
+        try:
+            if opts.resume:
+                log = store.open(opts.resume)
+            elif opts.continue_latest:
+                log = store.latest(opts.project_dir)
+                if log is None:
+                    raise HarnessError(f"tether: no session to continue in {opts.project_dir}")
+        except AmbiguousSessionId as exc:
+            raise HarnessError(f"tether: cannot resume: {exc}; give more of the id") from None
+        except SessionNotFound:
+            raise HarnessError(
+                f"tether: cannot resume: no session matches {opts.resume!r} (`tether sessions list` shows them)"
+            ) from None
+        except SessionStoreError as exc:
+            raise HarnessError(f"tether: cannot open the session: {exc}") from None
         # A resumed session works on the project it was started in, wherever tether runs now.
         recorded = workspace_of(log) if log is not None else None
         project_dir = Path(recorded["project_dir"]) if recorded and recorded.get("project_dir") else opts.project_dir
@@ -148,7 +178,13 @@ class Harness:
             await self.client.wait_ready()
         else:
             self.client = await self._embedded_client([project_dir] if mode == "direct" else [])
-        self.log = log if log is not None else store.create(opts.project_dir)
+        if log is None:
+            try:
+                log = store.create(opts.project_dir)
+            except SessionStoreError as exc:
+                raise HarnessError(f"tether: cannot start a session: {exc}") from None
+            self._new_log = log
+        self.log = log
         self.workspace = SessionWorkspace.open(self.log, project_dir, mode, rules, workspace_settings, self.emit)
         self.lease = SandboxLease(self.client, host=self.host_label, recipe=recipe)
         self.workspace.attach(self.lease)
@@ -260,6 +296,18 @@ class Harness:
         """Stop the running turn (model stream and tool); False if nothing was running."""
         return self.loop.interrupt() if self.loop is not None else False
 
+    def _discard_unused_log(self) -> None:
+        """Remove the session this harness created if no prompt ever reached it: an empty session helps nobody."""
+        log, self._new_log = self._new_log, None
+        if log is None or any(event.type == EventType.USER for event in log.events()):
+            return
+        self.log = None
+        log.close()
+        try:
+            log.path.unlink(missing_ok=True)  # the index drops a vanished log on its next look
+        except OSError:
+            pass  # an empty session left behind is untidy, not an error worth failing close() for
+
     async def close(self) -> None:
         """Release the sandbox, the host and the connections; never raises."""
         if self.lease is not None:
@@ -269,3 +317,4 @@ class Harness:
         if self.embedded is not None:
             await self.embedded.stop()
         await self.model.close()
+        self._discard_unused_log()

@@ -58,12 +58,7 @@ async def run_headless(options: HarnessOptions, prompt: str, output_format: str,
         try:
             await harness.start()
         except (HarnessError, SandboxError) as exc:
-            message = str(exc)
-            if output_format == "text":
-                print(message if message.startswith("tether:") else f"tether: {message}", file=err)
-            else:
-                _print_json(out, _error_result(message, started, harness))
-            return 1
+            return report_error(str(exc), output_format, out, err, started=started, harness=harness)
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, harness.interrupt)
         try:
@@ -83,13 +78,24 @@ async def run_headless(options: HarnessOptions, prompt: str, output_format: str,
         await asyncio.shield(harness.close())
 
 
-def _error_result(message: str, started: float, harness: Harness) -> dict:
+def report_error(
+    message: str, output_format: str, out: TextIO = sys.stdout, err: TextIO = sys.stderr, *, started: float | None = None, harness: Harness | None = None
+) -> int:
+    """Report a run that failed before its first answer, in the chosen format; return the exit code (1)."""
+    if output_format == "text":
+        print(message if message.startswith("tether:") else f"tether: {message}", file=err, flush=True)
+    else:
+        _print_json(out, _error_result(message, time.monotonic() if started is None else started, harness))
+    return 1
+
+
+def _error_result(message: str, started: float, harness: Harness | None) -> dict:
     return {
         "type": "result",
         "subtype": "error",
         "is_error": True,
         "result": message,
-        "session_id": harness.log.session_id if harness.log is not None else None,
+        "session_id": harness.log.session_id if harness is not None and harness.log is not None else None,
         "num_turns": 0,
         "duration_ms": int((time.monotonic() - started) * 1000),
         "usage": {},

@@ -20,6 +20,7 @@ from agent.model import ModelClient, ModelError
 from agent.permissions import PermissionGate
 from agent.prompt import system_prompt
 from agent.sandbox_client import SandboxError
+from agent.text import readable_text
 from agent.tools.base import ToolResult
 from agent.toolset import ToolCall, ToolSet
 from agent.workspace.session import SessionWorkspace
@@ -106,7 +107,8 @@ class AgentLoop:
         """
         self._interrupted = False
         self._turns = 0
-        task = asyncio.ensure_future(self._run(prompt))
+        # Whatever the driver got (argv, stdin, a paste), the log and the API take only valid Unicode.
+        task = asyncio.ensure_future(self._run(readable_text(prompt)))
         self._task = task
         try:
             return await task

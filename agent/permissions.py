@@ -122,12 +122,9 @@ class PermissionSettings:
         """Read ``[permissions] allow/deny`` from each existing TOML file, then add the extra rules."""
         settings = cls()
         for path in paths:
-            if not path.is_file():
+            data = read_settings_file(path)
+            if data is None:
                 continue
-            try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
             section = data.get("permissions", {})
             for key in ("allow", "deny"):
                 values = section.get(key, [])
@@ -142,6 +139,29 @@ class PermissionSettings:
         return settings
 
 
+def read_settings_file(path: Path) -> dict[str, Any] | None:
+    """The TOML table in the settings file at ``path``; None if there is none; SettingsError if it cannot be read."""
+    if not path.exists() and not path.is_symlink():
+        return None  # no settings file is the common case, not a mistake
+    try:
+        raw = path.read_bytes()
+    except IsADirectoryError:
+        raise SettingsError(f"{path}: is a directory, not a settings file (remove it or make it a TOML file)") from None
+    except OSError as exc:
+        # A symlink loop, a dangling link, no permission: the user meant this file to count.
+        raise SettingsError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SettingsError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line}); save it as UTF-8") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    return data
+
+
 def project_settings_path(project_dir: Path) -> Path:
     """Where a project's settings live (rules the user allowed "always" go here)."""
     return project_dir / ".tether" / "settings.toml"
@@ -154,9 +174,7 @@ def user_settings_path() -> Path:
 
 def add_allow_rule(path: Path, rule: Rule) -> None:
     """Append ``rule`` to the allow list in the TOML file at ``path``, keeping the rest."""
-    data: dict[str, Any] = {}
-    if path.is_file():
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    data: dict[str, Any] = read_settings_file(path) or {}
     perms = data.setdefault("permissions", {})
     allow = perms.setdefault("allow", [])
     if str(rule) not in allow:

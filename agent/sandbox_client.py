@@ -8,6 +8,8 @@ early) cancels the RPC, and the host kills the command's process group.
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -114,10 +116,12 @@ class ExecResult:
 
 def parse_target(target: str) -> tuple[str, bool]:
     """The gRPC channel target and whether it uses TLS, from ``grpc://``, ``grpcs://``, ``unix://`` or ``host:port``."""
-    if target.startswith("grpcs://"):
-        return target[len("grpcs://") :].rstrip("/"), True
-    if target.startswith("grpc://"):
-        return target[len("grpc://") :].rstrip("/"), False
+    for scheme, tls in (("grpcs://", True), ("grpc://", False)):
+        if target.startswith(scheme):
+            address = target[len(scheme) :].rstrip("/")
+            if not address or address.startswith(":"):
+                raise SandboxError(f"{target!r} is not a sandbox host address: it names no host (use {scheme}HOST:PORT)")
+            return address, tls
     if target.startswith("unix:"):
         path = target[len("unix:") :].removeprefix("//")
         if not path.startswith("/"):
@@ -130,6 +134,70 @@ def parse_target(target: str) -> tuple[str, bool]:
     return target, False
 
 
+_CONNECT_FAILURE_PREFIXES = ("failed to connect to all addresses", "errors resolving", "DNS resolution failed")
+"""How gRPC core begins the details of a call that never reached a host."""
+
+TLS_PROBE_TIMEOUT_S = 2.0
+"""How long the probe for a TLS host behind a grpc:// address may take."""
+
+
+def connect_failure(target: str, details: str, *, ca_file: str | None = None) -> str:
+    """One plain sentence for gRPC core's "failed to connect to all addresses; last error: ..." details."""
+    last = details.rpartition("last error: ")[2] or details
+    if "CERTIFICATE_VERIFY_FAILED" in last:
+        reason = last.rpartition("CERTIFICATE_VERIFY_FAILED:")[2].removesuffix(": OK").strip()
+        cause = (
+            f"the host's certificate is not signed by the CA in {ca_file}"
+            if ca_file
+            else "the host's certificate is not signed by a CA this machine trusts: pass the CA that signed it with --sandbox-ca"
+        )
+        return f"TLS with the sandbox host at {target} failed: {cause} ({reason or 'certificate verify failed'})"
+    if "WRONG_VERSION_NUMBER" in last:
+        plain = target.replace("grpcs://", "grpc://", 1)
+        return f"TLS with the sandbox host at {target} failed: the host does not speak TLS (try {plain})"
+    if "Peer name" in last and "not in peer certificate" in last:
+        return f"TLS with the sandbox host at {target} failed: its certificate is not made out for this host name ({last.strip()})"
+    if "Tls handshake failed" in last or "security handshaker" in last:
+        return f"TLS with the sandbox host at {target} failed: {last.split(': ', 1)[-1].strip()}"
+    if "Connection refused" in last:
+        return f"the sandbox host at {target} refused the connection (is it running?)"
+    if "No such file or directory" in last and target.startswith("unix:"):
+        return f"no sandbox host listens at {target} (the socket does not exist; is the host running?)"
+    if "Domain name not found" in last or "lookup" in last and "failed" in last or details.startswith("DNS resolution failed"):
+        return f"the sandbox host name in {target} could not be resolved"
+    if "timed out" in last.lower() or "Timeout" in last:
+        return f"the sandbox host at {target} did not answer the connection (timed out)"
+    return f"the sandbox host at {target} could not be reached ({last.strip()})"
+
+
+async def _speaks_tls(host: str, port: int) -> bool:
+    """Whether ``host:port`` completes a TLS handshake (its certificate unchecked: this only asks which protocol)."""
+    if not port:
+        return False
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port, ssl=context), TLS_PROBE_TIMEOUT_S)
+    except (OSError, TimeoutError, ssl.SSLError):
+        return False
+    writer.close()
+    try:
+        await writer.wait_closed()
+    except (OSError, ssl.SSLError):
+        pass  # closing a TLS connection the host reset is not our problem
+    return True
+
+
+def _check_pem_certificates(path: str, data: bytes) -> None:
+    """Raise SandboxError unless ``data`` holds at least one PEM certificate that parses."""
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
+    except (UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
+        reason = "it is binary, not PEM text" if isinstance(exc, UnicodeDecodeError) else "no PEM certificate (-----BEGIN CERTIFICATE-----) in it could be read"
+        raise SandboxError(f"the CA file {path} is not usable: {reason}") from None
+
+
 class SandboxClient:
     """Calls one sandbox host; safe to share between concurrent tasks of one event loop."""
 
@@ -138,6 +206,9 @@ class SandboxClient:
         self.target = target
         """The host's address as given."""
         self._channel_target, self._tls = parse_target(target)
+        if ca_file and not self._tls:
+            # Silently ignoring it would send the token in the clear to a host the user meant to verify.
+            raise SandboxError(f"--sandbox-ca is for a TLS host, but {target} is not one: use grpcs://{self._channel_target.removeprefix('unix://')}")
         self._token = token
         self._ca_file = ca_file
         self._channel: grpc.aio.Channel | None = None
@@ -157,6 +228,7 @@ class SandboxClient:
                             root = handle.read()
                     except OSError as exc:
                         raise SandboxError(f"cannot read the CA file {self._ca_file}: {exc.strerror}") from None
+                    _check_pem_certificates(self._ca_file, root)
                 credentials = grpc.ssl_channel_credentials(root_certificates=root)
                 self._channel = grpc.aio.secure_channel(self._channel_target, credentials, options=CHANNEL_OPTIONS)
             else:
@@ -203,22 +275,47 @@ class SandboxClient:
             return SandboxLimitExceeded(details)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             return HostUnreachable(f"the sandbox host at {self.target} did not finish {what} in time")
+        if code == grpc.StatusCode.UNAVAILABLE and details.startswith(_CONNECT_FAILURE_PREFIXES):
+            return HostUnreachable(connect_failure(self.target, details, ca_file=self._ca_file))
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-            return HostUnreachable(f"the sandbox host at {self.target} is unreachable during {what}: {details}")
+            return HostUnreachable(f"the sandbox host at {self.target} stopped answering during {what} ({details})")
         return SandboxError(f"the sandbox host at {self.target} failed {what}: {code.name}: {details}")
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until the host answers and accepts our token; HostUnreachable or SandboxAuthError otherwise."""
-        health = health_pb2_grpc.HealthStub(self._channel_or_open())
+        """Wait until the host answers and accepts our token; HostUnreachable or SandboxAuthError otherwise.
+
+        A connection the host refuses, or a TLS handshake that fails, ends the wait at once
+        with what went wrong: waiting longer would not change the answer.
+        """
+        channel = self._channel_or_open()
+        health = health_pb2_grpc.HealthStub(channel)
+        deadline = asyncio.get_running_loop().time() + timeout
+        # Watch the first connection attempt: its failure names the cause (refused, TLS, DNS),
+        # where a health check waiting for readiness would only time out.
+        state = channel.get_state(try_to_connect=True)
+        while state not in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(channel.wait_for_state_change(state), remaining)
+            except TimeoutError:
+                break
+            state = channel.get_state(try_to_connect=True)
+        remaining = max(deadline - asyncio.get_running_loop().time(), 0.1)
         try:
             response = await health.Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True
+                health_pb2.HealthCheckRequest(service=""),
+                timeout=remaining,
+                wait_for_ready=state != grpc.ChannelConnectivity.TRANSIENT_FAILURE,
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                 raise HostUnreachable(
                     f"the sandbox host at {self.target} did not answer within {timeout:g} s"
                 ) from None
+            if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                raise HostUnreachable(await self._connect_failure(exc.details() or "")) from None
             raise self._error(exc, "the health check") from None
         if response.status != health_pb2.HealthCheckResponse.SERVING:
             raise HostUnreachable(f"the sandbox host at {self.target} is not serving (it may be shutting down)")
@@ -227,6 +324,17 @@ class SandboxClient:
             await self.stub.ListSandboxes(pb.ListSandboxesRequest(), metadata=self._metadata, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "the token check") from None
+
+    async def _connect_failure(self, details: str) -> str:
+        """Why connecting failed, in words; a plain connection the host closed is probed for TLS."""
+        if not self._tls and "Socket closed" in details and not self._channel_target.startswith("unix://"):
+            host, _, port = self._channel_target.rpartition(":")
+            if await _speaks_tls(host.strip("[]"), int(port) if port.isdigit() else 0):
+                return (
+                    f"the sandbox host at {self.target} speaks TLS and this connection did not: "
+                    f"use grpcs://{self._channel_target} (with --sandbox-ca if its certificate is self-signed)"
+                )
+        return connect_failure(self.target, details, ca_file=self._ca_file)
 
     def _channel_or_open(self) -> grpc.aio.Channel:
         self.stub  # noqa: B018 - opens the channel

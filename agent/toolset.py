@@ -289,5 +289,7 @@ def _describe_sandbox_error(exc: SandboxError, lease: SandboxLease) -> str:
     if isinstance(exc, SandboxAuthError):
         return f"The sandbox host at {lease.host} refused our credentials: {exc}"
     if isinstance(exc, HostUnreachable):
-        return f"The sandbox host at {lease.host} could not be reached: {exc}. The command may not have run."
+        # The error already names the host and the cause; say it once.
+        text = str(exc)
+        return f"{text[:1].upper()}{text[1:]}. The command may not have run."
     return f"Sandbox error: {exc}"

@@ -136,13 +136,18 @@ def _search(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> 
 
 
 def _export(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
-    """`export`: Markdown transcript, or {session_id, project_dir, messages} as JSON."""
+    """`export`: Markdown transcript, or {session_id, project_dir, messages, context} as JSON.
+
+    ``messages`` is the whole conversation, compaction summaries in their place, as the
+    Markdown has it; ``context`` is what the model is given now (from the newest compaction on).
+    """
     log = store.open(arguments.session_id)
     if arguments.format == "json":
         document = {
             "session_id": log.session_id,
             "project_dir": str(log.project_dir),
-            "messages": log.conversation(),
+            "messages": log.conversation(whole_history=True),
+            "context": log.conversation(),
         }
         json.dump(document, out, indent=2, ensure_ascii=False)
         out.write("\n")

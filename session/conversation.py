@@ -84,11 +84,17 @@ _ASSISTANT: str = EventType.ASSISTANT.value
 _COMPACTION: str = EventType.COMPACTION.value
 
 
-def build_messages(live_path: list[Event]) -> list[dict[str, Any]]:
-    """The `messages` list for a live path (root first), repaired as the module says."""
+def build_messages(live_path: list[Event], *, whole_history: bool = False) -> list[dict[str, Any]]:
+    """The `messages` list for a live path (root first), repaired as the module says.
+
+    By default it starts at the newest compaction, as the model sees it; with
+    ``whole_history`` it holds every message, each compaction's summary in its place.
+    """
     start = 0
     turns: list[_UserTurn | _AssistantTurn] = []
     for position in range(len(live_path) - 1, -1, -1):
+        if whole_history:
+            break
         if live_path[position].type == _COMPACTION:
             start = position + 1
             summary = live_path[position].payload.get("summary")
@@ -122,6 +128,11 @@ def build_messages(live_path: list[Event]) -> list[dict[str, Any]]:
                     _add_result(turns, block, event)
                 else:
                     _open_user_turn(turns).other.append(block)
+        elif kind == _COMPACTION and whole_history:
+            summary = event.payload.get("summary")
+            if isinstance(summary, str) and summary.strip():
+                # Where the model's context restarted: what it was given from here on.
+                _open_user_turn(turns).other.append(_text(COMPACTION_PREAMBLE + summary))
         # Every other type (meta, sandbox, title, interruption, unknown) is not conversation.
 
     if turns:

@@ -160,10 +160,13 @@ class SessionLog:
         self.event(event_uuid)
         return path_to(event_uuid, self._by_uuid)
 
-    def conversation(self) -> list[dict[str, Any]]:
-        """The Messages API `messages` list for the live path, repaired (see conversation.py)."""
+    def conversation(self, *, whole_history: bool = False) -> list[dict[str, Any]]:
+        """The Messages API `messages` list for the live path, repaired (see conversation.py).
+
+        From the newest compaction on, as the model sees it; ``whole_history``: every message.
+        """
         with _collector_paused():
-            return build_messages(path_to(self._leaf, self._by_uuid))
+            return build_messages(path_to(self._leaf, self._by_uuid), whole_history=whole_history)
 
     # -- writing -----------------------------------------------------------
 

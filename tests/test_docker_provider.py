@@ -107,8 +107,10 @@ async def test_the_test_image_recipe_provisions(sandboxes: Sandboxes, docker_eng
 
 
 async def test_recipe_without_image_is_refused(sandboxes: Sandboxes) -> None:
-    with pytest.raises(InvalidRequest, match="no image"):
+    with pytest.raises(InvalidRequest, match="no image") as refused:
         await sandboxes.new(image="")
+    # The message names both ways out: the recipe key and the host's flag.
+    assert "image = " in str(refused.value) and "--default-image" in str(refused.value)
 
 
 async def test_workdir_over_the_exec_server_is_refused(sandboxes: Sandboxes) -> None:

@@ -96,3 +96,26 @@ async def test_permission_dialog_allows_once(fake_api: FakeMessagesAPI, tui_env:
         answers = [m.source for m in app.query("Markdown.assistant")]
         assert answers == ["ok: allowed-ran"]
         await app.action_quit()
+
+
+@pytest.mark.parametrize(
+    ("options", "break_settings", "says"),
+    [
+        ({"resume": "nonexistent"}, False, "no session matches 'nonexistent'"),
+        ({}, True, "is a directory, not a settings file"),
+        ({"sandbox": "grpc://127.0.0.1:1"}, False, "refused the connection (is it running?)"),
+    ],
+)
+async def test_start_up_failures_are_shown_on_screen(tui_env: Path, options: dict, break_settings: bool, says: str) -> None:
+    if break_settings:
+        (tui_env / ".tether" / "settings.toml").mkdir(parents=True)
+    app = TetherApp(HarnessOptions(project_dir=tui_env, **options))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        errors = [str(widget.render()) for widget in app.query("ErrorMessage")]
+        assert len(errors) == 1 and says in errors[0], errors
+        assert app.query_one("#prompt", PromptArea).disabled
+        assert "unavailable" in screen_text(app)
+        await app.action_quit()
+    assert not list((tui_env.parent / "tether-home").rglob("*.jsonl")), "a start that failed leaves no session"

@@ -59,9 +59,13 @@ class TetherApp(App[int]):
         """Reach the sandbox host and open the session."""
         try:
             await self.harness.start()
-        except (HarnessError, SandboxError) as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever stops start-up must be shown, or the app hangs waiting
+            if isinstance(exc, (HarnessError, SandboxError)):
+                message = str(exc)
+            else:
+                message = f"tether could not start: {type(exc).__name__}: {exc}"
             self._sandbox_state = "unavailable"
-            await self._mount(ErrorMessage(str(exc)))
+            await self._mount(ErrorMessage(message))
             self._refresh_status()
             return
         self._sandbox_state = "ready"

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sandbox-ca", metavar="FILE", default="", help="CA certificate for a grpcs:// host")
     parser.add_argument("--recipe", metavar="NAME|FILE", default="", help="sandbox recipe (default: default)")
     parser.add_argument("--model", metavar="NAME", default="", help="model name (or TETHER_MODEL)")
-    parser.add_argument("--max-turns", type=int, metavar="N", help="stop after N model turns")
+    parser.add_argument("--max-turns", type=_positive_int, metavar="N", help="stop after N model turns")
     parser.add_argument(
         "--permission-mode",
         choices=("default", "acceptEdits", "plan", "bypassPermissions"),
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``tether`` console script."""
     argv = sys.argv[1:] if argv is None else argv
+    _quiet_grpc_core()
     if argv[:1] == ["sandbox"]:
         from remote_sandbox.cli import main as sandbox_main
 
@@ -85,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_credentials()
     except MissingCredentials as exc:
-        print(exc, file=sys.stderr)
-        return 1
+        return _early_error(args, str(exc))
     if args.prompt is not None:
         from agent import resident
 
@@ -113,10 +113,12 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
     )
     if args.prompt is not None:
-        prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+        from agent.text import readable_text
+
+        # Bytes that are not UTF-8 (stdin, or argv in any locale) are replaced, never fatal.
+        prompt = readable_text(sys.stdin.buffer.read() if args.prompt == "-" else args.prompt)
         if not prompt.strip():
-            print("tether: the prompt is empty", file=sys.stderr)
-            return 1
+            return _early_error(args, "tether: the prompt is empty" + (" (nothing came on stdin)" if args.prompt == "-" else ""))
         import asyncio
 
         from agent.headless import run_headless
@@ -132,6 +134,37 @@ def main(argv: list[str] | None = None) -> int:
     app = TetherApp(options)
     app.run()
     return app.return_code or 0
+
+
+def _quiet_grpc_core() -> None:
+    """Keep gRPC core's own log lines (handshake failures and the like) off the user's terminal.
+
+    They must be set before grpc is first imported; tether reports every failure in its own
+    words. An explicit GRPC_VERBOSITY / GRPC_TRACE (debugging gRPC itself) is kept.
+    """
+    os.environ.setdefault("GRPC_VERBOSITY", "NONE")
+    os.environ.setdefault("GRPC_TRACE", "")
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _early_error(args: argparse.Namespace, message: str) -> int:
+    """Report a failure before the harness starts: headless in its output format, else on stderr."""
+    if args.prompt is None:
+        print(message, file=sys.stderr)
+        return 1
+    from agent.headless import report_error
+
+    return report_error(message, args.output_format)
 
 
 def _split_rules(values: list[str]) -> list[str]:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.permissions import SettingsError
+from agent.permissions import SettingsError, read_settings_file
 from protos.recipes import parse_size
 
 MODES = ("direct", "copy")
@@ -37,12 +36,9 @@ class WorkspaceSettings:
         """Read ``[workspace]`` from each existing TOML file; later files win, excludes add up."""
         settings = cls()
         for path in paths:
-            if not path.is_file():
+            data = read_settings_file(path)
+            if data is None:
                 continue
-            try:
-                data = tomllib.loads(path.read_text(encoding="utf-8"))
-            except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-                raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
             section = data.get("workspace", {})
             if not isinstance(section, dict):
                 raise SettingsError(f"{path}: [workspace] must be a table")

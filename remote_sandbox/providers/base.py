@@ -36,6 +36,12 @@ class LimitExceeded(ProviderError):
     """A configured limit was hit; the message names it (RESOURCE_EXHAUSTED)."""
 
 
+def setup_failure(command: str, how: str, output: str) -> str:
+    """The message of a recipe setup command that failed: what ran, how it ended, and its output if it had any."""
+    output = output.strip("\n")
+    return f"setup command {command!r} {how}:\n{output}" if output.strip() else f"setup command {command!r} {how} (no output)"
+
+
 class PermissionDenied(ProviderError):
     """The host is not configured to allow this (a direct workspace outside its allowed roots) (PERMISSION_DENIED)."""
 

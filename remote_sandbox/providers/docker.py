@@ -68,6 +68,7 @@ from remote_sandbox.providers.base import (
     SandboxNotFound,
     SandboxNotRunning,
     SandboxRecord,
+    setup_failure,
 )
 
 CONTROL_DIR_NAME = "docker-exec"
@@ -656,7 +657,8 @@ class DockerProvider(Provider):
         if not image:
             raise InvalidRequest(
                 "the recipe names no image and this docker host has no default image: "
-                "set `image` in the recipe"
+                "set `image = \"IMAGE\"` in the recipe (a TOML file given to --recipe), "
+                "or start the host with `tether sandbox serve --provider docker --default-image IMAGE`"
             )
         workdir = record.workdir or recipe.workdir or DEFAULT_WORKDIR
         if not workdir.startswith("/"):
@@ -695,7 +697,7 @@ class DockerProvider(Provider):
                 if result.exit_code != 0 or result.timed_out:
                     how = "timed out" if result.timed_out else f"exited with code {result.exit_code}"
                     output = (result.stdout + result.stderr).decode(errors="replace")[-4000:]
-                    raise SandboxNotRunning(f"setup command {command!r} {how}:\n{output}")
+                    raise SandboxNotRunning(setup_failure(command, how, output))
         except BaseException:
             record.handle = None
             await asyncio.to_thread(self._remove_container, container_id)

@@ -60,6 +60,7 @@ from remote_sandbox.providers.base import (
     SandboxNotFound,
     SandboxNotRunning,
     SandboxRecord,
+    setup_failure,
 )
 
 log = logging.getLogger("remote_sandbox.local")
@@ -989,7 +990,7 @@ class LocalProvider(Provider):
                 else:
                     how = f"exited with code {exited.exit_code}"
                 tail = output.decode(errors="replace")[-4000:]
-                raise SandboxNotRunning(f"setup command {command!r} {how}:\n{tail}")
+                raise SandboxNotRunning(setup_failure(command, how, tail))
 
     async def _copy_base(self, base: str, workspace: Path) -> None:
         """Copy the recipe's base directory into the new workspace (symlinks as symlinks)."""

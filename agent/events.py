@@ -15,11 +15,6 @@ from typing import Any
 class AgentEvent:
     """Base of every event the loop emits."""
 
-    @property
-    def kind(self) -> str:
-        """The event's name in stream-json output (``text_delta``, ``tool_started``...)."""
-        return _KINDS[type(self)]
-
 
 @dataclass
 class TextDelta(AgentEvent):
@@ -41,12 +36,25 @@ class ThinkingDelta(AgentEvent):
 
 
 @dataclass
+class StreamEvent(AgentEvent):
+    """One raw event of the Messages API stream, as the API sent it (only when the driver asks for them)."""
+
+    event: dict[str, Any]
+
+
+@dataclass
 class AssistantMessage(AgentEvent):
     """One whole assistant message, after its stream ended."""
 
     content: list[dict[str, Any]]
     """The API's content blocks (text, thinking, tool_use) as plain dicts."""
     stop_reason: str | None
+    id: str = ""
+    """The API's message id."""
+    model: str = ""
+    """The model that answered, as the API named it."""
+    usage: dict[str, int] = field(default_factory=dict)
+    """This message's token usage."""
 
 
 @dataclass
@@ -76,6 +84,25 @@ class ToolFinished(AgentEvent):
     name: str
     content: str
     is_error: bool
+
+
+@dataclass
+class ToolResults(AgentEvent):
+    """The user message that carries a batch's tool results back to the model."""
+
+    content: list[dict[str, Any]]
+    """``tool_result`` blocks, as the model will see them."""
+
+
+@dataclass
+class PermissionDenied(AgentEvent):
+    """A tool call did not run because it was not allowed (by a rule, the mode, or nobody to ask)."""
+
+    tool_use_id: str
+    name: str
+    input: dict[str, Any]
+    """The input as the model sent it."""
+    reason: str
 
 
 @dataclass
@@ -135,18 +162,3 @@ class ErrorEvent(AgentEvent):
 
     message: str
 
-
-_KINDS: dict[type, str] = {
-    TextDelta: "text_delta",
-    StreamRestarted: "stream_restarted",
-    ThinkingDelta: "thinking_delta",
-    AssistantMessage: "assistant",
-    ToolStarted: "tool_started",
-    ToolOutput: "tool_output",
-    ToolFinished: "tool_finished",
-    PermissionRequest: "permission_request",
-    Status: "status",
-    UsageUpdate: "usage",
-    TurnFinished: "turn_finished",
-    ErrorEvent: "error",
-}

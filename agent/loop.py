@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -147,6 +148,7 @@ class AgentLoop:
                 await self.emit(ev.ToolFinished(call.id, call.name, message, True))
             self._messages.append({"role": "user", "content": blocks})
             self._pending_calls = []
+            await self.emit(ev.ToolResults(blocks))
         self.log.append("interruption", {"reason": "user"})
         await self.emit(ev.Status("Interrupted."))
         return await self._finish("Interrupted by the user.", "interrupted", self._turns, is_error=True)
@@ -218,6 +220,7 @@ class AgentLoop:
                 blocks = [self._record_result(call, result) for call, result in zip(calls, results)]
                 self._messages.append({"role": "user", "content": blocks})
                 self._pending_calls = []
+                await self.emit(ev.ToolResults(blocks))
         except ModelError as exc:
             return await self._fail(str(exc), self._turns)
         except SandboxError as exc:
@@ -287,7 +290,9 @@ class AgentLoop:
         self._context_tokens = (
             u["input_tokens"] + u["cache_creation_input_tokens"] + u["cache_read_input_tokens"] + u["output_tokens"]
         )
-        await self.emit(ev.AssistantMessage(response.content, response.stop_reason))
+        await self.emit(
+            ev.AssistantMessage(response.content, response.stop_reason, response.id, response.model, response.usage)
+        )
         await self.emit(
             ev.UsageUpdate(
                 input_tokens=response.usage["input_tokens"],
@@ -300,6 +305,7 @@ class AgentLoop:
         )
 
     def _count_usage(self, response) -> None:
+        self.totals.api_ms += response.api_ms
         for key, value in response.usage.items():
             self.totals.usage[key] = self.totals.usage.get(key, 0) + value
         if self.totals.cost_usd is not None:
@@ -340,21 +346,45 @@ def _with_cache_breakpoint(messages: list[dict[str, Any]]) -> list[dict[str, Any
     return messages[:-1] + [last]
 
 
-def result_json(done: ev.TurnFinished, *, session_id: str, duration_ms: int, totals: SessionTotals) -> str:
-    """The headless ``--output-format json`` result object, shaped as other agents print it."""
-    return json.dumps(
-        {
-            "type": "result",
-            "subtype": "success" if not done.is_error else "error",
-            "is_error": done.is_error,
-            "result": done.result,
-            "session_id": session_id,
-            "num_turns": done.num_turns,
-            "duration_ms": duration_ms,
-            "duration_api_ms": totals.api_ms,
-            "stop_reason": done.stop_reason,
-            "usage": totals.usage,
-            "total_cost_usd": totals.cost_usd if totals.cost_usd is not None else 0.0,
-            "cost_known": totals.cost_usd is not None,
-        }
-    )
+def result_object(
+    done: ev.TurnFinished,
+    *,
+    session_id: str,
+    duration_ms: int,
+    totals: SessionTotals,
+    permission_denials: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The headless result object, with the fields and subtypes of Claude Code's ``result`` message.
+
+    ``stop_reason`` and ``cost_known`` are tether's own additions. An error that
+    ends the run before any turn gets the same shape (zero usage, no turns).
+    """
+    if not done.is_error:
+        subtype = "success"
+    elif done.stop_reason == "max_turns":
+        subtype = "error_max_turns"
+    else:
+        subtype = "error_during_execution"
+    usage = {key: 0 for key in SessionTotals().usage}
+    usage.update(totals.usage)
+    return {
+        "type": "result",
+        "subtype": subtype,
+        "is_error": done.is_error,
+        "duration_ms": duration_ms,
+        "duration_api_ms": totals.api_ms,
+        "num_turns": done.num_turns,
+        "result": done.result,
+        "session_id": session_id,
+        "total_cost_usd": totals.cost_usd if totals.cost_usd is not None else 0.0,
+        "usage": usage,
+        "permission_denials": list(permission_denials or []),
+        "uuid": str(uuid.uuid4()),
+        "stop_reason": done.stop_reason,
+        "cost_known": totals.cost_usd is not None,
+    }
+
+
+def result_json(done: ev.TurnFinished, **fields: Any) -> str:
+    """``result_object`` as one JSON line (without the newline)."""
+    return json.dumps(result_object(done, **fields))

@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,8 @@ class ModelResponse:
     stop_reason: str | None
     usage: dict[str, int]
     cost_usd: float | None
+    api_ms: int = 0
+    """Wall time spent in requests for this message, every try included, backoff waits not."""
 
 
 @dataclass
@@ -83,6 +86,8 @@ class ModelClient:
     """First backoff delay in seconds; doubles each try, with jitter, capped at 30 s."""
     api_key: str | None = None
     base_url: str | None = None
+    stream_events: bool = False
+    """Emit every raw stream event as ``StreamEvent`` (for ``--include-partial-messages``)."""
     _client: Any = field(default=None, repr=False)
 
     def _sdk_client(self) -> Any:
@@ -130,6 +135,7 @@ class ModelClient:
         client = self._sdk_client()
         attempt = 0
         streamed = False
+        api_s = 0.0
 
         async def emit_tracked(event: ev.AgentEvent) -> None:
             nonlocal streamed
@@ -142,9 +148,13 @@ class ModelClient:
                 # The last try showed part of an answer; the retry streams it again from the start.
                 streamed = False
                 await emit(ev.StreamRestarted())
+            began = time.monotonic()
             try:
-                return await self._stream_once(client, system, messages, tools, tool_choice, emit_tracked, quiet)
+                response = await self._stream_once(client, system, messages, tools, tool_choice, emit_tracked, quiet)
+                response.api_ms = int((api_s + time.monotonic() - began) * 1000)
+                return response
             except anthropic.APIStatusError as exc:
+                api_s += time.monotonic() - began
                 # An `event: error` mid-stream arrives as status 200 with the type in the body.
                 retryable = exc.status_code in RETRYABLE_STATUS or (
                     exc.status_code == 200 and _error_type(exc) in RETRYABLE_STREAM_ERRORS
@@ -154,6 +164,7 @@ class ModelClient:
                 delay = _retry_after(exc) or self._backoff(attempt)
                 what = _error_type(exc) + (f" ({exc.status_code})" if exc.status_code != 200 else " mid-answer")
             except (anthropic.APIConnectionError, anthropic.APIResponseValidationError, *_transport_errors()) as exc:
+                api_s += time.monotonic() - began
                 if attempt >= self.max_attempts:
                     raise ModelError(
                         f"Could not reach the model after {attempt} tries: {exc}"
@@ -184,6 +195,8 @@ class ModelClient:
             async for event in stream:
                 if quiet:
                     continue
+                if self.stream_events and event.type in _RAW_EVENTS:
+                    await emit(ev.StreamEvent(_raw_event_dict(event)))
                 if event.type == "text":
                     await emit(ev.TextDelta(event.text))
                 elif event.type == "thinking":
@@ -198,6 +211,26 @@ class ModelClient:
             usage=usage,
             cost_usd=cost_usd(self.model, usage),
         )
+
+
+_RAW_EVENTS = {
+    "message_start",
+    "message_delta",
+    "message_stop",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+}
+"""The API's own stream events; the SDK mixes its derived ones (``text``, ``input_json``...) in."""
+
+
+def _raw_event_dict(event: Any) -> dict[str, Any]:
+    """A stream event as the API sent it: the SDK's stop events carry snapshots the API never sent."""
+    if event.type == "message_stop":
+        return {"type": "message_stop"}
+    if event.type == "content_block_stop":
+        return {"type": "content_block_stop", "index": event.index}
+    return event.model_dump(mode="json")
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:

@@ -223,7 +223,7 @@ class PermissionGate:
                 return ev.PermissionDecision(False, reason=f"denied by the rule {rule} in the settings")
         if self.mode == "plan" and tool not in READ_ONLY_TOOLS:
             return ev.PermissionDecision(
-                False, reason="plan mode is on: only read-only tools may run. Present your plan instead."
+                False, reason="plan mode is on, so only read-only tools may run; present your plan instead"
             )
         if self.mode == "bypassPermissions" or tool not in ASKS_IN_MODE[self.mode]:
             return ev.PermissionDecision(True)

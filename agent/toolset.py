@@ -102,12 +102,11 @@ class ToolSet:
         decision = await self.gate.check(call.name, call.id, self._resolved_paths(call.input), emit)
         if decision.allow:
             return None
-        reason = f" ({decision.reason})" if decision.reason else ""
-        return ToolResult(
-            f"The user did not allow this {call.name} call{reason}. It did not run. "
-            "Do not retry it as is; change approach or ask the user.",
-            is_error=True,
-        )
+        reason = decision.reason.strip().rstrip(".")
+        await emit(ev.PermissionDenied(call.id, call.name, call.input, reason))
+        # The reason is a clause of its own, so it follows a colon instead of nesting in parentheses.
+        said = f"This {call.name} call was not allowed: {reason}." if reason else f"The user did not allow this {call.name} call."
+        return ToolResult(f"{said} It did not run. Do not retry it as is; change approach or ask the user.", is_error=True)
 
     def _resolved_paths(self, args: dict[str, Any]) -> dict[str, Any]:
         """``args`` with relative paths made absolute from the shell's directory, as the tools will.

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from session.errors import SessionStoreError
+from session.events import Event, EventType
 from session.gc import CollectionReport, collect_garbage, project_folders
 from session.index import SearchHit, SessionSummary, summarize
 from session.store import SessionStore
@@ -114,8 +115,9 @@ def _list(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> in
 def _show(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
     """`show`: the summary, then the transcript of the live conversation."""
     log = store.open(arguments.session_id)
-    summary = summarize(log.session_id, log.path, log.events())
-    _print_summary(summary, out)
+    events = log.events()
+    summary = summarize(log.session_id, log.path, events)
+    _print_summary(summary, out, unpriced=_unpriced_answers(events))
     transcript = render_markdown(log.live_path())
     print(file=out)
     out.write(transcript or "(no messages yet)\n")
@@ -200,7 +202,26 @@ def _gc(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
 _COMMANDS = {"list": _list, "show": _show, "search": _search, "export": _export, "gc": _gc}
 
 
-def _print_summary(summary: SessionSummary, out: TextIO) -> None:
+def _unpriced_answers(events: list[Event]) -> int:
+    """How many assistant messages have no cost (their model had no price when they were written)."""
+    unpriced = 0
+    for event in events:
+        cost = event.payload.get("cost_usd") if event.type == EventType.ASSISTANT else 0.0
+        unpriced += not isinstance(cost, (int, float)) or isinstance(cost, bool)
+    return unpriced
+
+
+def _cost(summary: SessionSummary, unpriced: int) -> str:
+    """The session's cost, never a made-up $0 for answers whose price is unknown."""
+    if not unpriced:
+        return f"${summary.cost_usd:.4f}"
+    answers = f"{unpriced} answer{'s' if unpriced != 1 else ''}"
+    if summary.cost_usd == 0:
+        return f"unknown (no price for the model of {answers})"
+    return f"${summary.cost_usd:.4f} plus unknown (no price for the model of {answers})"
+
+
+def _print_summary(summary: SessionSummary, out: TextIO, *, unpriced: int = 0) -> None:
     """The facts about one session, one per line."""
     rows = [
         ("Session", summary.session_id),
@@ -209,7 +230,7 @@ def _print_summary(summary: SessionSummary, out: TextIO) -> None:
         ("Created", _local_time(summary.created)),
         ("Updated", _local_time(summary.updated)),
         ("Messages", str(summary.message_count)),
-        ("Cost", f"${summary.cost_usd:.4f}"),
+        ("Cost", _cost(summary, unpriced)),
         ("Log", str(summary.path)),
     ]
     for label, value in rows:

@@ -121,7 +121,7 @@ def test_wrong_sandbox_token_in_json_mode_prints_an_error_result(fake_api: FakeM
         )
     assert proc.returncode == 1
     result = json.loads(proc.stdout)
-    assert result["is_error"] is True and result["subtype"] == "error"
+    assert result["is_error"] is True and result["subtype"] == "error_during_execution"
     assert "authenticat" in result["result"].lower()
 
 

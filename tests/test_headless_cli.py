@@ -28,18 +28,6 @@ def api_env(fake_api: FakeMessagesAPI) -> dict[str, str]:
     return {"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
 
 
-def json_lines(stdout: str) -> list[dict[str, Any]]:
-    """Every stdout line parsed as JSON (each must be one object)."""
-    lines = stdout.splitlines()
-    assert lines, "no output"
-    parsed = []
-    for line in lines:
-        obj = json.loads(line)
-        assert isinstance(obj, dict) and "type" in obj, line
-        parsed.append(obj)
-    return parsed
-
-
 def texts(message: dict[str, Any]) -> list[str]:
     """The text blocks of a message."""
     content = message["content"]
@@ -51,37 +39,149 @@ def roles(body: dict[str, Any]) -> list[str]:
     return [m["role"] for m in body["messages"]]
 
 
-def test_stream_json_is_one_event_per_line_ending_with_the_result(
+# ---------------------------------------------------------------- Claude Code's shapes
+# Written against the Agent SDK's documented message types (TypeScript reference, "Message
+# Types": SDKSystemMessage, SDKAssistantMessage, SDKUserMessage, SDKPartialAssistantMessage,
+# SDKResultMessage, SDKPermissionDenial), not against tether's code.
+
+RESULT_SUBTYPES = {"success", "error_max_turns", "error_during_execution"}
+USAGE_KEYS = {"input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"}
+
+
+def check_result(obj: dict[str, Any]) -> None:
+    """One ``result`` message, as ``SDKResultMessage`` documents it."""
+    assert obj["type"] == "result"
+    assert obj["subtype"] in RESULT_SUBTYPES, obj["subtype"]
+    assert isinstance(obj["is_error"], bool) and obj["is_error"] == (obj["subtype"] != "success")
+    for key in ("duration_ms", "duration_api_ms", "num_turns"):
+        assert isinstance(obj[key], int) and obj[key] >= 0, key
+    assert obj["duration_api_ms"] <= obj["duration_ms"]
+    assert isinstance(obj["session_id"], str) and obj["session_id"]
+    assert isinstance(obj["uuid"], str) and obj["uuid"]
+    assert isinstance(obj["total_cost_usd"], float)
+    assert USAGE_KEYS <= obj["usage"].keys() and all(isinstance(obj["usage"][k], int) for k in USAGE_KEYS)
+    if obj["subtype"] == "success":
+        assert isinstance(obj["result"], str)
+    assert isinstance(obj["permission_denials"], list)
+    for denial in obj["permission_denials"]:
+        assert set(denial) == {"tool_name", "tool_use_id", "tool_input"}
+        assert isinstance(denial["tool_name"], str) and isinstance(denial["tool_input"], dict)
+
+
+def read_claude_code_stream(stdout: str) -> list[dict[str, Any]]:
+    """Parse stream-json output as a Claude Code consumer would, checking every line's shape."""
+    lines = [json.loads(line) for line in stdout.splitlines()]
+    assert lines, "no output"
+    session_id = lines[0].get("session_id")
+    assert lines[0]["type"] == "system" and lines[0]["subtype"] == "init", lines[0]
+    for key, kind in (("cwd", str), ("model", str), ("permissionMode", str), ("apiKeySource", str), ("tools", list), ("mcp_servers", list), ("slash_commands", list)):
+        assert isinstance(lines[0][key], kind), key
+    assert lines[-1]["type"] == "result"
+    check_result(lines[-1])
+    for obj in lines:
+        assert obj["session_id"] == session_id and isinstance(obj["uuid"], str), obj
+        kind = obj["type"]
+        assert kind in {"system", "assistant", "user", "stream_event", "result"}, kind
+        if kind in {"assistant", "user", "stream_event"}:
+            assert obj["parent_tool_use_id"] is None
+        if kind == "assistant":
+            message = obj["message"]
+            assert message["role"] == "assistant" and message["type"] == "message"
+            assert isinstance(message["id"], str) and isinstance(message["model"], str)
+            assert "stop_reason" in message and USAGE_KEYS <= message["usage"].keys()
+            for block in message["content"]:
+                assert block["type"] in {"text", "tool_use", "thinking", "redacted_thinking"}
+                if block["type"] == "tool_use":
+                    assert {"id", "name", "input"} <= block.keys()
+        elif kind == "user":
+            assert obj["message"]["role"] == "user"
+            for block in obj["message"]["content"]:
+                assert block["type"] == "tool_result" and isinstance(block["tool_use_id"], str)
+        elif kind == "stream_event":
+            assert obj["event"]["type"] in {
+                "message_start", "message_delta", "message_stop",
+                "content_block_start", "content_block_delta", "content_block_stop",
+            }  # fmt: skip
+    assert [obj["type"] for obj in lines].count("result") == 1
+    return lines
+
+
+def test_stream_json_reads_as_claude_codes_with_a_tool_call_a_denial_and_a_max_turns_stop(
     fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]
 ) -> None:
     fake_api.script(
         reply(text("Running it."), tool_use("Bash", {"command": "echo from-the-sandbox"})),
-        reply(text("Done.")),
+        reply(tool_use("Write", {"file_path": "not-allowed.txt", "content": "x"})),
+        reply(tool_use("Bash", {"command": "echo third"})),
     )
     proc = tether_env.run(
-        "-p", "run it", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=api_env
-    )
-    assert proc.returncode == 0, proc.stderr
-    events = json_lines(proc.stdout)
-    kinds = [e["type"] for e in events]
-    expected = [
-        "text_delta", "assistant", "usage", "tool_started", "tool_output", "tool_finished",
-        "text_delta", "assistant", "usage", "turn_finished", "result",
-    ]  # fmt: skip
-    position = 0
-    for kind in expected:
-        assert kind in kinds[position:], f"{kind} missing after position {position} in {kinds}"
-        position = kinds.index(kind, position) + 1
-    assert kinds.count("result") == 1 and kinds[-1] == "result"
+        "-p", "run it", "--output-format", "stream-json", "--max-turns", "2",
+        "--allowedTools", "Bash", "--disallowedTools", "Write", env=api_env,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    lines = read_claude_code_stream(proc.stdout)
+    assert [line["type"] for line in lines] == ["system", "assistant", "user", "assistant", "user", "result"]
+    assert not any(line["type"] == "stream_event" for line in lines), "partials only with --include-partial-messages"
 
-    result = events[-1]
-    assert result["is_error"] is False and result["result"] == "Done." and result["num_turns"] == 2
-    assert result["session_id"] == tether_env.session_events()[0]["session_id"]
-    started = next(e for e in events if e["type"] == "tool_started")
-    assert started["name"] == "Bash" and started["input"] == {"command": "echo from-the-sandbox"}
-    finished = next(e for e in events if e["type"] == "tool_finished")
-    assert finished["content"] == "from-the-sandbox" and finished["tool_use_id"] == started["tool_use_id"]
-    assert "".join(e["text"] for e in events if e["type"] == "text_delta") == "Running it.Done."
+    init, first, ran, second, denied, result = lines
+    assert init["session_id"] == tether_env.session_events()[0]["session_id"]
+    assert init["cwd"] == str(tether_env.project) and init["permissionMode"] == "default"
+    assert {"Bash", "Read", "Write", "Edit", "Glob", "Grep"} <= set(init["tools"])
+    assert init["model"] == first["message"]["model"]
+    call = first["message"]["content"][1]
+    assert first["message"]["content"][0] == {"type": "text", "text": "Running it."}
+    assert (call["name"], call["input"]) == ("Bash", {"command": "echo from-the-sandbox"})
+    assert first["message"]["stop_reason"] == "tool_use" and first["message"]["usage"]["output_tokens"] > 0
+    (ran_block,) = ran["message"]["content"]
+    assert ran_block["tool_use_id"] == call["id"] and ran_block["content"] == "from-the-sandbox"
+    write = second["message"]["content"][0]
+    (denied_block,) = denied["message"]["content"]
+    assert denied_block["tool_use_id"] == write["id"] and denied_block["is_error"] is True
+
+    assert result["subtype"] == "error_max_turns" and result["is_error"] is True and result["num_turns"] == 2
+    assert result["permission_denials"] == [{"tool_name": "Write", "tool_use_id": write["id"], "tool_input": write["input"]}]
+    assert 0 < result["duration_api_ms"] <= result["duration_ms"]
+    assert result["usage"]["output_tokens"] == sum(m["message"]["usage"]["output_tokens"] for m in (first, second))
+    assert len(fake_api.message_requests) == 2
+
+
+def test_partial_messages_are_the_api_stream_events_only_when_asked(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]
+) -> None:
+    fake_api.script(reply(text("Streamed answer.")))
+    proc = tether_env.run("-p", "hi", "--output-format", "stream-json", "--include-partial-messages", env=api_env)
+    assert proc.returncode == 0, proc.stderr
+    lines = read_claude_code_stream(proc.stdout)
+    events = [line["event"] for line in lines if line["type"] == "stream_event"]
+    assert [e["type"] for e in events][0] == "message_start" and events[-1] == {"type": "message_stop"}
+    deltas = [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"]
+    assert "".join(deltas) == "Streamed answer."
+    kinds = [line["type"] for line in lines]
+    assert kinds.index("assistant") > max(i for i, k in enumerate(kinds) if k == "stream_event")
+    assert lines[-1]["result"] == "Streamed answer." and lines[-1]["subtype"] == "success"
+
+
+def test_json_result_on_success_max_turns_and_an_early_error_has_one_shape(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]
+) -> None:
+    fake_api.script(reply(text("Fine.")), reply(tool_use("Bash", {"command": "true"})))
+    success = tether_env.run("-p", "hi", "--output-format", "json", env=api_env)
+    stopped = tether_env.run("-p", "loop", "--output-format", "json", "--max-turns", "1", "--permission-mode", "bypassPermissions", env=api_env)
+    early = tether_env.run("-r", "nonexistent", "-p", "hi", "--output-format", "json", env=api_env)
+    results = []
+    for proc, code in ((success, 0), (stopped, 1), (early, 1)):
+        assert proc.returncode == code, proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        result = json.loads(proc.stdout)
+        check_result(result)
+        results.append(result)
+    assert [r["subtype"] for r in results] == ["success", "error_max_turns", "error_during_execution"]
+    assert len({frozenset(r) for r in results}) == 1, "every result has the same keys"
+    assert results[0]["result"] == "Fine." and results[0]["duration_api_ms"] > 0
+    assert results[2]["num_turns"] == 0 and set(results[2]["usage"].values()) == {0}
+    assert "nonexistent" in results[2]["result"]
+    assert results[2]["session_id"] not in {results[0]["session_id"], results[1]["session_id"]}
+    assert len(fake_api.message_requests) == 2
 
 
 def test_max_turns_stops_with_an_error_result(fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]) -> None:
@@ -165,7 +265,7 @@ def test_sigint_during_a_hung_stream_exits_1_promptly_and_logs_the_interruption(
     stalled = hang(reply(text("This answer stalls after its first words.")), after_events=5, release=release)
     fake_api.script(stalled)
     proc = subprocess.Popen(
-        [*TETHER, "-p", "talk", "--output-format", "stream-json"],
+        [*TETHER, "-p", "talk", "--output-format", "stream-json", "--include-partial-messages"],
         cwd=tether_env.project,
         env={**tether_env.env, **api_env},
         stdout=subprocess.PIPE,
@@ -173,8 +273,12 @@ def test_sigint_during_a_hung_stream_exits_1_promptly_and_logs_the_interruption(
         start_new_session=True,  # its own process group, as a shell gives a foreground job
     )
     try:
-        # The answer has begun to stream when its first text_delta line is out.
-        before, past = read_lines_until(proc, lambda line: json.loads(line)["type"] == "text_delta", WAIT_S)
+        # The answer has begun to stream when its first text delta is out.
+        def text_delta(line: str) -> bool:
+            obj = json.loads(line)
+            return obj["type"] == "stream_event" and obj["event"]["type"] == "content_block_delta"
+
+        before, past = read_lines_until(proc, text_delta, WAIT_S)
         assert stalled.reached.is_set()
         signalled = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at a terminal does
@@ -189,28 +293,80 @@ def test_sigint_during_a_hung_stream_exits_1_promptly_and_logs_the_interruption(
     assert proc.returncode == 1, stderr
     assert took < 5.0, f"tether took {took:.1f} s to stop after SIGINT"
     assert "Traceback" not in stderr
-    events = json_lines("\n".join(before) + "\n" + (past + rest).decode())
+    events = read_claude_code_stream("\n".join(before) + "\n" + (past + rest).decode())
     result = events[-1]
-    assert result["type"] == "result" and result["is_error"] is True and result["stop_reason"] == "interrupted"
-    assert "turn_finished" in [e["type"] for e in events]
+    assert result["subtype"] == "error_during_execution" and result["stop_reason"] == "interrupted"
     logged = [e["type"] for e in tether_env.session_events()]
     assert logged.count("interruption") == 1 and "assistant" not in logged
 
 
-def test_an_unanswered_permission_request_headless_is_a_denial_the_model_sees(
+def test_an_unanswered_permission_request_headless_is_a_denial_the_model_sees_and_the_user_reads(
     fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]
 ) -> None:
     fake_api.script(
         reply(tool_use("Bash", {"command": "touch ran-anyway"})),
         reply(text("I could not run it.")),
     )
-    proc = tether_env.run("-p", "make a file", "--output-format", "stream-json", env=api_env)
+    proc = tether_env.run("-p", "make a file", env=api_env)
     assert proc.returncode == 0, proc.stderr
-    events = json_lines(proc.stdout)
-    asked = [e for e in events if e["type"] == "permission_request"]
-    assert [(e["name"], e["input"]) for e in asked] == [("Bash", {"command": "touch ran-anyway"})]
+    assert proc.stdout == "I could not run it.\n"
+    # Text mode: the denial is on stderr, with what was denied and why.
+    (notice,) = [line for line in proc.stderr.splitlines() if "denied" in line]
+    assert notice == "tether: denied Bash (touch ran-anyway): no one is there to approve it in a headless run"
     last = fake_api.message_requests[1].body["messages"][-1]
     (denied,) = [b for b in last["content"] if b.get("type") == "tool_result"]
     assert denied["is_error"] is True
-    assert "did not allow" in denied["content"] and "headless" in denied["content"]
-    assert not any(e["type"] == "tool_output" for e in events)
+    assert denied["content"].startswith(
+        "This Bash call was not allowed: no one is there to approve it in a headless run. It did not run."
+    )
+    assert "((" not in denied["content"] and ".)" not in denied["content"]
+    assert not (tether_env.project / "ran-anyway").exists()
+
+
+def test_version_prints_the_package_version_without_credentials(tether_env: TetherEnv) -> None:
+    from importlib.metadata import version
+
+    proc = tether_env.run("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"tether {version('tether')}\n"
+
+
+def test_piped_stdin_is_the_prompt_when_p_has_no_text_and_follows_the_text_when_it_has(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]
+) -> None:
+    fake_api.script(reply(text("one")), reply(text("two")))
+    alone = tether_env.run("-p", input="what is here?\n", env=api_env)
+    assert alone.returncode == 0, alone.stderr
+    both = tether_env.run("-p", "summarize this log", input="line 1\nline 2\n", env=api_env)
+    assert both.returncode == 0, both.stderr
+    sent = [texts(r.body["messages"][-1]) for r in fake_api.message_requests]
+    assert sent == [["what is here?\n"], ["summarize this log\n\nline 1\nline 2\n"]]
+
+
+def test_p_with_no_text_and_nothing_piped_says_how_to_give_a_prompt(tether_env: TetherEnv, api_env: dict[str, str]) -> None:
+    proc = tether_env.run("-p", env=api_env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("tether: the prompt is empty") and "pipe it in" in proc.stderr
+    assert tether_env.session_files() == []
+
+
+def test_an_unpriced_model_works_and_says_cost_unknown_once(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]
+) -> None:
+    fake_api.script(reply(tool_use("Bash", {"command": "true"})), reply(text("done")))
+    proc = tether_env.run(
+        "-p", "go", "--model", "claude-unpriced-9", "--output-format", "json", "--permission-mode", "bypassPermissions", env=api_env
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("cost unknown") == 1 and "claude-unpriced-9" in proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["cost_known"] is False and result["total_cost_usd"] == 0.0
+
+
+def test_the_default_model_is_priced(fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]) -> None:
+    fake_api.script(reply(text("hi")))
+    proc = tether_env.run("-p", "hi", "--output-format", "json", env=api_env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert "cost unknown" not in proc.stderr
+    assert result["cost_known"] is True and result["total_cost_usd"] > 0

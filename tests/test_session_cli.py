@@ -81,6 +81,26 @@ def test_show_prints_the_summary_and_the_transcript(world: dict[str, object]) ->
     assert "It has 4242 lines." in result.stdout
 
 
+def test_show_never_prints_a_dollar_zero_for_answers_of_an_unpriced_model(world: dict[str, object]) -> None:
+    store = SessionStore(world["home"])
+    unpriced = store.create(world["project"])
+    unpriced.append("user", {"content": "hi"})
+    unpriced.append("assistant", assistant_payload(text_block("hello"), cost=None))
+    mixed = store.create(world["project"])
+    mixed.append("user", {"content": "hi"})
+    mixed.append("assistant", assistant_payload(text_block("hello"), cost=0.5))
+    mixed.append("user", {"content": "again"})
+    mixed.append("assistant", assistant_payload(text_block("hello"), cost=None))
+    store.close()
+    shown = run_cli(world, "show", unpriced.session_id)
+    assert shown.returncode == 0, shown.stderr
+    (cost,) = [line for line in shown.stdout.splitlines() if line.startswith("Cost")]
+    assert cost == "Cost      unknown (no price for the model of 1 answer)"
+    shown = run_cli(world, "show", mixed.session_id)
+    (cost,) = [line for line in shown.stdout.splitlines() if line.startswith("Cost")]
+    assert cost == "Cost      $0.5000 plus unknown (no price for the model of 1 answer)"
+
+
 def test_search_finds_a_tool_result_word_with_a_snippet(world: dict[str, object]) -> None:
     log, elsewhere = world["log"], world["elsewhere"]
     result = run_cli(world, "search", "4242", "changelog")

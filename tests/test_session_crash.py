@@ -174,13 +174,18 @@ def tool_turn(step: int, run: int) -> Reply:
     return reply(text("A last look \u2028 before answering."), tool_use("Grep", {"pattern": "line 1", "path": "notes"}))
 
 
+STARTED_MARK = "blocked-tool-started"
+"""A FIFO in the workspace (the project directory) the blocked tool writes to once it runs."""
+
+
 def blocked_tool_turn() -> Reply:
     """A Bash call that says it started, then blocks on a FIFO nobody will open: it ends only by the kill.
 
     The workspace outlives a killed run (it is the project directory, or restored into the next
-    sandbox), so an earlier run's FIFO may still be there.
+    sandbox), so an earlier run's FIFO may still be there. It says "started" into the test's FIFO
+    (see ``_watch_start``): stream-json, as Claude Code's, carries no live tool output.
     """
-    command = "rm -f gate && mkfifo gate && echo started && cat gate"
+    command = f"rm -f gate && mkfifo gate && echo started > {STARTED_MARK} && cat gate"
     return reply(text("Waiting at the gate."), tool_use("Bash", {"command": command, "timeout": 60_000}))
 
 
@@ -232,11 +237,6 @@ class TetherRun:
         with self.wake:
             self.exited = True
             self.wake.notify_all()
-
-    def printed(self, kind: str, containing: str = "") -> bool:
-        """Whether a stream-json line of this kind (holding `containing`) was printed."""
-        needle = f'"type": "{kind}"'.encode()
-        return any(needle in line and containing.encode() in line for line in self.lines)
 
     def finish(self) -> int:
         """Wait for the exit and the last line; the exit code (negative: killed by that signal)."""
@@ -400,19 +400,23 @@ class CrashSession:
 
     def _kill_once(self, plan: KillPlan) -> bool:
         """Run one process and kill it as planned; False if it ended on its own first."""
+        started = self._watch_start() if plan.kind == "tool" else None
         run = self._start(plan, "stream-json")
         if plan.kind == "request":
             self._wait(run, plan, lambda: self.killed_by_fake)
         elif plan.kind == "stream":
             self._wait(run, plan, lambda: self.stall is not None and self.stall.reached.is_set())
         elif plan.kind == "tool":
-            self._wait(run, plan, lambda: run.printed("tool_output", "started"))
+            assert started is not None
+            self._wait(run, plan, started.is_set)
         else:
             self._wait(run, plan, lambda: len(run.lines) >= plan.after_lines)
         if not self.killed_by_fake:
             # Blocked in a tool, it must be there; after a stall or some output it may be ending on its own.
             self._kill_writer(must_exist=plan.kind == "tool")
         self.release.set()  # a stalled reply goes on to a dead socket, or to a run that is ending anyway
+        if started is not None:
+            self._stop_watching_start()
         code = self._finish_run(run, plan)
         if code not in (*KILLED_EXIT_CODES, 0):
             raise AssertionError(self._describe(f"tether exited {code} instead of being killed", plan))
@@ -440,6 +444,28 @@ class CrashSession:
             return run.finish()
         except subprocess.TimeoutExpired:
             raise AssertionError(self._describe(f"tether did not exit within {WAIT_S:g} s", plan)) from None
+
+    def _watch_start(self) -> threading.Event:
+        """An event set (waking the waiters) once the blocked tool writes to the FIFO STARTED_MARK."""
+        mark = self.env.project / STARTED_MARK
+        mark.unlink(missing_ok=True)
+        os.mkfifo(mark)
+        started = _WakingEvent(self.wake)
+
+        def watch() -> None:
+            with open(mark, "rb") as fifo:  # opens once the tool opens it to write
+                if fifo.read():
+                    started.set()
+
+        threading.Thread(target=watch, name="blocked-tool-watch", daemon=True).start()
+        return started
+
+    def _stop_watching_start(self) -> None:
+        """Let a watcher whose tool never ran go (it reads an empty FIFO), and remove the FIFO."""
+        mark = self.env.project / STARTED_MARK
+        with contextlib.suppress(OSError):  # ENXIO: the watcher is done already
+            os.close(os.open(mark, os.O_WRONLY | os.O_NONBLOCK))
+        mark.unlink(missing_ok=True)
 
     def _wait(self, run: TetherRun, plan: KillPlan, moment: Callable[[], bool]) -> None:
         """Wait for the kill's moment, or for the process to end first."""

@@ -119,3 +119,32 @@ async def test_start_up_failures_are_shown_on_screen(tui_env: Path, options: dic
         assert "unavailable" in screen_text(app)
         await app.action_quit()
     assert not list((tui_env.parent / "tether-home").rglob("*.jsonl")), "a start that failed leaves no session"
+
+
+async def test_an_initial_prompt_is_sent_once_the_session_is_ready(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
+    fake_api.script(reply(text("Answer to the first prompt.")))
+    app = TetherApp(HarnessOptions(project_dir=tui_env), initial_prompt="what is in here?")
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert [m.source for m in app.query("Markdown.assistant")] == ["Answer to the first prompt."]
+        assert "what is in here?" in screen_text(app)
+        assert not app.query_one("#prompt", PromptArea).disabled
+        await app.action_quit()
+    assert [r.body["messages"][0]["content"][0]["text"] for r in fake_api.message_requests] == ["what is in here?"]
+
+
+async def test_an_unpriced_model_shows_cost_unknown_from_the_start(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
+    app = TetherApp(HarnessOptions(project_dir=tui_env, model="claude-unpriced-9"))
+    async with app.run_test(size=(160, 40)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        status = screen_text(app)
+        assert "cost unknown" in status and "$0.0000" not in status
+        await app.action_quit()
+    priced = TetherApp(HarnessOptions(project_dir=tui_env))
+    async with priced.run_test(size=(160, 40)) as pilot:
+        await priced.workers.wait_for_complete()
+        await pilot.pause()
+        assert "$0.0000" in screen_text(priced) and "cost unknown" not in screen_text(priced)
+        await priced.action_quit()

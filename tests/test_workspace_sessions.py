@@ -184,6 +184,12 @@ async def test_docker_container_killed_twenty_times_loses_no_completed_work(
 # ----------------------------------------------------------------------------- resume
 
 
+def tool_results(stream_json: str) -> list[dict]:
+    """The tool_result blocks of a stream-json run's ``user`` lines, in order."""
+    lines = [json.loads(line) for line in stream_json.splitlines()]
+    return [block for line in lines if line["type"] == "user" for block in line["message"]["content"]]
+
+
 def test_resume_after_the_sandbox_is_gone_sees_the_last_checkpoint(
     fake_api: FakeMessagesAPI, tether_env: TetherEnv
 ) -> None:
@@ -200,7 +206,7 @@ def test_resume_after_the_sandbox_is_gone_sees_the_last_checkpoint(
     fake_api.script(bash("pwd; ls ..; cat ../made.txt"), reply(text("seen")))
     second = tether_env.run("-r", session_id, "-p", "look", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env)
     assert second.returncode == 0, second.stderr
-    finished = [json.loads(line) for line in second.stdout.splitlines() if '"tool_finished"' in line]
+    finished = tool_results(second.stdout)
     output = finished[0]["content"]
     assert output.splitlines()[0] == "/workspace/sub", "the shell did not go back to its directory"
     assert "made-in-first-run" in output and "keep.txt" not in output
@@ -232,7 +238,7 @@ def test_direct_workspace_edits_the_real_files_and_nothing_else_is_reachable(
     proc = tether_env.run("-p", "edit", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env)
     assert proc.returncode == 0, proc.stderr
     assert calc.read_text() == "def add(a, b):\n    return a + b + 0\n"
-    finished = [json.loads(line) for line in proc.stdout.splitlines() if '"tool_finished"' in line]
+    finished = tool_results(proc.stdout)
     probe = finished[-1]["content"]
     assert "PRIVATE KEY" not in probe and "No such file" in probe
     assert "sk-secret" not in probe and probe.strip().splitlines()[-3:] == ["0", "0", "end"], probe
@@ -276,7 +282,7 @@ def test_copy_workspace_in_git_diff_and_apply(fake_api: FakeMessagesAPI, tether_
         "-p", "go", "--workspace", "copy", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env
     )
     assert proc.returncode == 0, proc.stderr
-    finished = [json.loads(line) for line in proc.stdout.splitlines() if '"tool_finished"' in line]
+    finished = tool_results(proc.stdout)
     status = finished[0]["content"]
     assert status.split("status-end")[0].strip() == "", f"git status in the sandbox is not clean: {status}"
     assert "No such file" in status, "an ignored file was uploaded"

@@ -13,6 +13,7 @@ from textual.widgets._markdown import MarkdownStream
 
 from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
+from agent.pricing import price_of
 from agent.sandbox_client import SandboxError
 from agent.workspace.changes import WorkspaceChangeError, prompts
 from session.errors import SessionStoreError
@@ -31,17 +32,20 @@ class TetherApp(App[int]):
     TITLE = "tether"
     BINDINGS = [("ctrl+q", "quit", "Quit"), ("escape", "interrupt", "Interrupt")]
 
-    def __init__(self, options: HarnessOptions, harness: Harness | None = None) -> None:
+    def __init__(self, options: HarnessOptions, harness: Harness | None = None, *, initial_prompt: str = "") -> None:
         super().__init__()
         self.options = options
         """What the user chose on the command line."""
+        self.initial_prompt = initial_prompt
+        """Sent as the first prompt once the session is ready (``tether "prompt"``); empty: none."""
         self.harness = harness or Harness(options, self.on_agent_event)
         """The session this app drives."""
         self._answer: Markdown | None = None
         self._stream: MarkdownStream | None = None
         self._tools: dict[str, ToolCallPanel] = {}
         self._tokens = 0
-        self._cost: float | None = 0.0
+        # An unpriced model says so from the start, not "$0.0000" until its first answer.
+        self._cost: float | None = 0.0 if price_of(self.harness.model.model) is not None else None
         self._sandbox_state = "starting"
 
     def compose(self) -> ComposeResult:
@@ -73,17 +77,22 @@ class TetherApp(App[int]):
         prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = False
         prompt.focus()
+        if self.initial_prompt.strip():
+            await self._send(self.initial_prompt)
 
     async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
         """Send the prompt to the harness, or run one of the app's own commands."""
+        await self._send(message.text)
+
+    async def _send(self, text: str) -> None:
         prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = True
-        await self._mount(UserMessage(message.text))
-        words = message.text.strip().split()
+        await self._mount(UserMessage(text))
+        words = text.strip().split()
         if words and words[0] in WORKSPACE_COMMANDS:
             self.run_workspace_command(words[0], words[1:])
         else:
-            self.run_prompt(message.text)
+            self.run_prompt(text)
 
     @work(exclusive=True, group="turn", exit_on_error=False)
     async def run_workspace_command(self, command: str, args: list[str]) -> None:
@@ -185,7 +194,7 @@ class TetherApp(App[int]):
     @work(exit_on_error=False)
     async def ask_permission(self, request: ev.PermissionRequest) -> None:
         """Show the permission dialog and hand the answer back to the harness."""
-        decision = ev.PermissionDecision(allow=False, reason="The dialog was closed.")
+        decision = ev.PermissionDecision(allow=False, reason="the dialog was closed without an answer")
         try:
             decision = await self.push_screen_wait(PermissionScreen(request))
         finally:

@@ -10,12 +10,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TextIO
 
 USAGE = """\
-tether                                  open the TUI, new session in this project
+tether [PROMPT]                         open the TUI, new session in this project (PROMPT sent first)
 tether -c | --continue                  continue the newest session of this project
 tether -r | --resume [SESSION_ID]       resume that session, or list them
-tether -p PROMPT [--output-format text|json|stream-json]      run headless
+tether -p [PROMPT] [--output-format text|json|stream-json]    run headless (piped stdin is added to PROMPT)
 tether sandbox serve [--listen ADDR] [--provider docker|local] [--token-file F] ...
 tether sessions list | show ID | search TEXT | export ID [--format md|json] | gc
 tether diff [SESSION]                   the session's changes to the project, as a unified diff
@@ -27,8 +28,14 @@ tether rewind SESSION [--to N] [--conversation-only | --code-only]   back to bef
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the agent modes (TUI and headless)."""
     parser = argparse.ArgumentParser(prog="tether", usage=USAGE, description="A terminal coding agent whose hands work in a sandbox.")
-    parser.add_argument("-p", "--print", dest="prompt", metavar="PROMPT", help="run headless with PROMPT ('-' reads it from stdin)")
+    parser.add_argument("first_prompt", nargs="?", metavar="PROMPT", help="the first prompt (of the TUI, or of -p)")
+    parser.add_argument(
+        "-p", "--print", dest="prompt", metavar="PROMPT", nargs="?", const="",
+        help="run headless with PROMPT ('-' or none: read it from stdin; piped stdin is appended to PROMPT)",
+    )  # fmt: skip
     parser.add_argument("--output-format", choices=("text", "json", "stream-json"), default="text")
+    parser.add_argument("--include-partial-messages", action="store_true", help="stream-json: also write the API's stream events as they come")
+    parser.add_argument("--version", action=_VersionAction, help="print tether's version and exit")
     parser.add_argument("-c", "--continue", dest="continue_latest", action="store_true", help="continue the newest session of this project")
     parser.add_argument("-r", "--resume", metavar="SESSION_ID", nargs="?", const="", default=None, help="resume a session (a unique id prefix is enough); without an id, list this project's sessions")
     parser.add_argument("--sandbox", metavar="URL", default=os.environ.get("TETHER_SANDBOX", ""), help="sandbox host: grpc://host:port, grpcs://host:port or unix:///path (default: embedded)")
@@ -113,25 +120,26 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
     )
     if args.prompt is not None:
-        from agent.text import readable_text
-
-        # Bytes that are not UTF-8 (stdin, or argv in any locale) are replaced, never fatal.
-        prompt = readable_text(sys.stdin.buffer.read() if args.prompt == "-" else args.prompt)
+        if args.prompt and args.first_prompt is not None:
+            print(f"tether: two prompts given ({args.prompt!r} after -p and {args.first_prompt!r}); quote the prompt as one argument", file=sys.stderr)
+            return 2
+        prompt = headless_prompt(args.prompt or args.first_prompt or "", sys.stdin)
         if not prompt.strip():
-            return _early_error(args, "tether: the prompt is empty" + (" (nothing came on stdin)" if args.prompt == "-" else ""))
+            came = " (nothing came on stdin)" if args.prompt == "-" else ": give it after -p, or pipe it in (echo 'what is here?' | tether -p)"
+            return _early_error(args, "tether: the prompt is empty" + came)
         import asyncio
 
         from agent.headless import run_headless
 
         try:
-            return asyncio.run(run_headless(options, prompt, args.output_format))
+            return asyncio.run(run_headless(options, prompt, args.output_format, include_partial_messages=args.include_partial_messages))
         except KeyboardInterrupt:
             print("tether: interrupted", file=sys.stderr)
             return 130
 
     from tui.app import TetherApp
 
-    app = TetherApp(options)
+    app = TetherApp(options, initial_prompt=args.first_prompt or "")
     app.run()
     return app.return_code or 0
 
@@ -165,6 +173,42 @@ def _early_error(args: argparse.Namespace, message: str) -> int:
     from agent.headless import report_error
 
     return report_error(message, args.output_format)
+
+def headless_prompt(text: str, stdin: TextIO) -> str:
+    """The prompt of ``tether -p``: TEXT, stdin's text if TEXT is empty or ``-``, or both.
+
+    As ``claude -p`` does, piped input is read whenever stdin is not a terminal,
+    and follows a prompt given on the command line after a blank line.
+    """
+    from agent.text import readable_text
+
+    # Bytes that are not UTF-8 (stdin, or argv in any locale) are replaced, never fatal.
+    text = readable_text(text)
+    if text == "-":
+        return readable_text(stdin.buffer.read())
+    if stdin.isatty():
+        return text
+    piped = readable_text(stdin.buffer.read())
+    if not piped.strip():
+        return text
+    return f"{text}\n\n{piped}" if text.strip() else piped
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: the installed package's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("tether")
+        except PackageNotFoundError:
+            number = "(version unknown: not installed as a package)"
+        print(f"tether {number}")
+        parser.exit()
 
 
 def _split_rules(values: list[str]) -> list[str]:

@@ -44,9 +44,9 @@ from remote_sandbox import server as host_server
 from remote_sandbox.cli import READY_LINE_PREFIX
 from remote_sandbox.providers.local import LocalProvider
 from remote_sandbox.server import HostConfig, SandboxHost
+from tests.fixtures.processes import marker_pids, wait_pids_gone
 from tests.fixtures.sandbox_host import RunningHost, in_process_host, recipe_for, sandbox_host_process
 from tests.fixtures.sandbox_host import _read_line as read_line
-from tests.fixtures.processes import marker_pids, wait_pids_gone
 
 WAIT_S = 15.0
 """Bound on every wait for a process, a line or a file to appear or go."""
@@ -61,7 +61,7 @@ LIMITS = {"max_execs_per_sandbox": 2, "max_write_bytes": MIB, "max_sandboxes_per
 # ----- helpers
 
 
-@pytest.fixture(params=["local", "docker"], ids=["local", "docker"])
+@pytest.fixture(params=["local", pytest.param("docker", marks=pytest.mark.docker)], ids=["local", "docker"])
 def provider_image(request: pytest.FixtureRequest) -> tuple[str, str]:
     """``(provider, image)``, once per provider; docker needs the engine and the test image."""
     if request.param == "docker":
@@ -541,6 +541,7 @@ async def test_local_host_killed_and_restarted_cleans_its_sandboxes(tmp_path: Pa
             assert (await client.exec(fresh.sandbox_id, argv=["echo", "fine"])).stdout == b"fine\n"
 
 
+@pytest.mark.docker
 async def test_docker_host_killed_and_restarted_removes_its_containers(
     tmp_path: Path, docker_engine: docker.DockerClient, docker_test_image: str
 ) -> None:

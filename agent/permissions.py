@@ -7,14 +7,12 @@ relative to the workspace or absolute). Deny rules win over everything.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import asyncio
 import json
 import posixpath
 import re
 import tomllib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import statistics
 import stat
+import statistics
 import sys
 import tempfile
 import time

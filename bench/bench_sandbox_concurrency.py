@@ -25,8 +25,8 @@ import argparse
 import json
 import os
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

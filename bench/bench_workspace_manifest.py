@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.sandbox_client import SandboxClient  # noqa: E402
+from agent.workspace.checkpoints import Checkpointer, WorkspaceRules  # noqa: E402
 from bench.bench_sandbox_support import ClientLoop, host_process, interleave_async, median, verdict  # noqa: E402
 from bench.common import summary  # noqa: E402
-from agent.workspace.checkpoints import Checkpointer, WorkspaceRules  # noqa: E402
 from protos.recipes import load_recipe  # noqa: E402
 from session.store import SessionStore  # noqa: E402
 

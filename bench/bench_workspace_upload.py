@@ -27,10 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.sandbox_client import SandboxClient  # noqa: E402
 from agent.workspace.selection import select_project_files  # noqa: E402
 from agent.workspace.upload import upload_project  # noqa: E402
-from session.blobs import BlobStore  # noqa: E402
 from bench.bench_sandbox_support import ClientLoop, host_process, median, verdict  # noqa: E402
 from bench.common import scratch, summary  # noqa: E402
 from protos.recipes import load_recipe  # noqa: E402
+from session.blobs import BlobStore  # noqa: E402
 
 PER_DIR = 100
 

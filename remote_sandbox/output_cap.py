@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
-
 from pathlib import Path
+from typing import BinaryIO
 
 
 class OutputCap:

@@ -9,7 +9,6 @@ that changed, only from where it stopped when a log merely grew.
 from __future__ import annotations
 
 import builtins
-
 import functools
 import hashlib
 import logging

@@ -9,8 +9,8 @@ one copy from the page cache into memory the CPU cache already holds.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import io
+from collections.abc import Iterator
 
 CHUNK_BYTES = 1 << 20
 """How much is read at a time: large enough that reads are few, small enough to stay in cache."""

@@ -33,8 +33,8 @@ from agent.sandbox_client import (
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from remote_sandbox.providers.local import LocalProvider
 from remote_sandbox.server import HostConfig, SandboxHost
-from tests.fixtures.sandbox_host import RunningHost, recipe_for, sandbox_host_process
 from tests.fixtures.processes import marker_pids, wait_pids_gone
+from tests.fixtures.sandbox_host import RunningHost, recipe_for, sandbox_host_process
 
 WAIT_S = 15.0
 """Bound on every wait for a process to appear or go."""

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 from agent.embedded_host import EmbeddedHost
-from remote_sandbox import manifest as manifest_module
 from agent.sandbox_client import SandboxClient, SandboxInvalidRequest, SandboxPermissionDenied
 from protos.recipes import load_recipe
+from remote_sandbox import manifest as manifest_module
 from tests.fixtures.sandbox_host import RunningHost, in_process_host
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import session.blobs as blobs_module
-from session.blobs import BlobNotFound, BlobStore, TEMPORARY_PREFIX
+from session.blobs import TEMPORARY_PREFIX, BlobNotFound, BlobStore
 from session.errors import SessionStoreError
 
 ROOT = Path(__file__).resolve().parent.parent

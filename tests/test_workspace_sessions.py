@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 import subprocess
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

@@ -14,7 +14,7 @@ import shlex
 from dataclasses import dataclass, field
 
 from agent.tools.base import ToolContext, ToolInputError
-from protos.workspace_rules import DEFAULT_EXCLUDES, GIT_DIR, IgnoreRules, compile_rules
+from protos.workspace_rules import DEFAULT_EXCLUDES, IgnoreRules, compile_rules
 
 SEARCH_OUTPUT_CAP = 64 << 20
 """Bytes of a listing or grep output read back; far past what the model is shown, so nothing is cut silently."""

@@ -13,7 +13,6 @@ import platformdirs
 
 from agent import events as ev
 from agent.lease import SandboxLease
-from agent.sandbox_client import SandboxClient
 from agent.workspace.checkpoints import Checkpointer, WorkspaceRules
 from agent.workspace.selection import Selection, select_project_files
 from agent.workspace.settings import WorkspaceSettings

@@ -20,6 +20,7 @@ from agent.workspace.selection import Selection
 from agent.workspace.tarstream import TarBuilder, chunks_from_thread
 from session.checkpoints import FileState, WorkspaceState
 
+
 @dataclass
 class UploadResult:
     """What went into the sandbox."""

@@ -10,6 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from agent.embedded_host import SharedHost
 
 USAGE = """\
 tether                                  open the TUI, new session in this project
@@ -21,6 +25,7 @@ tether sessions list | show ID | search TEXT | export ID [--format md|json] | gc
 tether diff [SESSION]                   the session's changes to the project, as a unified diff
 tether apply [SESSION] [--force]        write a copy workspace's changes into the project
 tether rewind SESSION [--to N] [--conversation-only | --code-only]   back to before prompt N
+tether resident status | start | stop [--all]   the warm processes behind `tether -p`
 """
 
 
@@ -57,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tether`` console script."""
+def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None) -> int:
+    """Entry point of the ``tether`` console script; the resident harness's children pass the host it lends them."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sandbox"]:
         from remote_sandbox.cli import main as sandbox_main
@@ -72,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         from tui.workspace_cli import main as workspace_main
 
         return workspace_main(argv[0], argv[1:])
+    if argv[:1] == ["resident"]:
+        from tui.resident.cli import main as resident_main
+
+        return resident_main(argv[1:])
 
     args = build_parser().parse_args(argv)
     if args.resume == "":
@@ -87,13 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     except MissingCredentials as exc:
         print(exc, file=sys.stderr)
         return 1
-    if args.prompt is not None:
-        from agent import resident
+    if args.prompt is not None and shared_host is None:
+        from tui.resident.client import hand_over
 
-        if resident.enabled():
-            code = resident.run_through_resident(argv)
-            if code is not None:
-                return code
+        code = hand_over(argv, verbose=args.verbose)
+        if code is not None:
+            return code
     from agent.harness import HarnessOptions
 
     options = HarnessOptions(
@@ -111,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         disallowed_tools=_split_rules(args.disallowed_tools),
         workspace=args.workspace,
         verbose=args.verbose,
+        shared_host=shared_host,
     )
     if args.prompt is not None:
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt

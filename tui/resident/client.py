@@ -15,7 +15,6 @@ import socket
 import struct
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,9 +49,9 @@ def _stderr(message: str) -> None:
 def hand_over(argv: list[str], *, verbose: bool = False) -> int | None:
     """Run ``tether ARGV`` in a child of the resident process; None means: run it in-process.
 
-    With no resident process yet, one is started for later runs once this
-    process has imported the SDK itself, so the two imports do not compete
-    for the CPU while this run waits on its own.
+    With no resident process yet, this run goes on in-process and one is
+    started for later runs as it exits, so the resident process's imports
+    never compete with this run's for the CPU.
     """
     say = _stderr if verbose else _quiet
     if not enabled():
@@ -72,7 +71,7 @@ def hand_over(argv: list[str], *, verbose: bool = False) -> int | None:
         sock = _connect(path)  # it may have come up between the two looks
         if sock is None:
             say(f"running in-process; starting a resident harness for later runs ({path})")
-            _start_after_sdk_import(path, lock, say)
+            _start_at_exit(path, lock, say)
             return None
         os.close(lock)
     with sock:
@@ -160,35 +159,19 @@ def _spawn(path: Path, lock: int, ready_fd: int | None = None) -> subprocess.Pop
         )
 
 
-_starter: threading.Thread | None = None
-_sdk_imported = threading.Event()
-
-
-def _start_after_sdk_import(path: Path, lock: int, say: Say) -> None:
-    """On a thread: wait for ``anthropic`` to be imported (by this run), then start the resident process."""
-    global _starter
+def _start_at_exit(path: Path, lock: int, say: Say) -> None:
+    """Start the resident process when this run exits: its answer is out, and the two never compete for the CPU."""
 
     def start() -> None:
         try:
-            import anthropic  # noqa: F401  waits for the harness's own import, or does it
-
-            _sdk_imported.set()
             process = _spawn(path, lock)
             say(f"started the resident harness {process.pid} for later runs")
-        except Exception as exc:  # noqa: BLE001 - a run must not fail because its helper could not start
+        except OSError as exc:
             say(f"could not start a resident harness: {exc}")
         finally:
             os.close(lock)
 
-    _starter = threading.Thread(target=start, name="resident-start", daemon=True)
-    _starter.start()
-    atexit.register(_finish_start)
-
-
-def _finish_start() -> None:
-    """At exit: let a start that is under way finish (a few ms), but never wait for the SDK import."""
-    if _starter is not None and _sdk_imported.is_set():
-        _starter.join(5.0)
+    atexit.register(start)
 
 
 def start(*, timeout: float = START_TIMEOUT_S) -> int:

@@ -6,12 +6,11 @@ import fcntl
 import json
 import os
 import shutil
-import sys
-import select
 import signal
 import socket
 import struct
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -230,7 +229,7 @@ def test_stop_stops_what_tether_p_started_whatever_the_interpreter_is_called(
     def tether(python: str, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [python, "-m", "tui.cli", *args], cwd=tether_env.project, env={**tether_env.env, **env},
-            capture_output=True, text=True, timeout=90,
+            capture_output=True, text=True, timeout=90, check=False,
         )  # fmt: skip
 
     cold = tether(first, "-p", "one", "--verbose")
@@ -270,7 +269,7 @@ def test_status_lists_and_stop_all_stops_every_checkouts_resident(tether_env: Te
     assert mine.returncode == 0, mine.stderr
     other = subprocess.run(
         [spellings[-1], "-m", "tui.cli", "resident", "start"], cwd=tether_env.project,
-        env={**tether_env.env, "PYTHONPATH": str(other_checkout)}, capture_output=True, text=True, timeout=90,
+        env={**tether_env.env, "PYTHONPATH": str(other_checkout)}, capture_output=True, text=True, timeout=90, check=False,
     )  # fmt: skip
     assert other.returncode == 0, other.stderr
     pids = [pid for pid in map(_listening_pid, sorted(resident.glob("harness-*.sock"))) if pid]

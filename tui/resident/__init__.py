@@ -2,7 +2,7 @@
 
 Importing the ``anthropic`` SDK costs 1.5-4 s on these machines, longer than a
 whole one-answer run of other agents. So the first ``tether -p`` (which runs
-in-process) starts this process in the background; it imports everything
+in-process) starts this process as it exits; it imports everything
 once, keeps an embedded sandbox host running, and listens on a private unix
 socket. Each later ``tether -p`` is a thin client: it connects, hands over its
 stdin, stdout and stderr (as file descriptors), its argv, working directory

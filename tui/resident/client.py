@@ -20,7 +20,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tui.resident import SOCKET_GLOB, ResidentUnavailable, code_root, enabled, runtime_dir, socket_path
+from tui.resident import (
+    SOCKET_GLOB,
+    ResidentUnavailable,
+    code_root,
+    enabled,
+    runtime_dir,
+    socket_path,
+)
 from tui.resident.wire import WireError, read_message, send_request
 
 START_TIMEOUT_S = 60.0
@@ -206,7 +213,7 @@ def start(*, timeout: float = START_TIMEOUT_S) -> int:
 def _wait_for_lock(path: Path, deadline: float) -> None:
     fd = os.open(_lock_path(path), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        # flock has no timeout: an alarm would do, but a starting resident process dies or listens well within it.
+        # No timeout: the lock's holder is a starting resident process, which soon listens or dies (and so lets go).
         fcntl.flock(fd, fcntl.LOCK_EX)
     finally:
         os.close(fd)

@@ -121,12 +121,11 @@ def _accept_until_idle(state: Resident) -> int:
                     os.waitid(os.P_PIDFD, cleaner, os.WEXITED)
                 os.close(cleaner)
                 _report_exit(conn, code)
-            elif kind == "client":
+            elif kind == "client" and data in runs and not key.fileobj.recv(1, socket.MSG_PEEK):
                 # The client only ever sends once; readable now means it went away.
-                if data in runs and not key.fileobj.recv(1, socket.MSG_PEEK):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(runs[data][1], signal.SIGTERM)
-                    selector.unregister(key.fileobj)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(runs[data][1], signal.SIGTERM)
+                selector.unregister(key.fileobj)
 
 
 def _reap(state: Resident, pidfd: int) -> None:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from agent.sandbox_client import HostUnreachable
@@ -39,6 +40,16 @@ ORPHAN_AGE_S = 600.0
 
 SCRUBBED_ENV_PREFIXES = ("ANTHROPIC_", "TETHER_SANDBOX_TOKEN")
 """Environment the child never gets: credentials stay with the harness."""
+
+
+@dataclass(frozen=True)
+class SharedHost:
+    """An embedded host another process runs and lends to this run (the resident harness's)."""
+
+    target: str
+    """``unix:///.../host.sock``."""
+    token: str
+    """Its bearer token."""
 
 
 class EmbeddedHostError(HostUnreachable):

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import events as ev
-from agent.embedded_host import EmbeddedHost
-from agent.lease import SandboxLease
+from agent.embedded_host import EmbeddedHost, SharedHost
+from agent.lease import RUN_LABEL, SandboxLease
 from agent.loop import AgentLoop, Emit
 from agent.model import DEFAULT_MODEL, ModelClient, preload_sdk
 from agent.permissions import (
@@ -23,7 +23,6 @@ from agent.permissions import (
     project_settings_path,
     user_settings_path,
 )
-from agent.resident import RUN_LABEL
 from agent.sandbox_client import SandboxClient, SandboxError
 from agent.workspace.changes import (
     ApplyReport,
@@ -78,6 +77,8 @@ class HarnessOptions:
     """``direct`` | ``copy`` | empty: the settings' choice, else direct with the embedded host, copy with a remote one."""
     verbose: bool = False
     """Say what is set up (workspace mode, sandbox) as status notices."""
+    shared_host: SharedHost | None = None
+    """An embedded host lent by the process that runs us (the resident harness); None = start our own."""
 
 
 class HarnessError(Exception):
@@ -225,13 +226,13 @@ class Harness:
         )
 
     async def _embedded_client(self, workspace_roots: list[Path]) -> SandboxClient:
-        """A client of the embedded host: the resident harness's shared one if it answers, else our own.
+        """A client of the embedded host: the shared one we were lent if it answers, else our own.
 
         Our own host may mount only ``workspace_roots`` (the project, in direct mode).
         """
-        shared = os.environ.get("TETHER_SHARED_HOST")
-        if shared:
-            client = SandboxClient(shared, os.environ.get("TETHER_SHARED_HOST_TOKEN") or None)
+        shared = self.options.shared_host
+        if shared is not None:
+            client = SandboxClient(shared.target, shared.token or None)
             try:
                 await client.wait_ready(timeout=5.0)
                 self._shared_host = True

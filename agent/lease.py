@@ -16,6 +16,10 @@ from typing import Any
 from agent.sandbox_client import SandboxClient
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
+RUN_LABEL = "tether.run"
+"""Label on a sandbox provisioned on a shared host: the pid of the run that holds it, so a cleaner can
+destroy it if that run is killed before it can release it."""
+
 
 @dataclass
 class SandboxLease:

@@ -27,6 +27,7 @@ RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504, 529}
 RETRYABLE_STREAM_ERRORS = {"overloaded_error", "api_error", "rate_limit_error"}
 
 _preload: threading.Thread | None = None
+_tls_preload: threading.Thread | None = None
 _ssl_context: tuple[tuple[str | None, str | None], Any] | None = None
 """A TLS context made ahead of time by the resident harness (loading CA certificates takes ~50 ms),
 with the SSL_CERT_FILE / SSL_CERT_DIR it was made for."""
@@ -45,11 +46,26 @@ def prepare_ssl_context() -> None:
 
 
 def preload_sdk() -> None:
-    """Start importing ``anthropic`` on a background thread (idempotent)."""
-    global _preload
+    """Start importing ``anthropic`` on a background thread, and building the TLS context on another (idempotent).
+
+    Loading the CA certificates (~0.1 s) runs in C without the GIL, so on its
+    own thread it is nearly free beside the import; the client made later
+    reuses the context instead of building one on the first answer's path.
+    """
+    global _preload, _tls_preload
     if _preload is None:
         _preload = threading.Thread(target=_import_sdk, name="anthropic-import", daemon=True)
         _preload.start()
+    if _tls_preload is None and _ssl_context is None:
+        _tls_preload = threading.Thread(target=_prepare_tls_quietly, name="tls-context", daemon=True)
+        _tls_preload.start()
+
+
+def _prepare_tls_quietly() -> None:
+    try:
+        prepare_ssl_context()
+    except Exception:  # noqa: BLE001 - the client then builds its own, and reports what is wrong with it
+        pass
 
 
 def _import_sdk() -> None:
@@ -100,6 +116,8 @@ class ModelClient:
                 # A compatible endpoint reached through ANTHROPIC_BASE_URL may need no key.
                 key = "unused"
             extra: dict[str, Any] = {}
+            if _tls_preload is not None:
+                _tls_preload.join()  # started beside the SDK's import: done long before it
             if _ssl_context is not None and _ssl_context[0] == _ssl_env():
                 extra["http_client"] = anthropic.DefaultAsyncHttpxClient(verify=_ssl_context[1])
             self._client = anthropic.AsyncAnthropic(

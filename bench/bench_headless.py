@@ -87,7 +87,7 @@ def main() -> int:
             try:
                 results[calls] = interleave([cc, tt, tt_cold], args.runs)
             finally:
-                subprocess.run([sys.executable, "-m", "agent.resident", "stop"], env=tether_env, check=False)
+                subprocess.run([*tether(), "resident", "stop"], env=tether_env, check=False)
 
     names = ["Claude Code -p", "tether -p", "tether -p, TETHER_RESIDENT=0"]
     for calls, label in ((0, "one answer"), (10, "10 x Bash true")):

@@ -10,7 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from agent.embedded_host import SharedHost
 
 USAGE = """\
 tether [PROMPT]                         open the TUI, new session in this project (PROMPT sent first)
@@ -22,6 +25,7 @@ tether sessions list | show ID | search TEXT | export ID [--format md|json] | gc
 tether diff [SESSION]                   the session's changes to the project, as a unified diff
 tether apply [SESSION] [--force]        write a copy workspace's changes into the project
 tether rewind SESSION [--to N] [--conversation-only | --code-only]   back to before prompt N
+tether resident status | start | stop [--all]   the warm processes behind `tether -p`
 """
 
 
@@ -64,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``tether`` console script."""
+def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None) -> int:
+    """Entry point of the ``tether`` console script; the resident harness's children pass the host it lends them."""
+    whole_process = argv is None
     argv = sys.argv[1:] if argv is None else argv
     _quiet_grpc_core()
     if argv[:1] == ["sandbox"]:
@@ -80,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         from tui.workspace_cli import main as workspace_main
 
         return workspace_main(argv[0], argv[1:])
+    if argv[:1] == ["resident"]:
+        from tui.resident.cli import main as resident_main
+
+        return resident_main(argv[1:])
 
     args = build_parser().parse_args(argv)
     if args.resume == "":
@@ -94,13 +103,16 @@ def main(argv: list[str] | None = None) -> int:
         check_credentials()
     except MissingCredentials as exc:
         return _early_error(args, str(exc))
-    if args.prompt is not None:
-        from agent import resident
+    if args.prompt is not None and shared_host is None:
+        from tui.resident.client import hand_over
 
-        if resident.enabled():
-            code = resident.run_through_resident(argv)
-            if code is not None:
-                return code
+        code = hand_over(argv, verbose=args.verbose)
+        if code is not None:
+            return code
+    if args.prompt is not None:
+        from agent.model import preload_sdk
+
+        preload_sdk()  # the SDK's import is the long pole of a cold run: begin it before anything else
     from agent.harness import HarnessOptions
 
     options = HarnessOptions(
@@ -118,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         disallowed_tools=_split_rules(args.disallowed_tools),
         workspace=args.workspace,
         verbose=args.verbose,
+        shared_host=shared_host,
     )
     if args.prompt is not None:
         if args.prompt and args.first_prompt is not None:
@@ -132,10 +145,15 @@ def main(argv: list[str] | None = None) -> int:
         from agent.headless import run_headless
 
         try:
-            return asyncio.run(run_headless(options, prompt, args.output_format, include_partial_messages=args.include_partial_messages))
+            code = asyncio.run(
+                run_headless(options, prompt, args.output_format, include_partial_messages=args.include_partial_messages)
+            )
         except KeyboardInterrupt:
             print("tether: interrupted", file=sys.stderr)
-            return 130
+            code = 130
+        if whole_process:
+            _exit_now(code)
+        return code
 
     from tui.app import TetherApp
 
@@ -174,6 +192,7 @@ def _early_error(args: argparse.Namespace, message: str) -> int:
 
     return report_error(message, args.output_format)
 
+
 def headless_prompt(text: str, stdin: TextIO) -> str:
     """The prompt of ``tether -p``: TEXT, stdin's text if TEXT is empty or ``-``, or both.
 
@@ -209,6 +228,24 @@ class _VersionAction(argparse.Action):
             number = "(version unknown: not installed as a package)"
         print(f"tether {number}")
         parser.exit()
+
+
+def _exit_now(code: int) -> None:
+    """End a finished headless run without tearing down the interpreter.
+
+    Freeing the SDK's thousands of classes at interpreter exit takes a
+    quarter of a cold run's time; the run is over (its log is fsynced, its
+    sandbox and host are closed), so flush, run the exit hooks, and go.
+    """
+    import atexit
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            code = code or 1  # output the caller reads was lost (a closed pipe): say so
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 def _split_rules(values: list[str]) -> list[str]:

@@ -142,7 +142,7 @@ class Harness:
                 allow=opts.allowed_tools,
                 deny=opts.disallowed_tools,
             )
-            gate = PermissionGate(opts.permission_mode, settings, opts.project_dir, lambda: self.lease.workdir)
+            gate = PermissionGate(opts.permission_mode, settings, opts.project_dir, self._workdir)
             workspace_settings = WorkspaceSettings.load([user_settings_path(), project_settings_path(opts.project_dir)])
         except SettingsError as exc:
             raise HarnessError(f"tether: {exc}") from exc
@@ -195,9 +195,11 @@ class Harness:
         self.lease.start()
         info = await self.lease.ready()
         log = self.log
-        self.lease.on_change = lambda event, payload: log.append(
-            "sandbox", {"event": event, "host": self.host_label, "provider": info.provider, **payload}
-        )
+
+        def record(event: str, payload: dict) -> None:
+            log.append("sandbox", {"event": event, "host": self.host_label, "provider": info.provider, **payload})
+
+        self.lease.on_change = record
         self.log.append(
             "sandbox",
             {
@@ -224,6 +226,10 @@ class Harness:
             gate=gate,
             workspace=self.workspace,
         )
+
+    def _workdir(self) -> str:
+        """The workspace path as the sandbox sees it (for permission rules on paths)."""
+        return self.lease.workdir if self.lease is not None else "/workspace"
 
     async def _embedded_client(self, workspace_roots: list[Path]) -> SandboxClient:
         """A client of the embedded host: the shared one we were lent if it answers, else our own.

@@ -217,7 +217,7 @@ class AgentLoop:
                     return await self._finish(final_text, stop_reason, self._turns)
                 self._finished_results = {}
                 results = await self.tools.run_all(calls, self.emit, finished=self._finished_results)
-                blocks = [self._record_result(call, result) for call, result in zip(calls, results)]
+                blocks = [self._record_result(call, result) for call, result in zip(calls, results, strict=False)]
                 self._messages.append({"role": "user", "content": blocks})
                 self._pending_calls = []
                 await self.emit(ev.ToolResults(blocks))

@@ -181,7 +181,7 @@ class ModelClient:
                     raise ModelError(_describe_status_error(exc, attempt)) from exc
                 delay = _retry_after(exc) or self._backoff(attempt)
                 what = _error_type(exc) + (f" ({exc.status_code})" if exc.status_code != 200 else " mid-answer")
-            except (anthropic.APIConnectionError, anthropic.APIResponseValidationError, *_transport_errors()) as exc:
+            except (anthropic.APIConnectionError, anthropic.APIResponseValidationError, *_transport_errors()) as exc:  # type: ignore[misc]
                 api_s += time.monotonic() - began
                 if attempt >= self.max_attempts:
                     raise ModelError(
@@ -286,14 +286,16 @@ def _block_dict(block: Any) -> dict[str, Any]:
 
 
 def _error_type(exc: Any) -> str:
-    body = exc.body if isinstance(getattr(exc, "body", None), dict) else {}
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    body: dict[str, Any] = exc.body if isinstance(getattr(exc, "body", None), dict) else {}
+    found = body.get("error")
+    err: dict[str, Any] = found if isinstance(found, dict) else {}
     return err.get("type") or type(exc).__name__
 
 
 def _describe_status_error(exc: Any, attempt: int) -> str:
-    body = exc.body if isinstance(getattr(exc, "body", None), dict) else {}
-    err = body.get("error") if isinstance(body.get("error"), dict) else {}
+    body: dict[str, Any] = exc.body if isinstance(getattr(exc, "body", None), dict) else {}
+    found = body.get("error")
+    err: dict[str, Any] = found if isinstance(found, dict) else {}
     message = err.get("message") or str(exc)
     tries = f" after {attempt} tries" if attempt > 1 else ""
     if exc.status_code == 200:

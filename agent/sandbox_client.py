@@ -9,8 +9,9 @@ early) cancels the RPC, and the host kills the command's process group.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -362,7 +363,7 @@ class SandboxClient:
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "describing the sandbox") from None
 
-    async def list(self) -> list[pb.SandboxInfo]:
+    async def list(self) -> builtins.list[pb.SandboxInfo]:
         """Our sandboxes on this host."""
         try:
             response = await self.stub.ListSandboxes(pb.ListSandboxesRequest(), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
@@ -391,14 +392,14 @@ class SandboxClient:
         sandbox_id: str,
         *,
         shell: str | None = None,
-        argv: list[str] | None = None,
+        argv: builtins.list[str] | None = None,
         cwd: str = "",
         env: dict[str, str] | None = None,
         stdin: bytes = b"",
         timeout_ms: int = 0,
         output_cap: int = 0,
         report_cwd: bool = False,
-    ) -> AsyncIterator[pb.ExecEvent]:
+    ) -> AsyncGenerator[pb.ExecEvent, None]:
         """Run a command; yield Started, Output..., Exited. Stopping early cancels the command."""
         if (shell is None) == (argv is None):
             raise SandboxInvalidRequest("a command needs exactly one of shell or argv")
@@ -476,7 +477,7 @@ class SandboxClient:
         call = self.stub.ReadFile(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
         # Joined once at the end: growing a buffer and copying it out touches every byte
         # twice more, which cost about a fifth of a 100 MB read here.
-        parts: list[bytes] = []
+        parts: builtins.list[bytes] = []
         try:
             async for chunk in call:
                 parts.append(chunk.data)  # read once: each read of a bytes field copies it
@@ -512,7 +513,7 @@ class SandboxClient:
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, f"inspecting {path}") from None
 
-    async def list_dir(self, sandbox_id: str, path: str) -> list[pb.FileInfo]:
+    async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[pb.FileInfo]:
         """The entries of a directory, sorted by path; symlinks are reported, not followed."""
         try:
             response = await self.stub.ListDir(pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
@@ -522,7 +523,7 @@ class SandboxClient:
 
     # ----- workspace snapshots
 
-    async def manifest(self, sandbox_id: str, paths: list[str] | None = None) -> list[pb.ManifestEntry]:
+    async def manifest(self, sandbox_id: str, paths: builtins.list[str] | None = None) -> builtins.list[pb.ManifestEntry]:
         """sha256, size and mode of every file and symlink under ``paths`` (workspace-relative; None = all)."""
         request = pb.ManifestRequest(sandbox_id=sandbox_id, paths=paths or [])
         try:
@@ -539,7 +540,7 @@ class SandboxClient:
         exclude: Iterable[str] = (),
         gitignore: bool = False,
         max_file_bytes: int = 0,
-        paths: list[str] | None = None,
+        paths: builtins.list[str] | None = None,
     ) -> pb.ManifestResponse:
         """The workspace's manifest, or (with ``since``, an earlier answer's ``token``) what changed since.
 
@@ -563,7 +564,7 @@ class SandboxClient:
             raise self._error(exc, "listing the workspace") from None
 
     async def export(
-        self, sandbox_id: str, paths: list[str] | None = None, raw_paths: list[bytes] | None = None
+        self, sandbox_id: str, paths: builtins.list[str] | None = None, raw_paths: builtins.list[bytes] | None = None
     ) -> AsyncIterator[bytes]:
         """A tar stream of ``paths`` and ``raw_paths`` (exact bytes; workspace-relative; none = all), chunk by chunk."""
         request = pb.ExportRequest(sandbox_id=sandbox_id, paths=paths or [], raw_paths=raw_paths or [])
@@ -576,7 +577,7 @@ class SandboxClient:
         finally:
             call.cancel()
 
-    async def import_tar(self, sandbox_id: str, chunks: AsyncIterator[bytes] | list[bytes] | bytes) -> pb.ImportResponse:
+    async def import_tar(self, sandbox_id: str, chunks: AsyncIterator[bytes] | builtins.list[bytes] | bytes) -> pb.ImportResponse:
         """Unpack a tar stream (bytes, or chunks) into the workspace."""
 
         async def messages() -> AsyncIterator[pb.ImportRequest]:

@@ -71,7 +71,7 @@ def main() -> int:
             subprocess.run([*tether(), "resident", "stop", "--all"], env=first_env, capture_output=True, check=False)
 
     names = ['python -c "import anthropic"', "tether -p, TETHER_RESIDENT=0", "tether -p, first run (starts resident)"]
-    for name, series in zip(names, times[:3]):
+    for name, series in zip(names, times[:3], strict=False):
         print(summary(name, series))
     base, cold_med, first_med = (statistics.median(t) for t in times[:3])
     print(f"cold one-answer run / bare SDK import = {cold_med / base:.2f}  (target <= 1.2)")

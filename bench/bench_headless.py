@@ -81,9 +81,10 @@ def main() -> int:
             tether_env = isolated_env(api.base_url, tether_home)
             cold_env = {**tether_env, "TETHER_RESIDENT": "0"}
             command = ["-p", "go", "--output-format", "json", "--allowedTools", "Bash"]
-            cc = lambda: run_cli([*claude, *command], claude_env, project)  # noqa: E731
-            tt = lambda: run_cli([*tether(), *command], tether_env, project)  # noqa: E731
-            tt_cold = lambda: run_cli([*tether(), *command], cold_env, project)  # noqa: E731
+            # Bound now: each lambda is called within this iteration, but say so to the reader and the linter.
+            cc = lambda c=command, e=claude_env: run_cli([*claude, *c], e, project)  # noqa: E731
+            tt = lambda c=command, e=tether_env: run_cli([*tether(), *c], e, project)  # noqa: E731
+            tt_cold = lambda c=command, e=cold_env: run_cli([*tether(), *c], e, project)  # noqa: E731
             try:
                 results[calls] = interleave([cc, tt, tt_cold], args.runs)
             finally:
@@ -91,7 +92,7 @@ def main() -> int:
 
     names = ["Claude Code -p", "tether -p", "tether -p, TETHER_RESIDENT=0"]
     for calls, label in ((0, "one answer"), (10, "10 x Bash true")):
-        for name, times in zip(names, results[calls]):
+        for name, times in zip(names, results[calls], strict=False):
             print(summary(f"{name}, {label}", times))
     med = {calls: [statistics.median(t) for t in results[calls]] for calls in results}
     cycles = [(med[10][i] - med[0][i]) / 10 for i in range(3)]

@@ -5,5 +5,7 @@ pytest_plugins = [
     "tests.fixtures.docker_engine",
     "tests.fixtures.docker_provider",
     "tests.fixtures.sandbox_host",
+    "tests.fixtures.sandbox_tools",
+    "tests.fixtures.tui",
     "tests.fixtures.tether_cli",
 ]

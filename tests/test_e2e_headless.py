@@ -62,7 +62,7 @@ def _assert_write_then_cat(api: FakeMessagesAPI, tether_env: TetherEnv, out: str
     assert assistants[2]["content"][0]["text"] == result["result"]
     # Parent links chain every event to the one before it on the live branch.
     uuids = [e["uuid"] for e in events]
-    for prev, event in zip(uuids, events[1:]):
+    for prev, event in zip(uuids, events[1:], strict=False):
         assert event["parent_uuid"] == prev
 
 

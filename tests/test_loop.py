@@ -26,8 +26,8 @@ from agent.sandbox_client import SandboxClient
 from session.conversation import COMPACTION_PREAMBLE
 from session.store import SessionStore
 from tests.fixtures.fake_api import FakeMessagesAPI, cut_off, cycle, error, hang, reply, text, tool_use
+from tests.fixtures.processes import host_pids, open_pidfds, started_sleeps, unique_seconds, wait_exited
 from tests.fixtures.sandbox_host import RunningHost
-from tests.test_tools import host_pids, open_pidfds, started_sleeps, unique_seconds, wait_exited
 
 WAIT_S = 10.0
 """Bound on every wait in these tests."""
@@ -150,7 +150,7 @@ def assert_alternates(messages: list[dict[str, Any]]) -> None:
     """Roles go user, assistant, user... starting and ending with the user."""
     roles = [m["role"] for m in messages]
     assert roles[0] == "user" and roles[-1] == "user", roles
-    assert all(a != b for a, b in zip(roles, roles[1:])), roles
+    assert all(a != b for a, b in zip(roles, roles[1:], strict=False)), roles
 
 
 def results_in(message: dict[str, Any]) -> list[dict[str, Any]]:

@@ -26,7 +26,7 @@ from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from remote_sandbox import server as host_server
 from remote_sandbox import workspace as ws
-from tests.fixtures.sandbox_host import RunningHost, in_process_host
+from tests.fixtures.sandbox_host import RunningHost, host_workspace, in_process_host
 
 WAIT_S = 15.0
 """Bound on every wait."""
@@ -43,11 +43,6 @@ async def local_host(tmp_path: Path) -> AsyncIterator[RunningHost]:
     """An in-process local host with the default limits."""
     async with in_process_host("local", tmp_path / "host-state") as host:
         yield host
-
-
-def host_workspace(host: RunningHost, sandbox_id: str) -> Path:
-    """The sandbox's workspace directory on the host."""
-    return host.state_dir / "sandboxes" / sandbox_id / "workspace"
 
 
 class DirectoryWatch:

@@ -45,7 +45,7 @@ from remote_sandbox.cli import READY_LINE_PREFIX
 from remote_sandbox.providers.local import LocalProvider
 from remote_sandbox.server import HostConfig, SandboxHost
 from tests.fixtures.processes import marker_pids, wait_pids_gone
-from tests.fixtures.sandbox_host import RunningHost, in_process_host, recipe_for, sandbox_host_process
+from tests.fixtures.sandbox_host import RunningHost, host_workspace, in_process_host, recipe_for, sandbox_host_process
 from tests.fixtures.sandbox_host import _read_line as read_line
 
 WAIT_S = 15.0
@@ -96,11 +96,6 @@ async def raw_stub(host: RunningHost, token: str | None = None) -> AsyncIterator
         yield pb_grpc.SandboxStub(channel), (("authorization", f"Bearer {token or host.token}"),)
     finally:
         await channel.close()
-
-
-def host_workspace(host: RunningHost, sandbox_id: str) -> Path:
-    """The sandbox's workspace directory on the host."""
-    return host.state_dir / "sandboxes" / sandbox_id / "workspace"
 
 
 async def first_event(stream: AsyncIterator[pb.ExecEvent]) -> pb.ExecEvent:

@@ -13,7 +13,7 @@ import pytest
 
 from agent.sandbox_client import SandboxClient
 from tests.fixtures.sandbox_host import RunningHost
-from tests.test_tools import SandboxTools, tools  # noqa: F401 - the fixture, defined once there
+from tests.fixtures.sandbox_tools import SandboxTools
 
 NEEDLE = "needle"
 
@@ -139,7 +139,7 @@ async def test_ripgrep_and_the_fallback_give_the_same_answers(tools: SandboxTool
     assert tools.lease.programs[key].endswith("/rg"), "the local sandbox should see the host's ripgrep"
     tools.lease.programs[key] = ""  # as a sandbox without ripgrep would answer
     without = [await tools.call(name, args) for name, args in _SAME_EITHER_WAY]
-    for (name, args), a, b in zip(_SAME_EITHER_WAY, with_rg, without):
+    for (name, args), a, b in zip(_SAME_EITHER_WAY, with_rg, without, strict=False):
         assert (a.content, a.is_error) == (b.content, b.is_error), f"{name} {args}"
     assert "src/skip.md" not in "".join(r.content for r in with_rg)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from session.store import SessionStore
-from tests.test_session_support import (
+from tests.fixtures.session_support import (
     assert_valid_messages,
     assistant_payload,
     meta_payload,

@@ -12,7 +12,7 @@ import pytest
 from session.conversation import INTERRUPTED_TOOL_RESULT, MISSING_START, build_messages
 from session.events import Event
 from session.tree import link_events, path_to
-from tests.test_session_support import (
+from tests.fixtures.session_support import (
     assert_valid_messages,
     assistant_payload,
     text_block,

@@ -72,8 +72,8 @@ from tests.fixtures.fake_api import (
     text,
     tool_use,
 )
+from tests.fixtures.session_support import assert_valid_messages
 from tests.fixtures.tether_cli import TETHER, TetherEnv, clean_env
-from tests.test_session_support import assert_valid_messages
 
 SEED = int(os.environ.get("TETHER_CRASH_SEED", "4004"))
 """The seed of every random choice: the same seed makes the same kill plans."""

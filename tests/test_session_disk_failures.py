@@ -13,7 +13,7 @@ import pytest
 
 from session.blobs import BlobStore
 from session.store import SessionStore, SessionStoreError
-from tests.test_session_support import assert_valid_messages, assistant_payload, text_block
+from tests.fixtures.session_support import assert_valid_messages, assistant_payload, text_block
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs or a bind mount needs root")
 

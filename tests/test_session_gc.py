@@ -18,7 +18,7 @@ from session.checkpoints import FileState, diff_states, record_checkpoint
 from session.errors import SessionStoreError
 from session.gc import collect_garbage, project_folders, referenced_blobs
 from session.store import SessionLog, SessionStore
-from tests.test_session_support import tool_result_payload
+from tests.fixtures.session_support import tool_result_payload
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD = time.time() - 2 * 3600

@@ -12,7 +12,7 @@ import pytest
 
 from session.index import SessionIndex
 from session.store import SessionStore
-from tests.test_session_support import (
+from tests.fixtures.session_support import (
     assistant_payload,
     meta_payload,
     text_block,

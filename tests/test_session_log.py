@@ -21,7 +21,7 @@ from session.store import (
     SessionNotFound,
     SessionStore,
 )
-from tests.test_session_support import (
+from tests.fixtures.session_support import (
     assert_valid_messages,
     assistant_payload,
     meta_payload,

@@ -14,7 +14,7 @@ import pytest
 from session.events import LineRejected, parse_line
 from session.lines import CHUNK_BYTES, read_lines
 from session.store import SessionStore
-from tests.test_session_support import (
+from tests.fixtures.session_support import (
     assistant_payload,
     meta_payload,
     text_block,

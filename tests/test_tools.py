@@ -8,148 +8,21 @@ machine's side (``/proc`` and pidfds), which sees into both providers' sandboxes
 from __future__ import annotations
 
 import asyncio
-import os
-import random
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pytest
 
 from agent import events as ev
-from agent.lease import SandboxLease
 from agent.permissions import PermissionGate, PermissionSettings
 from agent.sandbox_client import SandboxClient
-from agent.tools.base import MODEL_OUTPUT_CAP, ToolResult
+from agent.tools.base import MODEL_OUTPUT_CAP
 from agent.tools.todo import TodoWriteTool
-from agent.toolset import ToolCall, ToolSet
+from agent.toolset import ToolCall
+from tests.fixtures.processes import host_pids, open_pidfds, started_sleeps, unique_seconds, wait_exited
 from tests.fixtures.sandbox_host import RunningHost
+from tests.fixtures.sandbox_tools import SandboxTools
 
 WAIT_S = 10.0
 """Bound on every wait in these tests."""
-
-
-@dataclass
-class SandboxTools:
-    """A ToolSet on a freshly provisioned sandbox, recording every event it emits."""
-
-    lease: SandboxLease
-    toolset: ToolSet
-    events: list[ev.AgentEvent] = field(default_factory=list)
-    watchers: list[tuple[str, asyncio.Event]] = field(default_factory=list)
-
-    async def emit(self, event: ev.AgentEvent) -> None:
-        """The driver side: record, deny any permission request, wake whoever waits for live output."""
-        self.events.append(event)
-        if isinstance(event, ev.PermissionRequest):
-            event.future.set_result(ev.PermissionDecision(allow=False, reason="test driver"))
-        if isinstance(event, ev.ToolOutput):
-            for text, seen in self.watchers:
-                if text in event.text:
-                    seen.set()
-
-    def seen_output(self, text: str) -> asyncio.Event:
-        """An event set once a ToolOutput carrying ``text`` arrives."""
-        seen = asyncio.Event()
-        self.watchers.append((text, seen))
-        return seen
-
-    async def call(self, name: str, args: dict[str, Any], tool_use_id: str = "toolu_test") -> ToolResult:
-        """Run one tool call as the loop would."""
-        return await self.toolset.run_one(ToolCall(tool_use_id, name, args), self.emit)
-
-    async def bash(self, command: str, **extra: Any) -> ToolResult:
-        """Run a Bash command."""
-        return await self.call("Bash", {"command": command, **extra})
-
-    async def ok(self, command: str) -> str:
-        """Run a Bash command that must succeed; its output."""
-        result = await self.bash(command)
-        assert not result.is_error, result.content
-        return result.content
-
-    @property
-    def workdir(self) -> str:
-        """The workspace path inside the sandbox."""
-        return self.lease.workdir
-
-
-@pytest.fixture
-async def tools(sandbox_host: RunningHost) -> AsyncIterator[SandboxTools]:
-    """A provisioned sandbox on the parametrized host (local and docker), with a ToolSet on it."""
-    client = SandboxClient(sandbox_host.target, sandbox_host.token)
-    lease = SandboxLease(client, host=sandbox_host.target, recipe=sandbox_host.recipe)
-    await lease.ready()
-    try:
-        yield SandboxTools(lease, ToolSet(lease))
-    finally:
-        await lease.release()
-        await client.close()
-
-
-# --------------------------------------------------------------------------- processes, seen from this machine
-
-
-def host_pids(argv: list[str]) -> list[int]:
-    """Pids of every process on this machine (any namespace we can see) whose argv is exactly ``argv``."""
-    wanted = b"".join(a.encode() + b"\0" for a in argv)
-    pids = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/cmdline", "rb") as handle:
-                if handle.read() == wanted:
-                    pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
-def open_pidfds(pids: list[int]) -> list[int]:
-    """A pidfd per live process (it becomes readable when the process exits)."""
-    fds = []
-    for pid in pids:
-        try:
-            fds.append(os.pidfd_open(pid))
-        except ProcessLookupError:
-            pass
-    return fds
-
-
-async def wait_exited(pidfds: list[int], timeout: float = WAIT_S) -> None:
-    """Wait until every process behind ``pidfds`` has exited; TimeoutError otherwise. Closes the fds."""
-    loop = asyncio.get_running_loop()
-
-    async def one(fd: int) -> None:
-        exited = loop.create_future()
-        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
-        try:
-            await exited
-        finally:
-            loop.remove_reader(fd)
-
-    try:
-        await asyncio.wait_for(asyncio.gather(*(one(fd) for fd in pidfds)), timeout)
-    finally:
-        for fd in pidfds:
-            os.close(fd)
-
-
-def unique_seconds() -> str:
-    """A sleep length no other test uses at the same time, so its process can be told apart."""
-    return str(random.randrange(100_000, 999_999))
-
-
-def started_sleeps(*seconds: str) -> str:
-    """Shell that starts ``sleep S`` for each S in the background and says ``started`` once all have exec'd."""
-    parts = []
-    for s in seconds:
-        # Wait until the child has exec'd sleep, so the test can find it by its argv.
-        parts.append(f"sleep {s} & while ! grep -q {s} /proc/$!/cmdline 2>/dev/null; do :; done")
-    return "; ".join(parts) + "; echo started"
 
 
 # --------------------------------------------------------------------------- Bash

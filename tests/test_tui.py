@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import html
 from pathlib import Path
 
 import pytest
@@ -12,39 +11,10 @@ from textual.message import Message
 
 from agent.harness import HarnessOptions
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
-from tests.fixtures.tether_cli import clean_env
+from tests.fixtures.tui import screen_text, type_prompt
 from tui.app import TetherApp
 from tui.permission import PermissionScreen
 from tui.widgets import PromptArea, ToolCallPanel
-
-
-@pytest.fixture
-def tui_env(fake_api: FakeMessagesAPI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Environment of an isolated user pointed at the fake API; returns the project dir."""
-    for key, value in clean_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    for key in [k for k in __import__("os").environ if k.startswith(("ANTHROPIC_", "TETHER_"))]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_api.base_url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "tether-home"))
-    project = tmp_path / "project"
-    project.mkdir()
-    return project
-
-
-def screen_text(app: TetherApp) -> str:
-    """What the terminal shows, as plain text (the screenshot's SVG, unescaped)."""
-    return html.unescape(app.export_screenshot()).replace("\xa0", " ")
-
-
-async def _type_prompt(pilot, app: TetherApp, prompt: str) -> None:
-    await app.workers.wait_for_complete()
-    area = app.query_one("#prompt", PromptArea)
-    assert not area.disabled, "the prompt never became ready"
-    area.focus()
-    await pilot.press(*prompt)
-    await pilot.press("enter")
 
 
 async def test_prompt_streams_answer_and_shows_tool_output(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
@@ -54,7 +24,7 @@ async def test_prompt_streams_answer_and_shows_tool_output(fake_api: FakeMessage
     )
     app = TetherApp(HarnessOptions(project_dir=tui_env, permission_mode="bypassPermissions"))
     async with app.run_test(size=(120, 40)) as pilot:
-        await _type_prompt(pilot, app, "run it")
+        await type_prompt(pilot, app, "run it")
         await app.workers.wait_for_complete()
         await pilot.pause()
 
@@ -86,7 +56,7 @@ async def test_permission_dialog_allows_once(fake_api: FakeMessagesAPI, tui_env:
             dialog_shown.set()
 
     async with app.run_test(size=(120, 40), message_hook=watch) as pilot:
-        await _type_prompt(pilot, app, "go")
+        await type_prompt(pilot, app, "go")
         await asyncio.wait_for(dialog_shown.wait(), timeout=30)
         await pilot.pause()
         assert "echo allowed-ran" in screen_text(app)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from agent.harness import HarnessOptions
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
-from tests.test_tui import _type_prompt, screen_text, tui_env  # noqa: F401 - the fixture is used by name
+from tests.fixtures.tui import screen_text, type_prompt
 from tui.app import TetherApp
 from tui.rewind import RewindScreen
 from tui.widgets import DiffView, Notice, PromptArea
@@ -29,17 +29,17 @@ async def test_diff_and_apply_in_a_copy_workspace(fake_api: FakeMessagesAPI, tui
     )
     app = TetherApp(HarnessOptions(project_dir=tui_env, workspace="copy", permission_mode="bypassPermissions"))
     async with app.run_test(size=(120, 40)) as pilot:
-        await _type_prompt(pilot, app, "change it")
+        await type_prompt(pilot, app, "change it")
         await app.workers.wait_for_complete()
         assert "workspace copy" in screen_text(app)
-        await _type_prompt(pilot, app, "/diff")
+        await type_prompt(pilot, app, "/diff")
         await app.workers.wait_for_complete()
         await pilot.pause()
         diff = app.query(DiffView).last().diff
         assert "-    return a + b\n+    return b + a\n" in diff and "+new" in diff
         assert "+    return b + a" in screen_text(app)
         assert (tui_env / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
-        await _type_prompt(pilot, app, "/apply")
+        await type_prompt(pilot, app, "/apply")
         await app.workers.wait_for_complete()
         await pilot.pause()
         assert (tui_env / "calc.py").read_text() == "def add(a, b):\n    return b + a\n"
@@ -54,7 +54,7 @@ async def test_rewind_lists_prompts_shows_changes_and_restores_files(fake_api: F
     async with app.run_test(size=(120, 40)) as pilot:
         for n in (1, 2, 3):
             fake_api.script(reply(tool_use("Bash", {"command": f"echo v{n} > shared.txt"})), reply(text(f"answer {n}")))
-            await _type_prompt(pilot, app, f"prompt {n}")
+            await type_prompt(pilot, app, f"prompt {n}")
             await app.workers.wait_for_complete()
         assert (tui_env / "shared.txt").read_text() == "v3\n"
         area = app.query_one("#prompt", PromptArea)
@@ -77,7 +77,7 @@ async def test_rewind_lists_prompts_shows_changes_and_restores_files(fake_api: F
         # The next prompt continues from prompt 1's answer.
         fake_api.script(reply(text("from the rewound point")))
         area.text = ""
-        await _type_prompt(pilot, app, "again")
+        await type_prompt(pilot, app, "again")
         await app.workers.wait_for_complete()
         sent = str(fake_api.message_requests[-1].body["messages"])
         assert "answer 1" in sent and "prompt 2" not in sent and "answer 3" not in sent

@@ -111,7 +111,7 @@ class SearchScope:
             return
         _, out, _ = await run_search(ctx, _CAT_FILES, *wanted)
         parts = out.split("\0")
-        for path, text in zip(parts[0::2], parts[1::2]):
+        for path, text in zip(parts[0::2], parts[1::2], strict=False):
             if path in wanted:
                 self.gitignores[wanted[path]] = text
 

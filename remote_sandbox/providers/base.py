@@ -134,5 +134,5 @@ class Provider(abc.ABC):
         reports ``truncated`` and ``spill_path``.
         """
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - a provider with nothing to release need not say so
         """Release provider-wide resources (clients, pools). Sandboxes are left as they are."""

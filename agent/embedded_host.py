@@ -172,7 +172,9 @@ class EmbeddedHost:
         assert self._popen.stdout is not None
         ready = selectors.DefaultSelector()
         ready.register(self._popen.stdout, selectors.EVENT_READ)
-        line = self._popen.stdout.readline().decode(errors="replace").strip() if ready.select(self.start_timeout) else ""
+        line = (
+            self._popen.stdout.readline().decode(errors="replace").strip() if ready.select(self.start_timeout) else ""
+        )
         if not line.startswith(READY_LINE_PREFIX):
             self.stop_blocking(grace=0.0)
             raise EmbeddedHostError(f"the embedded sandbox host failed to start:\n{self._log_tail() or line}")

@@ -161,4 +161,3 @@ class ErrorEvent(AgentEvent):
     """A failure the user must read; the turn ends after it."""
 
     message: str
-

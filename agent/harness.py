@@ -169,7 +169,11 @@ class Harness:
         project_dir = Path(recorded["project_dir"]) if recorded and recorded.get("project_dir") else opts.project_dir
         try:
             mode, rules = SessionWorkspace.choose(
-                recorded, project_dir, requested_mode=opts.workspace, remote=bool(opts.sandbox), settings=workspace_settings
+                recorded,
+                project_dir,
+                requested_mode=opts.workspace,
+                remote=bool(opts.sandbox),
+                settings=workspace_settings,
             )
         except WorkspaceError as exc:
             raise HarnessError(str(exc)) from exc
@@ -215,7 +219,11 @@ class Harness:
         for warning in info.warnings:
             await self.emit(ev.Status(warning))
         if opts.verbose:
-            await self.emit(ev.Status(f"workspace: {mode} ({project_dir}); sandbox {info.sandbox_id} on {self.host_label} ({info.isolation})"))
+            await self.emit(
+                ev.Status(
+                    f"workspace: {mode} ({project_dir}); sandbox {info.sandbox_id} on {self.host_label} ({info.isolation})"
+                )
+            )
         self.loop = AgentLoop(
             model=self.model,
             lease=self.lease,

@@ -67,7 +67,9 @@ class HeadlessPrinter:
             if not event.future.done():
                 event.future.set_result(ev.PermissionDecision(allow=False, reason=HEADLESS_DENIAL))
         elif isinstance(event, ev.PermissionDenied):
-            self.permission_denials.append({"tool_name": event.name, "tool_use_id": event.tool_use_id, "tool_input": event.input})
+            self.permission_denials.append(
+                {"tool_name": event.name, "tool_use_id": event.tool_use_id, "tool_input": event.input}
+            )
             if self.output_format == "text":
                 self.say(f"denied {event.name} {_brief(event.input)}: {event.reason}")
         elif isinstance(event, ev.Status):
@@ -89,7 +91,9 @@ class HeadlessPrinter:
             }
             self.line({"type": "assistant", "message": message, "parent_tool_use_id": None})
         elif isinstance(event, ev.ToolResults):
-            self.line({"type": "user", "message": {"role": "user", "content": event.content}, "parent_tool_use_id": None})
+            self.line(
+                {"type": "user", "message": {"role": "user", "content": event.content}, "parent_tool_use_id": None}
+            )
         elif isinstance(event, ev.StreamEvent):
             self.line({"type": "stream_event", "event": event.event, "parent_tool_use_id": None})
 
@@ -136,7 +140,9 @@ class HeadlessPrinter:
 
 def _brief(args: dict[str, Any]) -> str:
     """A tool call's input in a few words, for a one-line notice."""
-    value = next((args[key] for key in ("command", "file_path", "path", "pattern") if isinstance(args.get(key), str)), None)
+    value = next(
+        (args[key] for key in ("command", "file_path", "path", "pattern") if isinstance(args.get(key), str)), None
+    )
     text = value if value is not None else json.dumps(args)
     return f"({text[:77] + '…' if len(text) > 78 else text})"
 
@@ -212,7 +218,9 @@ def report_error(message: str, output_format: str, out: TextIO = sys.stdout, err
     return 1
 
 
-def _result(done: ev.TurnFinished, session_id: str, started: float, totals: SessionTotals, printer: HeadlessPrinter) -> dict[str, Any]:
+def _result(
+    done: ev.TurnFinished, session_id: str, started: float, totals: SessionTotals, printer: HeadlessPrinter
+) -> dict[str, Any]:
     return result_object(
         done,
         session_id=session_id,

@@ -128,7 +128,9 @@ class SandboxLease:
         def logged(task: asyncio.Task) -> None:
             if not task.cancelled() and task.exception() is None and self.on_change is not None:
                 info = task.result()
-                self.on_change("reprovisioned", {"sandbox_id": info.sandbox_id, "replaces": lost, "generation": self.generation})
+                self.on_change(
+                    "reprovisioned", {"sandbox_id": info.sandbox_id, "replaces": lost, "generation": self.generation}
+                )
 
         self._provisioning.add_done_callback(logged)
         return asyncio.shield(self._provisioning)

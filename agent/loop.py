@@ -164,7 +164,9 @@ class AgentLoop:
                 "content": result.content,
                 "is_error": result.is_error,
                 "output_blob": blob,
-                "output_bytes": len(result.full_output) if result.full_output is not None else len(result.content.encode()),
+                "output_bytes": len(result.full_output)
+                if result.full_output is not None
+                else len(result.content.encode()),
             },
         )
         block: dict[str, Any] = {"type": "tool_result", "tool_use_id": call.id, "content": result.content}
@@ -311,7 +313,9 @@ class AgentLoop:
         if self.totals.cost_usd is not None:
             self.totals.cost_usd = None if response.cost_usd is None else self.totals.cost_usd + response.cost_usd
 
-    async def _finish(self, text: str, stop_reason: str | None, num_turns: int, *, is_error: bool = False) -> ev.TurnFinished:
+    async def _finish(
+        self, text: str, stop_reason: str | None, num_turns: int, *, is_error: bool = False
+    ) -> ev.TurnFinished:
         done = ev.TurnFinished(text, stop_reason, num_turns, is_error=is_error)
         await self.emit(done)
         return done

@@ -184,15 +184,12 @@ class ModelClient:
             except (anthropic.APIConnectionError, anthropic.APIResponseValidationError, *_transport_errors()) as exc:  # type: ignore[misc]
                 api_s += time.monotonic() - began
                 if attempt >= self.max_attempts:
-                    raise ModelError(
-                        f"Could not reach the model after {attempt} tries: {exc}"
-                    ) from exc
+                    raise ModelError(f"Could not reach the model after {attempt} tries: {exc}") from exc
                 delay = self._backoff(attempt)
                 what = "connection lost"
             await emit(
                 ev.Status(
-                    f"Model API: {what}; retrying in {delay:.0f} s "
-                    f"(attempt {attempt + 1} of {self.max_attempts})"
+                    f"Model API: {what}; retrying in {delay:.0f} s (attempt {attempt + 1} of {self.max_attempts})"
                 )
             )
             await asyncio.sleep(delay)
@@ -202,9 +199,7 @@ class ModelClient:
         return delay * (0.8 + 0.4 * random.random())
 
     async def _stream_once(self, client, system, messages, tools, tool_choice, emit, quiet) -> ModelResponse:
-        kwargs: dict[str, Any] = dict(
-            model=self.model, max_tokens=self.max_tokens, system=system, messages=messages
-        )
+        kwargs: dict[str, Any] = dict(model=self.model, max_tokens=self.max_tokens, system=system, messages=messages)
         if tools:
             kwargs["tools"] = tools
         if tool_choice:

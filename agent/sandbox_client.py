@@ -121,12 +121,16 @@ def parse_target(target: str) -> tuple[str, bool]:
         if target.startswith(scheme):
             address = target[len(scheme) :].rstrip("/")
             if not address or address.startswith(":"):
-                raise SandboxError(f"{target!r} is not a sandbox host address: it names no host (use {scheme}HOST:PORT)")
+                raise SandboxError(
+                    f"{target!r} is not a sandbox host address: it names no host (use {scheme}HOST:PORT)"
+                )
             return address, tls
     if target.startswith("unix:"):
         path = target[len("unix:") :].removeprefix("//")
         if not path.startswith("/"):
-            raise SandboxError(f"{target!r} is not a sandbox host address: a unix socket needs an absolute path (unix:///path)")
+            raise SandboxError(
+                f"{target!r} is not a sandbox host address: a unix socket needs an absolute path (unix:///path)"
+            )
         return f"unix://{path}", False
     if "://" in target or ":" not in target:
         raise SandboxError(
@@ -164,7 +168,12 @@ def connect_failure(target: str, details: str, *, ca_file: str | None = None) ->
         return f"the sandbox host at {target} refused the connection (is it running?)"
     if "No such file or directory" in last and target.startswith("unix:"):
         return f"no sandbox host listens at {target} (the socket does not exist; is the host running?)"
-    if "Domain name not found" in last or "lookup" in last and "failed" in last or details.startswith("DNS resolution failed"):
+    if (
+        "Domain name not found" in last
+        or "lookup" in last
+        and "failed" in last
+        or details.startswith("DNS resolution failed")
+    ):
         return f"the sandbox host name in {target} could not be resolved"
     if "timed out" in last.lower() or "Timeout" in last:
         return f"the sandbox host at {target} did not answer the connection (timed out)"
@@ -195,7 +204,11 @@ def _check_pem_certificates(path: str, data: bytes) -> None:
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
     except (UnicodeDecodeError, ssl.SSLError, ValueError) as exc:
-        reason = "it is binary, not PEM text" if isinstance(exc, UnicodeDecodeError) else "no PEM certificate (-----BEGIN CERTIFICATE-----) in it could be read"
+        reason = (
+            "it is binary, not PEM text"
+            if isinstance(exc, UnicodeDecodeError)
+            else "no PEM certificate (-----BEGIN CERTIFICATE-----) in it could be read"
+        )
         raise SandboxError(f"the CA file {path} is not usable: {reason}") from None
 
 
@@ -209,7 +222,9 @@ class SandboxClient:
         self._channel_target, self._tls = parse_target(target)
         if ca_file and not self._tls:
             # Silently ignoring it would send the token in the clear to a host the user meant to verify.
-            raise SandboxError(f"--sandbox-ca is for a TLS host, but {target} is not one: use grpcs://{self._channel_target.removeprefix('unix://')}")
+            raise SandboxError(
+                f"--sandbox-ca is for a TLS host, but {target} is not one: use grpcs://{self._channel_target.removeprefix('unix://')}"
+            )
         self._token = token
         self._ca_file = ca_file
         self._channel: grpc.aio.Channel | None = None
@@ -344,7 +359,9 @@ class SandboxClient:
 
     # ----- lifecycle
 
-    async def provision(self, recipe: pb.Recipe, request_id: str | None = None, workspace_dir: str = "") -> pb.SandboxInfo:
+    async def provision(
+        self, recipe: pb.Recipe, request_id: str | None = None, workspace_dir: str = ""
+    ) -> pb.SandboxInfo:
         """Create a sandbox from ``recipe``; retrying with the same ``request_id`` returns the same one.
 
         ``workspace_dir`` names a directory on the host to use as the workspace itself
@@ -359,14 +376,18 @@ class SandboxClient:
     async def get(self, sandbox_id: str) -> pb.SandboxInfo:
         """Describe a sandbox."""
         try:
-            return await self.stub.GetSandbox(pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+            return await self.stub.GetSandbox(
+                pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "describing the sandbox") from None
 
     async def list(self) -> builtins.list[pb.SandboxInfo]:
         """Our sandboxes on this host."""
         try:
-            response = await self.stub.ListSandboxes(pb.ListSandboxesRequest(), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+            response = await self.stub.ListSandboxes(
+                pb.ListSandboxesRequest(), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "listing sandboxes") from None
         return list(response.sandboxes)
@@ -374,14 +395,18 @@ class SandboxClient:
     async def destroy(self, sandbox_id: str) -> None:
         """Destroy a sandbox and everything in it."""
         try:
-            await self.stub.Destroy(pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+            await self.stub.Destroy(
+                pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "destroying the sandbox") from None
 
     async def touch(self, sandbox_id: str) -> pb.SandboxInfo:
         """Mark a sandbox as used now (restarts its idle TTL)."""
         try:
-            return await self.stub.Touch(pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+            return await self.stub.Touch(
+                pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "touching the sandbox") from None
 
@@ -509,21 +534,27 @@ class SandboxClient:
     async def stat(self, sandbox_id: str, path: str) -> pb.FileInfo:
         """Describe a path; ``exists`` is false when nothing is there."""
         try:
-            return await self.stub.Stat(pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+            return await self.stub.Stat(
+                pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, f"inspecting {path}") from None
 
     async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[pb.FileInfo]:
         """The entries of a directory, sorted by path; symlinks are reported, not followed."""
         try:
-            response = await self.stub.ListDir(pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+            response = await self.stub.ListDir(
+                pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S
+            )
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, f"listing {path}") from None
         return list(response.entries)
 
     # ----- workspace snapshots
 
-    async def manifest(self, sandbox_id: str, paths: builtins.list[str] | None = None) -> builtins.list[pb.ManifestEntry]:
+    async def manifest(
+        self, sandbox_id: str, paths: builtins.list[str] | None = None
+    ) -> builtins.list[pb.ManifestEntry]:
         """sha256, size and mode of every file and symlink under ``paths`` (workspace-relative; None = all)."""
         request = pb.ManifestRequest(sandbox_id=sandbox_id, paths=paths or [])
         try:
@@ -577,7 +608,9 @@ class SandboxClient:
         finally:
             call.cancel()
 
-    async def import_tar(self, sandbox_id: str, chunks: AsyncIterator[bytes] | builtins.list[bytes] | bytes) -> pb.ImportResponse:
+    async def import_tar(
+        self, sandbox_id: str, chunks: AsyncIterator[bytes] | builtins.list[bytes] | bytes
+    ) -> pb.ImportResponse:
         """Unpack a tar stream (bytes, or chunks) into the workspace."""
 
         async def messages() -> AsyncIterator[pb.ImportRequest]:
@@ -596,4 +629,3 @@ class SandboxClient:
             return await self.stub.Import(messages(), metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
         except grpc.aio.AioRpcError as exc:
             raise self._error(exc, "importing into the workspace") from None
-

@@ -105,8 +105,14 @@ class ToolSet:
         reason = decision.reason.strip().rstrip(".")
         await emit(ev.PermissionDenied(call.id, call.name, call.input, reason))
         # The reason is a clause of its own, so it follows a colon instead of nesting in parentheses.
-        said = f"This {call.name} call was not allowed: {reason}." if reason else f"The user did not allow this {call.name} call."
-        return ToolResult(f"{said} It did not run. Do not retry it as is; change approach or ask the user.", is_error=True)
+        said = (
+            f"This {call.name} call was not allowed: {reason}."
+            if reason
+            else f"The user did not allow this {call.name} call."
+        )
+        return ToolResult(
+            f"{said} It did not run. Do not retry it as is; change approach or ask the user.", is_error=True
+        )
 
     def _resolved_paths(self, args: dict[str, Any]) -> dict[str, Any]:
         """``args`` with relative paths made absolute from the shell's directory, as the tools will.
@@ -279,10 +285,7 @@ def _describe_sandbox_error(exc: SandboxError, lease: SandboxLease) -> str:
     if isinstance(exc, SandboxInvalidRequest):
         return f"The sandbox refused the request: {exc}"
     if isinstance(exc, SandboxGone | SandboxNotRunning):
-        return (
-            f"The sandbox was lost while running this tool ({exc}). The command may or may not "
-            "have run."
-        )
+        return f"The sandbox was lost while running this tool ({exc}). The command may or may not have run."
     if isinstance(exc, SandboxLimitExceeded):
         return f"A sandbox limit was hit: {exc}"
     if isinstance(exc, SandboxAuthError):

@@ -47,24 +47,34 @@ def bench_blobs(directory: Path) -> None:
     for data in contents[:SINGLE_PUTS]:
         single.put(data)
     single_seconds = (time.perf_counter() - start) * FILES / SINGLE_PUTS
-    print(f"{FILES} blobs: batch {batch_seconds:.2f} s, one put each ~{single_seconds:.2f} s "
-          f"(x{single_seconds / batch_seconds:.1f})")
+    print(
+        f"{FILES} blobs: batch {batch_seconds:.2f} s, one put each ~{single_seconds:.2f} s "
+        f"(x{single_seconds / batch_seconds:.1f})"
+    )
 
 
 def bench_replay(directory: Path, rounds: int) -> None:
     store = SessionStore(directory / "home")
     log = store.create(directory)
     state = {f"src/pkg_{n % 100}/module_{n}.py": _state(n, b"%d" % n) for n in range(FILES)}
-    record_checkpoint(log, diff_states({}, state), seq=0, after_tool_use_id=None, label="baseline",
-                      files=FILES, bytes=0)
+    record_checkpoint(
+        log, diff_states({}, state), seq=0, after_tool_use_id=None, label="baseline", files=FILES, bytes=0
+    )
     for seq in range(1, CHECKPOINTS):
         log.append("user", {"content": f"prompt {seq}"})
         new = dict(state)
         for k in range(3):
             new[f"src/pkg_{k}/module_{seq * 3 + k}.py"] = _state(seq, b"edit %d %d" % (seq, k))
         new.pop(f"src/pkg_{seq % 100}/module_{seq + 5000}.py", None)
-        record_checkpoint(log, diff_states(state, new), seq=seq, after_tool_use_id=f"toolu_{seq}",
-                          label="tool", files=len(new), bytes=0)
+        record_checkpoint(
+            log,
+            diff_states(state, new),
+            seq=seq,
+            after_tool_use_id=f"toolu_{seq}",
+            label="tool",
+            files=len(new),
+            bytes=0,
+        )
         state = new
     log.close()
     baseline_blob = log.get_blob(log.events()[1].payload["changes_blob"])
@@ -79,8 +89,10 @@ def bench_replay(directory: Path, rounds: int) -> None:
         orjson.loads(baseline_blob)
         loads.append(time.perf_counter() - start)
     replay, load = statistics.median(replays), statistics.median(loads)
-    print(f"state_at after {CHECKPOINTS} checkpoints on {FILES} files: {replay * 1000:.1f} ms "
-          f"(bare orjson.loads of the baseline {load * 1000:.1f} ms, x{replay / load:.1f})")
+    print(
+        f"state_at after {CHECKPOINTS} checkpoints on {FILES} files: {replay * 1000:.1f} ms "
+        f"(bare orjson.loads of the baseline {load * 1000:.1f} ms, x{replay / load:.1f})"
+    )
 
 
 def main() -> None:

@@ -123,8 +123,12 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=32, help="concurrent sessions (default 32)")
     parser.add_argument("--execs", type=int, default=50, help="execs per session per round (default 50)")
     parser.add_argument("--rounds", type=int, default=2, help="A B C rounds (default 2)")
-    parser.add_argument("--processes", type=int, default=4, help="client processes the sessions are spread over (default 4)")
-    parser.add_argument("--think-ms", type=float, default=1000.0, help="mean pause between a session's execs in A (default 1000)")
+    parser.add_argument(
+        "--processes", type=int, default=4, help="client processes the sessions are spread over (default 4)"
+    )
+    parser.add_argument(
+        "--think-ms", type=float, default=1000.0, help="mean pause between a session's execs in A (default 1000)"
+    )
     arguments = parser.parse_args()
     paced: list[float] = []
     saturated: list[float] = []
@@ -134,7 +138,9 @@ def main() -> None:
     sessions, execs, processes = arguments.sessions, arguments.execs, arguments.processes
     with host_process("local") as host:
         for round_number in range(arguments.rounds):
-            latencies, failed = run_round(host.target, host.token, sessions, execs, processes, arguments.think_ms, round_number)
+            latencies, failed = run_round(
+                host.target, host.token, sessions, execs, processes, arguments.think_ms, round_number
+            )
             paced += latencies
             errors += failed
             cpu, wall = cpu_seconds(host.pid), time.perf_counter()
@@ -148,7 +154,10 @@ def main() -> None:
             errors += failed
     print(percentiles("C. 1 session alone: Exec echo", alone))
     offered = sessions * 1000 / arguments.think_ms if arguments.think_ms else float("inf")
-    print(percentiles(f"A. {sessions} sessions, {arguments.think_ms:g} ms think", paced) + f"  (~{offered:.0f} execs/s asked)")
+    print(
+        percentiles(f"A. {sessions} sessions, {arguments.think_ms:g} ms think", paced)
+        + f"  (~{offered:.0f} execs/s asked)"
+    )
     print(percentiles(f"B. {sessions} sessions, back to back", saturated))
     total = sessions * execs
     print(
@@ -156,7 +165,9 @@ def main() -> None:
         f" host CPU {median(host_cpu) / total * 1000:.2f} ms per exec, {total / median(walls):.0f} execs/s"
     )
     print(f"errors: {len(errors)}" + "".join(f"\n  {e}" for e in errors[:10]))
-    print(f"p99 ratio A / C: {percentile(paced, 99) / percentile(alone, 99):.2f}; B / C: {percentile(saturated, 99) / percentile(alone, 99):.2f}")
+    print(
+        f"p99 ratio A / C: {percentile(paced, 99) / percentile(alone, 99):.2f}; B / C: {percentile(saturated, 99) / percentile(alone, 99):.2f}"
+    )
     print(verdict("errors", len(errors), 0, at_most=True))
     print(verdict(f"A. p99 ms, {sessions} sessions", percentile(paced, 99) * 1000, 50, at_most=True))
 

@@ -50,7 +50,11 @@ def bench_local(loop: ClientLoop, runs: int) -> None:
     print(summary("gRPC Exec true (local, bubblewrap)", grpc_times, 1e-3, "ms"))
     print(percentiles("plain subprocess.run(['true'])", plain_times))
     print(percentiles("gRPC Exec true (local, bubblewrap)", grpc_times))
-    print(verdict("local p50 ratio (gRPC Exec / plain spawn)", median(grpc_times) / median(plain_times), 2.5, at_most=True))
+    print(
+        verdict(
+            "local p50 ratio (gRPC Exec / plain spawn)", median(grpc_times) / median(plain_times), 2.5, at_most=True
+        )
+    )
 
 
 def bench_docker(loop: ClientLoop, runs: int) -> None:
@@ -85,7 +89,9 @@ def bench_docker(loop: ClientLoop, runs: int) -> None:
     print(summary("gRPC Exec true (docker)", grpc_times, 1e-3, "ms"))
     print(percentiles("docker-py exec_run(['true'])", docker_times))
     print(percentiles("gRPC Exec true (docker)", grpc_times))
-    print(verdict("docker p50 ratio (gRPC Exec / exec_run)", median(grpc_times) / median(docker_times), 0.1, at_most=True))
+    print(
+        verdict("docker p50 ratio (gRPC Exec / exec_run)", median(grpc_times) / median(docker_times), 0.1, at_most=True)
+    )
 
 
 def main() -> None:

@@ -73,7 +73,9 @@ class RawPeer:
 
     def __init__(self) -> None:
         """Start the peer and learn its port."""
-        self.process = subprocess.Popen([sys.executable, "-c", _PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _PEER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.process.stdout is not None
         self.port = int(self.process.stdout.readline())
 
@@ -141,7 +143,9 @@ def main() -> None:
             print(summary("ReadFile 1 MiB", read_s, 1e-3, "ms"))
             print(percentiles("WriteFile 1 MiB", write_s))
             print(percentiles("ReadFile 1 MiB", read_s))
-            print(f"ratios to the raw copy (p50): write {median(write_s) / median(raw_s):.2f}, read {median(read_s) / median(raw_s):.2f}")
+            print(
+                f"ratios to the raw copy (p50): write {median(write_s) / median(raw_s):.2f}, read {median(read_s) / median(raw_s):.2f}"
+            )
             print(verdict("WriteFile 1 MiB p50 ms", median(write_s) * 1000, 5, at_most=True))
             print(verdict("ReadFile 1 MiB p50 ms", median(read_s) * 1000, 5, at_most=True))
 
@@ -152,17 +156,19 @@ def main() -> None:
                 assert len(await client.read_file(sid, "large.bin")) == LARGE
 
             raw_fsync = str(work / "raw-sink.bin")
-            write_l, raw_l, raw_l_fsync, read_l, raw_l_read = loop.run(interleave_async(
-                [
-                    write_large,
-                    lambda: peer.send(large),
-                    lambda: peer.send(large, raw_fsync),
-                    read_large,
-                    lambda: peer.fetch(work / "large.bin", LARGE),
-                ],
-                arguments.large_runs,
-                warmup=1,
-            ))
+            write_l, raw_l, raw_l_fsync, read_l, raw_l_read = loop.run(
+                interleave_async(
+                    [
+                        write_large,
+                        lambda: peer.send(large),
+                        lambda: peer.send(large, raw_fsync),
+                        read_large,
+                        lambda: peer.fetch(work / "large.bin", LARGE),
+                    ],
+                    arguments.large_runs,
+                    warmup=1,
+                )
+            )
             loop.run(client.close())
         rate = lambda times: LARGE / median(times) / 1e6  # noqa: E731 - MB/s at the median
         print(summary("raw loopback copy 100 MB (bytes only)", raw_l, 1e-3, "ms"))
@@ -174,8 +180,16 @@ def main() -> None:
             f"MB/s at the median: raw {rate(raw_l):.0f}, raw+fsync {rate(raw_l_fsync):.0f}, WriteFile {rate(write_l):.0f};"
             f" raw fetch {rate(raw_l_read):.0f}, ReadFile {rate(read_l):.0f}"
         )
-        print(verdict("WriteFile 100 MB throughput / raw copy (bytes only)", rate(write_l) / rate(raw_l), 0.5, at_most=False))
-        print(verdict("WriteFile 100 MB throughput / raw copy + fsync", rate(write_l) / rate(raw_l_fsync), 0.5, at_most=False))
+        print(
+            verdict(
+                "WriteFile 100 MB throughput / raw copy (bytes only)", rate(write_l) / rate(raw_l), 0.5, at_most=False
+            )
+        )
+        print(
+            verdict(
+                "WriteFile 100 MB throughput / raw copy + fsync", rate(write_l) / rate(raw_l_fsync), 0.5, at_most=False
+            )
+        )
         print(verdict("ReadFile 100 MB throughput / raw fetch", rate(read_l) / rate(raw_l_read), 0.5, at_most=False))
     finally:
         peer.close()

@@ -48,7 +48,9 @@ class BenchHost:
 
 
 @contextlib.contextmanager
-def host_process(provider: str = "local", *, image: str = "", extra_args: list[str] | None = None) -> Iterator[BenchHost]:
+def host_process(
+    provider: str = "local", *, image: str = "", extra_args: list[str] | None = None
+) -> Iterator[BenchHost]:
     """Run a sandbox host on ``127.0.0.1:0`` with a fresh state dir; stop it and remove everything after."""
     work = scratch(f"host-{provider}")
     token = secrets.token_hex(16)
@@ -67,7 +69,7 @@ def host_process(provider: str = "local", *, image: str = "", extra_args: list[s
         line = process.stdout.readline().decode().strip()
         if not line.startswith(READY_PREFIX):
             raise SystemExit(f"bench: the sandbox host did not start:\n{(work / 'host-stderr.log').read_text()}")
-        yield BenchHost(f"grpc://{line[len(READY_PREFIX):]}", token, process.pid, work / "state")
+        yield BenchHost(f"grpc://{line[len(READY_PREFIX) :]}", token, process.pid, work / "state")
     finally:
         process.terminate()
         try:

@@ -73,7 +73,9 @@ def main() -> None:
             recipe.base = str(tree)
             lease = SandboxLease(client, host=host.target, recipe=recipe)
             info = loop.run(lease.ready())
-            print(f"local sandbox isolation: {info.isolation}; {PROJECT_FILES:,} project files, {MODULE_FILES:,} in node_modules")
+            print(
+                f"local sandbox isolation: {info.isolation}; {PROJECT_FILES:,} project files, {MODULE_FILES:,} in node_modules"
+            )
 
             async def quiet(stream: str, text: str) -> None:
                 pass

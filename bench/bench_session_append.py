@@ -21,12 +21,33 @@ from session.store import SessionStore  # noqa: E402
 
 PAYLOADS = [
     ("user", {"content": "please run the tests and fix what fails " * 3}),
-    ("assistant", {"message": {"id": "msg_1", "model": "m", "content": [
-        {"type": "text", "text": "Running the tests."},
-        {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "pytest -x -q"}}],
-        "stop_reason": "tool_use", "usage": {"input_tokens": 1200, "output_tokens": 40}}, "cost_usd": 0.004}),
-    ("tool_result", {"tool_use_id": "toolu_1", "tool_name": "Bash", "content": "collected 42 items\n" + "." * 2000,
-                     "is_error": False, "output_blob": None, "output_bytes": 2020}),
+    (
+        "assistant",
+        {
+            "message": {
+                "id": "msg_1",
+                "model": "m",
+                "content": [
+                    {"type": "text", "text": "Running the tests."},
+                    {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "pytest -x -q"}},
+                ],
+                "stop_reason": "tool_use",
+                "usage": {"input_tokens": 1200, "output_tokens": 40},
+            },
+            "cost_usd": 0.004,
+        },
+    ),
+    (
+        "tool_result",
+        {
+            "tool_use_id": "toolu_1",
+            "tool_name": "Bash",
+            "content": "collected 42 items\n" + "." * 2000,
+            "is_error": False,
+            "output_blob": None,
+            "output_bytes": 2020,
+        },
+    ),
 ]
 
 

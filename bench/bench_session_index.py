@@ -43,13 +43,23 @@ def write_sessions(home: Path, projects: list[Path]) -> None:
             elif step % 3 == 1:
                 kind, payload = "user", {"content": f"session {n} step {step}: please fix the {word} " * 3}
             elif step % 3 == 2:
-                kind, payload = "assistant", {"message": {"content": [
-                    {"type": "text", "text": f"Looking at the {word} now. " * 5},
-                    {"type": "tool_use", "id": f"t{step}", "name": "Bash", "input": {"command": "make"}}]},
-                    "cost_usd": 0.01}
+                kind, payload = (
+                    "assistant",
+                    {
+                        "message": {
+                            "content": [
+                                {"type": "text", "text": f"Looking at the {word} now. " * 5},
+                                {"type": "tool_use", "id": f"t{step}", "name": "Bash", "input": {"command": "make"}},
+                            ]
+                        },
+                        "cost_usd": 0.01,
+                    },
+                )
             else:
-                kind, payload = "tool_result", {"tool_use_id": f"t{step - 1}", "content": f"{word} output line\n" * 40,
-                                                "is_error": False}
+                kind, payload = (
+                    "tool_result",
+                    {"tool_use_id": f"t{step - 1}", "content": f"{word} output line\n" * 40, "is_error": False},
+                )
             timestamp = f"2025-01-{1 + n % 28:02d}T00:00:{step:02d}.000Z"
             event = Event(str(uuid.uuid4()), parent, session_id, timestamp, kind, payload)
             lines.append(event.to_json_line())

@@ -50,13 +50,43 @@ def write_session(home: Path, project: Path) -> Path:
         add("user", {"content": f"prompt {n}: please look at module {n} and fix what is broken"})
         for call in range(2):
             tool_id = f"toolu_{n}_{call}"
-            add("assistant", {"message": {"id": f"msg_{n}_{call}", "model": "m", "content": [
-                {"type": "thinking", "thinking": "I should look at the file. " * 10, "signature": "c2ln" * 40},
-                {"type": "text", "text": f"Let me run step {call}."},
-                {"type": "tool_use", "id": tool_id, "name": "Bash", "input": {"command": f"cat module_{n}.py"}},
-            ], "stop_reason": "tool_use", "usage": {"input_tokens": 1000, "output_tokens": 100}}, "cost_usd": 0.01})
-            add("tool_result", {"tool_use_id": tool_id, "tool_name": "Bash", "content": filler,
-                                "is_error": False, "output_blob": None, "output_bytes": len(filler)})
+            add(
+                "assistant",
+                {
+                    "message": {
+                        "id": f"msg_{n}_{call}",
+                        "model": "m",
+                        "content": [
+                            {
+                                "type": "thinking",
+                                "thinking": "I should look at the file. " * 10,
+                                "signature": "c2ln" * 40,
+                            },
+                            {"type": "text", "text": f"Let me run step {call}."},
+                            {
+                                "type": "tool_use",
+                                "id": tool_id,
+                                "name": "Bash",
+                                "input": {"command": f"cat module_{n}.py"},
+                            },
+                        ],
+                        "stop_reason": "tool_use",
+                        "usage": {"input_tokens": 1000, "output_tokens": 100},
+                    },
+                    "cost_usd": 0.01,
+                },
+            )
+            add(
+                "tool_result",
+                {
+                    "tool_use_id": tool_id,
+                    "tool_name": "Bash",
+                    "content": filler,
+                    "is_error": False,
+                    "output_blob": None,
+                    "output_bytes": len(filler),
+                },
+            )
         n += 1
     path.write_bytes(b"".join(lines[:EVENTS]))
     return path
@@ -110,18 +140,24 @@ def main() -> None:
                 del result  # freeing the previous result is not part of the next run's time
         medians = {name: statistics.median(values) for name, values in timings.items()}
         resume_median = medians["resume"]
-        print(f"resume                       {_spread(timings['resume'])}"
-              f"  (target <= 300 ms: {'ok' if resume_median <= 0.3 else 'MISSED'})")
+        print(
+            f"resume                       {_spread(timings['resume'])}"
+            f"  (target <= 300 ms: {'ok' if resume_median <= 0.3 else 'MISSED'})"
+        )
         for name in ("json.loads loop", "json.loads loop, kept"):
             ratio = resume_median / medians[name]
-            print(f"baseline {name:<21} {_spread(timings[name])}"
-                  f"  ratio {ratio:.2f}x (target <= 3x: {'ok' if ratio <= 3 else 'MISSED'})")
+            print(
+                f"baseline {name:<21} {_spread(timings[name])}"
+                f"  ratio {ratio:.2f}x (target <= 3x: {'ok' if ratio <= 3 else 'MISSED'})"
+            )
 
 
 def _spread(values: list[float]) -> str:
     """Median, min and max of timings in milliseconds."""
-    return (f"median {statistics.median(values) * 1000:7.1f} ms"
-            f" (min {min(values) * 1000:6.1f}, max {max(values) * 1000:6.1f})")
+    return (
+        f"median {statistics.median(values) * 1000:7.1f} ms"
+        f" (min {min(values) * 1000:6.1f}, max {max(values) * 1000:6.1f})"
+    )
 
 
 if __name__ == "__main__":

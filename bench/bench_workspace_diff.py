@@ -70,7 +70,15 @@ def main() -> None:
             selection = select_project_files(old, max_file_bytes=1 << 30, max_total_bytes=1 << 40)
             with log.blobs.batch() as batch:
                 uploaded = loop.run(upload_project(client, sid, old, selection, batch))
-            record_checkpoint(log, diff_states({}, uploaded.state), seq=0, after_tool_use_id=None, label="baseline", files=FILES, bytes=uploaded.bytes)
+            record_checkpoint(
+                log,
+                diff_states({}, uploaded.state),
+                seq=0,
+                after_tool_use_id=None,
+                label="baseline",
+                files=FILES,
+                bytes=uploaded.bytes,
+            )
             keeper = Checkpointer(client, log, "copy", WorkspaceRules.for_session("copy", False, [], 50 << 20))
             keeper.load()
             # The edits land in the sandbox as a tool's would: write the 100 changed files there.
@@ -104,7 +112,9 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     print(summary(f"/diff ({CHANGED} of {FILES} files changed)", ours, 1e-3, "ms"))
     print(summary("diff -ruN of the same trees", theirs, 1e-3, "ms"))
-    print(f"medians: /diff {median(ours) * 1000:.1f} ms, diff -ruN {median(theirs) * 1000:.1f} ms, ratio {median(ours) / median(theirs):.2f}")
+    print(
+        f"medians: /diff {median(ours) * 1000:.1f} ms, diff -ruN {median(theirs) * 1000:.1f} ms, ratio {median(ours) / median(theirs):.2f}"
+    )
     print(verdict("/diff, seconds", median(ours), 0.2, at_most=True))
 
 

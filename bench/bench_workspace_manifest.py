@@ -106,7 +106,13 @@ def main() -> None:
         # Each change is made and seen by one chain of tokens before the other chain's turn.
         walk_s, cp_changed_s, cp_same_s, changed_s, same_s = loop.run(
             interleave_async(
-                [lambda: bare_walk(str(workspace)), checkpoint_one_changed, checkpoint_unchanged, one_changed, unchanged],
+                [
+                    lambda: bare_walk(str(workspace)),
+                    checkpoint_one_changed,
+                    checkpoint_unchanged,
+                    one_changed,
+                    unchanged,
+                ],
                 arguments.runs,
                 warmup=3,
             )
@@ -126,7 +132,14 @@ def main() -> None:
     )
     print(verdict("manifest delta, unchanged / bare walk", median(same_s) / median(walk_s), 2, at_most=True))
     print(verdict("checkpoint, unchanged / bare walk", median(cp_same_s) / median(walk_s), 2, at_most=True))
-    print(verdict("checkpoint: one changed file costs ms more", (median(cp_changed_s) - median(cp_same_s)) * 1000, 5, at_most=True))
+    print(
+        verdict(
+            "checkpoint: one changed file costs ms more",
+            (median(cp_changed_s) - median(cp_same_s)) * 1000,
+            5,
+            at_most=True,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def alternate(a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int = 1) -> tuple[list[float], list[float]]:
+def alternate(
+    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int = 1
+) -> tuple[list[float], list[float]]:
     """Run A B A B ... ``runs`` times each after ``warmup`` of each; return both lists of seconds."""
     for _ in range(warmup):
         a()

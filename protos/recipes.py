@@ -88,7 +88,9 @@ def recipe_from_dict(data: dict[str, Any]) -> pb.Recipe:
     recipe.setup.extend(_string_list(data, "setup"))
     recipe.env.update(_string_table(data, "env"))
     recipe.labels.update(_string_table(data, "labels"))
-    limits = pb.Limits(cpus=_cpus(data.get("cpus", 0)), memory_bytes=_memory(data.get("memory", 0)), pids=_count(data, "pids"))
+    limits = pb.Limits(
+        cpus=_cpus(data.get("cpus", 0)), memory_bytes=_memory(data.get("memory", 0)), pids=_count(data, "pids")
+    )
     if limits != pb.Limits():
         # Only then: an empty-but-present submessage would not compare equal to an absent one.
         recipe.limits.CopyFrom(limits)
@@ -143,9 +145,7 @@ def _string_list(data: dict[str, Any], key: str) -> list[str]:
 
 def _string_table(data: dict[str, Any], key: str) -> dict[str, str]:
     value = data.get(key, {})
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise ValueError(f"recipe key {key!r} must be a table of strings (quote numbers), not {value!r}")
     return value
 
@@ -164,14 +164,14 @@ def _memory(value: Any) -> int:
 def parse_size(value: Any, what: str) -> int:
     """Bytes from an int or a size like "2g", "512m", "1.5GiB"; ``ValueError`` names ``what``."""
     if isinstance(value, bool):
-        raise ValueError(f"{what} must be bytes or a size like \"2g\", not {value!r}")
+        raise ValueError(f'{what} must be bytes or a size like "2g", not {value!r}')
     if isinstance(value, int) and value >= 0:
         return value
     if isinstance(value, str):
         match = _MEMORY.fullmatch(value.strip())
         if match:
             return int(float(match.group(1)) * _MEMORY_UNITS[match.group(2).lower()])
-    raise ValueError(f"{what} must be bytes or a size like \"2g\" or \"512m\", not {value!r}")
+    raise ValueError(f'{what} must be bytes or a size like "2g" or "512m", not {value!r}')
 
 
 def _duration(value: Any) -> int:
@@ -189,4 +189,4 @@ def _duration(value: Any) -> int:
             seconds = sum(int(n) * _DURATION_UNITS[u] for n, u in parts)
             if seconds <= _UINT32_MAX:
                 return seconds
-    raise ValueError(f"recipe key 'idle_ttl' must be seconds or a duration like \"30m\" or \"1h\", not {value!r}")
+    raise ValueError(f'recipe key \'idle_ttl\' must be seconds or a duration like "30m" or "1h", not {value!r}')

@@ -60,7 +60,9 @@ def parse_token_lines(lines: Sequence[str], source: str = "token file") -> dict[
                     f"{source}, line {number}: tenant {tenant!r} must be letters, digits, '.', '_' or '-'"
                 )
         else:
-            raise TokenFileError(f"{source}, line {number}: expected 'TOKEN' or 'TENANT TOKEN', found {len(words)} words")
+            raise TokenFileError(
+                f"{source}, line {number}: expected 'TOKEN' or 'TENANT TOKEN', found {len(words)} words"
+            )
         if len(token) < MIN_TOKEN_LENGTH:
             raise TokenFileError(
                 f"{source}, line {number}: a token must have at least {MIN_TOKEN_LENGTH} characters "

@@ -85,9 +85,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether sandbox", description="Run a tether sandbox host.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve sandboxes over gRPC")
-    serve.add_argument("--listen", default=DEFAULT_LISTEN, metavar="ADDR", help=f"HOST:PORT or unix:///path (default {DEFAULT_LISTEN}; port 0 picks a free one)")
-    serve.add_argument("--provider", choices=("docker", "local"), default="local", help="docker containers, or local directories under bubblewrap (default local)")
-    serve.add_argument("--token-file", type=Path, metavar="F", help="bearer tokens, one per line ('TOKEN' or 'TENANT TOKEN'); required")
+    serve.add_argument(
+        "--listen",
+        default=DEFAULT_LISTEN,
+        metavar="ADDR",
+        help=f"HOST:PORT or unix:///path (default {DEFAULT_LISTEN}; port 0 picks a free one)",
+    )
+    serve.add_argument(
+        "--provider",
+        choices=("docker", "local"),
+        default="local",
+        help="docker containers, or local directories under bubblewrap (default local)",
+    )
+    serve.add_argument(
+        "--token-file", type=Path, metavar="F", help="bearer tokens, one per line ('TOKEN' or 'TENANT TOKEN'); required"
+    )
     serve.add_argument("--tls-cert", type=Path, metavar="F", help="PEM certificate chain: serve TLS (grpcs://)")
     serve.add_argument("--tls-key", type=Path, metavar="F", help="PEM private key of --tls-cert")
     serve.add_argument("--state-dir", type=Path, metavar="D", help="where sandboxes live (default: the user state dir)")
@@ -102,25 +114,49 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-workspace-root", type=Path, action="append", default=[], metavar="DIR",
         help="let a Provision use an existing directory under DIR as its workspace, bind-mounted read-write (repeatable; refused otherwise)",
     )  # fmt: skip
-    serve.add_argument("--allow-base", type=Path, action="append", default=[], metavar="DIR", help="local: let recipes copy a 'base' directory from under DIR (repeatable)")
+    serve.add_argument(
+        "--allow-base",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="local: let recipes copy a 'base' directory from under DIR (repeatable)",
+    )
     limits = serve.add_argument_group("limits (past one, a call fails with RESOURCE_EXHAUSTED naming it)")
     limits.add_argument(
-        "--max-sandboxes-per-tenant", type=positive_int, default=DEFAULT_MAX_SANDBOXES_PER_TENANT, metavar="N",
+        "--max-sandboxes-per-tenant",
+        type=positive_int,
+        default=DEFAULT_MAX_SANDBOXES_PER_TENANT,
+        metavar="N",
         help=f"live sandboxes one token (tenant) may have at once (default {DEFAULT_MAX_SANDBOXES_PER_TENANT})",
     )
     limits.add_argument(
-        "--max-execs-per-sandbox", type=positive_int, default=DEFAULT_MAX_EXECS_PER_SANDBOX, metavar="N",
+        "--max-execs-per-sandbox",
+        type=positive_int,
+        default=DEFAULT_MAX_EXECS_PER_SANDBOX,
+        metavar="N",
         help=f"commands one sandbox may run at the same time (default {DEFAULT_MAX_EXECS_PER_SANDBOX})",
     )
     limits.add_argument(
-        "--max-write-bytes", type=byte_size, default=byte_size(DEFAULT_MAX_WRITE_BYTES), metavar="SIZE",
+        "--max-write-bytes",
+        type=byte_size,
+        default=byte_size(DEFAULT_MAX_WRITE_BYTES),
+        metavar="SIZE",
         help=f"largest file one WriteFile may write, checked as it streams in; bytes or K/M/G (default {DEFAULT_MAX_WRITE_BYTES})",
     )
     serve.add_argument(
-        "--reap-interval", type=positive_seconds, default=DEFAULT_REAP_INTERVAL_S, metavar="SECONDS",
+        "--reap-interval",
+        type=positive_seconds,
+        default=DEFAULT_REAP_INTERVAL_S,
+        metavar="SECONDS",
         help=f"how often sandboxes idle past their recipe's TTL are destroyed (default {DEFAULT_REAP_INTERVAL_S:g})",
     )
-    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="stderr log level (default INFO: one line per RPC)")
+    serve.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="stderr log level (default INFO: one line per RPC)",
+    )
     return parser
 
 

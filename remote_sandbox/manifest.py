@@ -126,7 +126,9 @@ def manifest(root_fd: int, request: pb.ManifestRequest, state: ManifestState) ->
         state.answers[token] = _Answer(rules, walk.files)
         while len(state.answers) > KEPT_ANSWERS:
             state.answers.popitem(last=False)
-        response = pb.ManifestResponse(token=token, skipped=[pb.SkippedPath(path=_shown(p)[0], reason=r) for p, r in walk.skipped])
+        response = pb.ManifestResponse(
+            token=token, skipped=[pb.SkippedPath(path=_shown(p)[0], reason=r) for p, r in walk.skipped]
+        )
         if since is None or since.rules != rules:
             response.entries.extend(_entry(rel, seen) for rel, seen in sorted(walk.files.items()))
             return response

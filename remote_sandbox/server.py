@@ -236,7 +236,9 @@ def _read_more(reader: ws.FileReader) -> tuple[ws.FileReader, list[bytes]]:
     return reader, reader.read(READ_BATCH_BYTES)
 
 
-def _write_batch(writer: ws.AtomicWrite | None, open_writer: Callable[[], ws.AtomicWrite], chunks: list[bytes]) -> ws.AtomicWrite:
+def _write_batch(
+    writer: ws.AtomicWrite | None, open_writer: Callable[[], ws.AtomicWrite], chunks: list[bytes]
+) -> ws.AtomicWrite:
     """Open the temp file unless open, and append ``chunks``: one trip to a worker thread."""
     opened = writer is None
     writer = writer or open_writer()
@@ -250,7 +252,10 @@ def _write_batch(writer: ws.AtomicWrite | None, open_writer: Callable[[], ws.Ato
 
 
 def _release_after_trip(
-    handle: Any, trip: asyncio.Future[Any] | None, release: Callable[[Any], None], opened: Callable[[Any], Any] = lambda r: r
+    handle: Any,
+    trip: asyncio.Future[Any] | None,
+    release: Callable[[Any], None],
+    opened: Callable[[Any], Any] = lambda r: r,
 ) -> None:
     """``release`` ``handle`` and what the worker-thread ``trip`` opened (``opened(result)``), once that trip is over.
 
@@ -278,7 +283,9 @@ def _bytes_text(size: int) -> str:
     return f"{size} bytes"
 
 
-async def _opening(request_iterator: AsyncIterator[Any], method: str, part: str, duty: str) -> tuple[AsyncIterator[Any], Any]:
+async def _opening(
+    request_iterator: AsyncIterator[Any], method: str, part: str, duty: str
+) -> tuple[AsyncIterator[Any], Any]:
     """A client-streaming call's messages and its first one, which must carry ``part`` (it must ``duty``)."""
     messages = aiter(request_iterator)
     first = await anext(messages, None)
@@ -324,7 +331,15 @@ def _status_of(exc: BaseException) -> tuple[grpc.StatusCode, str]:
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return grpc.StatusCode.RESOURCE_EXHAUSTED, f"the sandbox host is out of disk space: {exc.strerror}"
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG, errno.EISDIR, errno.ENOTDIR, errno.ELOOP):
+        if exc.errno in (
+            errno.EACCES,
+            errno.EPERM,
+            errno.EROFS,
+            errno.ENAMETOOLONG,
+            errno.EISDIR,
+            errno.ENOTDIR,
+            errno.ELOOP,
+        ):
             return grpc.StatusCode.INVALID_ARGUMENT, f"{exc.strerror}: {exc.filename or ''}".rstrip(": ")
     return grpc.StatusCode.INTERNAL, f"internal error in the sandbox host: {type(exc).__name__}: {exc}"
 
@@ -466,7 +481,9 @@ class _SandboxService(pb_grpc.SandboxServicer):
         return await self._info(self._entry(call, request.sandbox_id))
 
     @_unary
-    async def ListSandboxes(self, call: _Call, request: pb.ListSandboxesRequest, context: Any) -> pb.ListSandboxesResponse:
+    async def ListSandboxes(
+        self, call: _Call, request: pb.ListSandboxesRequest, context: Any
+    ) -> pb.ListSandboxesResponse:
         """The caller's sandboxes."""
         tenant = self._tenant(call)
         entries = [e for e in self.host.sandboxes.values() if e.record.tenant == tenant]
@@ -554,7 +571,9 @@ class _SandboxService(pb_grpc.SandboxServicer):
             _release_after_trip(reader, reading, ws.FileReader.close, opened=lambda result: result[0])
 
     @_unary
-    async def WriteFile(self, call: _Call, request_iterator: AsyncIterator[pb.WriteFileRequest], context: Any) -> pb.FileInfo:
+    async def WriteFile(
+        self, call: _Call, request_iterator: AsyncIterator[pb.WriteFileRequest], context: Any
+    ) -> pb.FileInfo:
         """Write a file atomically from a header and data messages."""
         messages, first = await _opening(request_iterator, "WriteFile", "header", "be the header (path, mode)")
         header = first.header
@@ -663,7 +682,9 @@ class _SandboxService(pb_grpc.SandboxServicer):
             await asyncio.to_thread(chunks.close)
 
     @_unary
-    async def Import(self, call: _Call, request_iterator: AsyncIterator[pb.ImportRequest], context: Any) -> pb.ImportResponse:
+    async def Import(
+        self, call: _Call, request_iterator: AsyncIterator[pb.ImportRequest], context: Any
+    ) -> pb.ImportResponse:
         """Unpack a tar stream into the workspace."""
         messages, first = await _opening(request_iterator, "Import", "sandbox", "name the sandbox")
         entry = self._entry(call, first.sandbox.sandbox_id)
@@ -748,9 +769,7 @@ class SandboxHost:
                 removed = await reconcile(self.host_id)
                 if removed:
                     log.info("removed %d sandbox container(s) left by an earlier run", len(removed))
-            self._server = grpc.aio.server(
-                interceptors=[BearerTokenInterceptor(self.tokens)], options=SERVER_OPTIONS
-            )
+            self._server = grpc.aio.server(interceptors=[BearerTokenInterceptor(self.tokens)], options=SERVER_OPTIONS)
             pb_grpc.add_SandboxServicer_to_server(_SandboxService(self), self._server)
             self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
@@ -765,7 +784,9 @@ class SandboxHost:
         except BaseException:
             await self._release()
             raise
-        log.info("sandbox host listening on %s (provider %s, state %s)", self.address, self.provider.name, self.state_dir)
+        log.info(
+            "sandbox host listening on %s (provider %s, state %s)", self.address, self.provider.name, self.state_dir
+        )
         return self.address
 
     def _make_provider(self) -> Provider:
@@ -829,7 +850,9 @@ class SandboxHost:
         if listen.startswith("unix:"):
             path = listen[len("unix:") :].removeprefix("//")
             if not path.startswith("/"):
-                raise HostStartError(f"a unix socket address needs an absolute path: unix:///path, not {self.config.listen}")
+                raise HostStartError(
+                    f"a unix socket address needs an absolute path: unix:///path, not {self.config.listen}"
+                )
             listen = f"unix://{path}"
             _clear_stale_socket(Path(path))
             self._socket_path = Path(path)
@@ -1016,7 +1039,9 @@ class SandboxHost:
                     await self.destroy(entry)
                     reaped.append(entry.record.sandbox_id)
                     # Logged once it is gone, directory included: tests and operators wait on this line.
-                    log.info("destroyed idle sandbox %s: unused for more than %d s", entry.record.sandbox_id, ttl_ms // 1000)
+                    log.info(
+                        "destroyed idle sandbox %s: unused for more than %d s", entry.record.sandbox_id, ttl_ms // 1000
+                    )
                 except Exception:
                     log.exception("could not destroy idle sandbox %s", entry.record.sandbox_id)
         return reaped

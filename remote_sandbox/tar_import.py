@@ -154,7 +154,12 @@ def _checked_parts(name: str) -> list[str]:
 
 
 def _fast_member(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, parts: list[str], dirs: _OpenDirs, spool_fd: int, modes: dict[str, int]
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    parts: list[str],
+    dirs: _OpenDirs,
+    spool_fd: int,
+    modes: dict[str, int],
 ) -> int | None:
     """Unpack one member the fast way; return its data bytes (None for a directory). ``_Unusual`` to go the general way."""
     rel = "/".join(parts)

@@ -497,7 +497,9 @@ class Workspace:
             finally:
                 writer.abort()
             return files + 1, total
-        raise InvalidRequest(f"tar member {name!r} is a device, FIFO or other special file; only files, directories and symlinks can be imported")
+        raise InvalidRequest(
+            f"tar member {name!r} is a device, FIFO or other special file; only files, directories and symlinks can be imported"
+        )
 
 
 def _chmod_dir(resolved: _Resolved, mode: int) -> None:
@@ -760,4 +762,3 @@ class _ExactReader(io.RawIOBase):
             data += b"\0" * (n - len(data))
         self._left -= len(data)
         return data
-

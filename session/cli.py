@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     search = commands.add_parser("search", help="sessions whose messages or tool results hold every word")
     search.add_argument("text", metavar="TEXT", nargs="+", help="the words to look for")
     search.add_argument("--all", action="store_true", help="search every project")
-    search.add_argument("--project", metavar="DIR", type=Path, help="search DIR's sessions (default: the current directory)")
+    search.add_argument(
+        "--project", metavar="DIR", type=Path, help="search DIR's sessions (default: the current directory)"
+    )
     search.add_argument("--limit", type=int, default=50, help="at most this many sessions (default 50)")
 
     export = commands.add_parser("export", help="a session as Markdown or as the API's messages JSON")
@@ -61,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gc.add_argument("--dry-run", action="store_true", help="only print what would be removed")
     where = gc.add_mutually_exclusive_group()
-    where.add_argument("--project", metavar="DIR", type=Path, help="collect DIR's blobs (default: the current directory)")
+    where.add_argument(
+        "--project", metavar="DIR", type=Path, help="collect DIR's blobs (default: the current directory)"
+    )
     where.add_argument("--all", action="store_true", help="collect the blobs of every project")
     return parser
 
@@ -277,9 +281,7 @@ def _short_path(path: Path) -> str:
     """path with the home directory written as ~."""
     home = str(Path.home())
     text = str(path)
-    return "~" + text[len(home):] if home != "/" and (text == home or text.startswith(home + "/")) else text
-
-
+    return "~" + text[len(home) :] if home != "/" and (text == home or text.startswith(home + "/")) else text
 
 
 if __name__ == "__main__":

@@ -17,8 +17,7 @@ from session.events import Event, EventType
 logger = logging.getLogger(__name__)
 
 INTERRUPTED_TOOL_RESULT = (
-    "The tool was interrupted before it finished (the session was stopped). "
-    "It may or may not have run."
+    "The tool was interrupted before it finished (the session was stopped). It may or may not have run."
 )
 """What the model is told for a tool call whose result never reached the log."""
 
@@ -54,9 +53,7 @@ class _UserTurn:
         if len(results) == len(self.answers_for):  # the usual case: every call answered
             content = [results[tool_use_id] for tool_use_id in self.answers_for]
         else:
-            content = [
-                results.get(tool_use_id) or _interrupted_result(tool_use_id) for tool_use_id in self.answers_for
-            ]
+            content = [results.get(tool_use_id) or _interrupted_result(tool_use_id) for tool_use_id in self.answers_for]
         content.extend(self.other)
         return {"role": "user", "content": content}
 
@@ -155,9 +152,7 @@ def _open_user_turn(turns: list[_UserTurn | _AssistantTurn]) -> _UserTurn:
     return turn
 
 
-def _add_result(
-    turns: list[_UserTurn | _AssistantTurn], block: dict[str, Any], event: Event
-) -> None:
+def _add_result(turns: list[_UserTurn | _AssistantTurn], block: dict[str, Any], event: Event) -> None:
     """File a tool result under the call it answers, or drop it if it answers none."""
     last = turns[-1] if turns else None
     tool_use_id = block["tool_use_id"]

@@ -88,4 +88,3 @@ def publish_new_file(temporary: Path, final: Path) -> None:
         return
     with contextlib.suppress(OSError):
         temporary.unlink()  # if it stays, it is only a second name of the same file
-

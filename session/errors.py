@@ -29,9 +29,7 @@ class AmbiguousSessionId(SessionStoreError):
     def __init__(self, prefix: str, candidates: list[str]) -> None:
         shown = ", ".join(sorted(candidates)[:10])
         more = f" and {len(candidates) - 10} more" if len(candidates) > 10 else ""
-        super().__init__(
-            f"session id prefix {prefix!r} matches {len(candidates)} sessions: {shown}{more}"
-        )
+        super().__init__(f"session id prefix {prefix!r} matches {len(candidates)} sessions: {shown}{more}")
         self.prefix: str = prefix
         """The prefix that was too short."""
         self.candidates: list[str] = sorted(candidates)

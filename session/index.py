@@ -223,8 +223,7 @@ class SessionIndex:
             """Refresh, then read the rows."""
             self._refresh(project_dir)
             sql = (
-                "SELECT id, project, title, first_prompt, created, updated, message_count,"
-                " cost_usd, path FROM sessions"
+                "SELECT id, project, title, first_prompt, created, updated, message_count, cost_usd, path FROM sessions"
             )
             parameters: tuple[Any, ...] = ()
             if project_dir is not None:
@@ -348,9 +347,7 @@ class SessionIndex:
 
         vanished = [row for path, (row, _, _) in known.items() if path not in on_disk]
         changed = [
-            path
-            for path, (_, size, mtime) in on_disk.items()
-            if path not in known or known[path][1:] != (size, mtime)
+            path for path, (_, size, mtime) in on_disk.items() if path not in known or known[path][1:] != (size, mtime)
         ]
         if not vanished and not changed:
             return
@@ -470,9 +467,7 @@ class SessionIndex:
                     raise sqlite3.DatabaseError(f"index schema version {version}, expected {SCHEMA_VERSION}")
                 connection.execute("PRAGMA journal_mode = WAL")
                 schema = _SCHEMA + (_FTS_SCHEMA if fts5_available() else "")
-                connection.executescript(
-                    f"BEGIN; {schema} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
-                )
+                connection.executescript(f"BEGIN; {schema} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
             connection.execute("PRAGMA synchronous = NORMAL")  # a cache: speed over durability
         except BaseException:
             connection.close()
@@ -558,8 +553,9 @@ def _plain_snippet(text: str, words: list[str], width: int = 40) -> str:
     start, end = max(0, position - width), position + width * 2
     excerpt = text[start:end]
     for word in sorted(set(words), key=len, reverse=True):
-        excerpt = re.sub(re.escape(word), lambda match: f"{MATCH_START}{match.group(0)}{MATCH_END}", excerpt,
-                         flags=re.IGNORECASE)
+        excerpt = re.sub(
+            re.escape(word), lambda match: f"{MATCH_START}{match.group(0)}{MATCH_END}", excerpt, flags=re.IGNORECASE
+        )
     return ("…" if start else "") + excerpt + ("…" if end < len(text) else "")
 
 

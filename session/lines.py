@@ -16,7 +16,9 @@ CHUNK_BYTES = 1 << 20
 """How much is read at a time: large enough that reads are few, small enough to stay in cache."""
 
 
-def read_lines(file: io.RawIOBase | io.BufferedIOBase, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[memoryview, bool]]:
+def read_lines(
+    file: io.RawIOBase | io.BufferedIOBase, chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[tuple[memoryview, bool]]:
     """Each line of file without its newline, and whether a newline ended it.
 
     Only the last line can lack its newline (a torn write); it is yielded only if

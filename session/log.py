@@ -170,9 +170,7 @@ class SessionLog:
 
     # -- writing -----------------------------------------------------------
 
-    def append(
-        self, type: str, payload: dict[str, Any], *, parent_uuid: str | None | _Leaf = LEAF
-    ) -> Event:
+    def append(self, type: str, payload: dict[str, Any], *, parent_uuid: str | None | _Leaf = LEAF) -> Event:
         """Write one event as one line (one write, then fsync) and make it the leaf."""
         parent = self._leaf if isinstance(parent_uuid, _Leaf) else parent_uuid
         if parent is not None and parent not in self._by_uuid:

@@ -54,9 +54,7 @@ class SessionStore:
             self._index = SessionIndex(self.home)
         return self._index
 
-    def create(
-        self, project_dir: Path, *, model: str | None = None, cwd: Path | None = None
-    ) -> SessionLog:
+    def create(self, project_dir: Path, *, model: str | None = None, cwd: Path | None = None) -> SessionLog:
         """Start a new session for project_dir; its log's first line is a `meta` event."""
         project = canonical_project_dir(project_dir)
         folder = project_root(self.home, project)
@@ -115,7 +113,6 @@ class SessionStore:
         """Close the index connection."""
         if self._index is not None:
             self._index.close()
-
 
 
 def _load(path: Path) -> SessionLog:

@@ -33,8 +33,7 @@ def link_events(events: Iterable[Event], source: Path) -> list[Event]:
         parent = event.parent_uuid
         if parent is not None and parent not in seen:
             logger.warning(
-                "%s: event %s names parent %s, which is not an earlier event; "
-                "attaching it to the event before it (%s)",
+                "%s: event %s names parent %s, which is not an earlier event; attaching it to the event before it (%s)",
                 source,
                 event.uuid,
                 parent,

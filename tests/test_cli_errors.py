@@ -67,7 +67,9 @@ def test_resuming_an_ambiguous_prefix_lists_the_candidates(tether_env: TetherEnv
     assert f"prefix {prefix!r} matches" in result["result"] and ids[0] in result["result"]
 
 
-def test_a_corrupted_session_file_resumes_what_can_be_read(tether_env: TetherEnv, api_env: dict[str, str], fake_api: FakeMessagesAPI) -> None:
+def test_a_corrupted_session_file_resumes_what_can_be_read(
+    tether_env: TetherEnv, api_env: dict[str, str], fake_api: FakeMessagesAPI
+) -> None:
     log = SessionStore(tether_env.home).create(tether_env.project)
     log.append(EventType.USER, {"content": "first prompt"})
     log.close()
@@ -181,7 +183,9 @@ def test_a_dead_host_is_named_once_and_plainly(tether_env: TetherEnv, api_env: d
     proc = tether_env.run("-p", "hi", "--sandbox", "grpc://127.0.0.1:1", "--sandbox-token", "x" * 32, env=api_env)
     assert time.monotonic() - started < 10, "a refused connection cannot change its mind: no 10 s wait"
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "tether: the sandbox host at grpc://127.0.0.1:1 refused the connection (is it running?)"
+    assert (
+        proc.stderr.strip() == "tether: the sandbox host at grpc://127.0.0.1:1 refused the connection (is it running?)"
+    )
 
 
 # ----- TLS
@@ -223,14 +227,19 @@ async def _failure(target: str, ca: Path | None = None) -> str:
 
 
 async def test_tls_mistakes_name_tls_and_the_cause_at_once(tmp_path: Path, certificates: dict[str, Path]) -> None:
-    tls_host, tls_port = await _started(tmp_path, "tls", tls_cert=certificates["host"], tls_key=certificates["host-key"])
+    tls_host, tls_port = await _started(
+        tmp_path, "tls", tls_cert=certificates["host"], tls_key=certificates["host-key"]
+    )
     plain_host, plain_port = await _started(tmp_path, "plain")
     try:
         async with SandboxClient(f"grpcs://localhost:{tls_port}", "t" * 32, ca_file=str(certificates["host"])) as good:
             await good.wait_ready(timeout=10.0)
 
         wrong_ca = await _failure(f"grpcs://localhost:{tls_port}", certificates["other"])
-        assert wrong_ca.startswith("TLS with the sandbox host") and f"not signed by the CA in {certificates['other']}" in wrong_ca
+        assert (
+            wrong_ca.startswith("TLS with the sandbox host")
+            and f"not signed by the CA in {certificates['other']}" in wrong_ca
+        )
         no_ca = await _failure(f"grpcs://localhost:{tls_port}")
         assert no_ca.startswith("TLS with the sandbox host") and "--sandbox-ca" in no_ca
         not_pem = await _failure(f"grpcs://localhost:{tls_port}", certificates["not-pem"])
@@ -271,7 +280,9 @@ def test_grpc_core_log_lines_never_reach_the_terminal(
         line = host.stdout.readline()
         assert "listening on" in line, line
         port = line.rsplit(":", 1)[1].strip()
-        proc = tether_env.run("-p", "hi", "--sandbox", f"grpcs://localhost:{port}", "--sandbox-token", token, env=api_env)
+        proc = tether_env.run(
+            "-p", "hi", "--sandbox", f"grpcs://localhost:{port}", "--sandbox-token", token, env=api_env
+        )
     finally:
         host.terminate()
         host.wait(timeout=15)
@@ -286,10 +297,16 @@ def test_grpc_core_log_lines_never_reach_the_terminal(
 def test_json_export_after_compaction_carries_the_whole_history(tether_env: TetherEnv) -> None:
     log = SessionStore(tether_env.home).create(tether_env.project)
     log.append(EventType.USER, {"content": "the first prompt"})
-    log.append(EventType.ASSISTANT, {"message": {"role": "assistant", "content": [{"type": "text", "text": "the first answer"}]}})
+    log.append(
+        EventType.ASSISTANT,
+        {"message": {"role": "assistant", "content": [{"type": "text", "text": "the first answer"}]}},
+    )
     log.append(EventType.COMPACTION, {"summary": "we talked about an opening question"})
     log.append(EventType.USER, {"content": "the second prompt"})
-    log.append(EventType.ASSISTANT, {"message": {"role": "assistant", "content": [{"type": "text", "text": "the second answer"}]}})
+    log.append(
+        EventType.ASSISTANT,
+        {"message": {"role": "assistant", "content": [{"type": "text", "text": "the second answer"}]}},
+    )
     log.close()
     proc = tether_env.run("sessions", "export", log.session_id, "--format", "json")
     assert proc.returncode == 0, proc.stderr

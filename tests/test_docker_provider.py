@@ -203,10 +203,10 @@ async def test_env_adds_to_the_recipe_env(sandboxes: Sandboxes) -> None:
     record = await sandboxes.new(env={"FROM_RECIPE": "r", "BOTH": "recipe"})
     spec = shell(
         'echo "$FROM_RECIPE $FROM_SPEC $BOTH"',
-        env={"FROM_SPEC": "it's \"quoted\" $x", "BOTH": "spec"},
+        env={"FROM_SPEC": 'it\'s "quoted" $x', "BOTH": "spec"},
     )
     outcome = await collect(sandboxes.provider, record, spec)
-    assert outcome.stdout == b"r it's \"quoted\" $x spec\n"
+    assert outcome.stdout == b'r it\'s "quoted" $x spec\n'
 
 
 async def test_bad_env_name_is_refused(sandbox: SandboxRecord, provider: DockerProvider) -> None:
@@ -234,9 +234,7 @@ async def test_missing_cwd_fails_the_command(sandbox: SandboxRecord, provider: D
     assert b"nope" in outcome.stderr
 
 
-async def test_files_in_the_workspace_belong_to_the_host_user(
-    sandbox: SandboxRecord, provider: DockerProvider
-) -> None:
+async def test_files_in_the_workspace_belong_to_the_host_user(sandbox: SandboxRecord, provider: DockerProvider) -> None:
     await collect(provider, sandbox, shell("mkdir -p made && echo x > made/file"))
     made = sandbox.workspace / "made" / "file"
     assert made.read_text() == "x\n"
@@ -340,7 +338,10 @@ async def test_large_output_streams_whole(sandbox: SandboxRecord, provider: Dock
 
 async def test_commands_run_concurrently(sandbox: SandboxRecord, provider: DockerProvider) -> None:
     # Each waits for the next one's file, so they finish only if all run at once.
-    specs = [shell(f"touch /tmp/c{i}; while [ ! -e /tmp/c{(i + 1) % 4} ]; do :; done; echo {i}", timeout_s=30) for i in range(4)]
+    specs = [
+        shell(f"touch /tmp/c{i}; while [ ! -e /tmp/c{(i + 1) % 4} ]; do :; done; echo {i}", timeout_s=30)
+        for i in range(4)
+    ]
     outcomes = await asyncio.gather(*(collect(provider, sandbox, spec) for spec in specs))
     assert [o.stdout for o in outcomes] == [f"{i}\n".encode() for i in range(4)]
 
@@ -376,9 +377,7 @@ async def test_container_killed_mid_command_is_not_found(
                 await asyncio.to_thread(docker_engine.api.kill, container_id)
 
 
-async def test_exec_server_killed_by_a_command_is_restarted(
-    sandbox: SandboxRecord, provider: DockerProvider
-) -> None:
+async def test_exec_server_killed_by_a_command_is_restarted(sandbox: SandboxRecord, provider: DockerProvider) -> None:
     # The server came from a docker exec, so its parent is outside the container: ppid 0.
     servers = "ps -o pid,ppid,args | awk '$2 == 0 && /server.sh/ {print $1}'"
     first = (await collect(provider, sandbox, shell(servers))).stdout.split()

@@ -70,7 +70,12 @@ def test_write_then_cat_in_the_embedded_local_sandbox(fake_api: FakeMessagesAPI,
     _script_write_then_cat(fake_api)
     (tether_env.project / "AGENTS.md").write_text("Always answer in haiku.\n")
     proc = tether_env.run(
-        "-p", "write and show hello.txt", "--output-format", "json", "--allowedTools", "Bash,Write",
+        "-p",
+        "write and show hello.txt",
+        "--output-format",
+        "json",
+        "--allowedTools",
+        "Bash,Write",
         env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"},
     )
     assert proc.returncode == 0, proc.stderr
@@ -80,7 +85,6 @@ def test_write_then_cat_in_the_embedded_local_sandbox(fake_api: FakeMessagesAPI,
     assert "Always answer in haiku." in system and "Sandbox OS: Linux" in system
 
 
-
 @pytest.mark.docker
 def test_write_then_cat_in_a_remote_docker_sandbox(
     fake_api: FakeMessagesAPI, tether_env: TetherEnv, docker_engine, docker_test_image: str, tmp_path: Path
@@ -88,8 +92,16 @@ def test_write_then_cat_in_a_remote_docker_sandbox(
     _script_write_then_cat(fake_api)
     with sandbox_host_cli(tmp_path, "docker", "--default-image", docker_test_image) as (target, token, _):
         proc = tether_env.run(
-            "-p", "write and show hello.txt", "--output-format", "json", "--permission-mode", "bypassPermissions",
-            "--sandbox", target, "--sandbox-token", token,
+            "-p",
+            "write and show hello.txt",
+            "--output-format",
+            "json",
+            "--permission-mode",
+            "bypassPermissions",
+            "--sandbox",
+            target,
+            "--sandbox-token",
+            token,
             env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"},
         )
         assert proc.returncode == 0, proc.stderr
@@ -101,10 +113,18 @@ def test_write_then_cat_in_a_remote_docker_sandbox(
         assert docker_engine.containers.list(all=True, filters={"label": f"tether.sandbox={sandbox_id}"}) == []
 
 
-def test_wrong_sandbox_token_is_a_clear_authentication_error(fake_api: FakeMessagesAPI, tether_env: TetherEnv, tmp_path: Path) -> None:
+def test_wrong_sandbox_token_is_a_clear_authentication_error(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, tmp_path: Path
+) -> None:
     with sandbox_host_cli(tmp_path, "local") as (target, token, _):
         proc = tether_env.run(
-            "-p", "hello", "--sandbox", target, "--sandbox-token", "not-" + token, timeout=30,
+            "-p",
+            "hello",
+            "--sandbox",
+            target,
+            "--sandbox-token",
+            "not-" + token,
+            timeout=30,
             env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"},
         )
     assert proc.returncode == 1
@@ -113,10 +133,20 @@ def test_wrong_sandbox_token_is_a_clear_authentication_error(fake_api: FakeMessa
     assert fake_api.message_requests == []
 
 
-def test_wrong_sandbox_token_in_json_mode_prints_an_error_result(fake_api: FakeMessagesAPI, tether_env: TetherEnv, tmp_path: Path) -> None:
+def test_wrong_sandbox_token_in_json_mode_prints_an_error_result(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, tmp_path: Path
+) -> None:
     with sandbox_host_cli(tmp_path, "local") as (target, _token, _):
         proc = tether_env.run(
-            "-p", "hello", "--output-format", "json", "--sandbox", target, "--sandbox-token", "wrong", timeout=30,
+            "-p",
+            "hello",
+            "--output-format",
+            "json",
+            "--sandbox",
+            target,
+            "--sandbox-token",
+            "wrong",
+            timeout=30,
             env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"},
         )
     assert proc.returncode == 1
@@ -148,7 +178,10 @@ def test_model_error_exits_1_with_the_reason(fake_api: FakeMessagesAPI, tether_e
 
     fake_api.script(error(400, "invalid_request_error", "prompt is too long"))
     proc = tether_env.run(
-        "-p", "hi", "--output-format", "json",
+        "-p",
+        "hi",
+        "--output-format",
+        "json",
         env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"},
     )
     assert proc.returncode == 1
@@ -178,8 +211,16 @@ def test_a_container_killed_mid_session_is_replaced_and_the_session_goes_on(
     )
     with sandbox_host_cli(tmp_path, "docker", "--default-image", docker_test_image) as (target, token, _):
         proc = tether_env.run(
-            "-p", "keep going", "--output-format", "json", "--permission-mode", "bypassPermissions",
-            "--sandbox", target, "--sandbox-token", token,
+            "-p",
+            "keep going",
+            "--output-format",
+            "json",
+            "--permission-mode",
+            "bypassPermissions",
+            "--sandbox",
+            target,
+            "--sandbox-token",
+            token,
             env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"},
         )
     assert proc.returncode == 0, proc.stderr
@@ -200,8 +241,17 @@ def test_credentials_never_reach_the_sandbox(fake_api: FakeMessagesAPI, tether_e
         lambda body: reply(text(_last_tool_result(body))),
     )
     proc = tether_env.run(
-        "-p", "show the environment", "--output-format", "json", "--permission-mode", "bypassPermissions",
-        env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": secret, "TETHER_SANDBOX_TOKEN": "tok-" + "9" * 20},
+        "-p",
+        "show the environment",
+        "--output-format",
+        "json",
+        "--permission-mode",
+        "bypassPermissions",
+        env={
+            "ANTHROPIC_BASE_URL": fake_api.base_url,
+            "ANTHROPIC_API_KEY": secret,
+            "TETHER_SANDBOX_TOKEN": "tok-" + "9" * 20,
+        },
     )
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout)["result"]

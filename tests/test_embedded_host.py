@@ -96,7 +96,7 @@ def test_child_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
         from agent.embedded_host import EmbeddedHost
 
         async def main():
-            host = EmbeddedHost(state_root=Path({str(tmp_path / 'states')!r}))
+            host = EmbeddedHost(state_root=Path({str(tmp_path / "states")!r}))
             await host.start()
             print(host.process.pid, host.runtime_dir, host.state_dir, flush=True)
             await asyncio.Event().wait()
@@ -105,7 +105,10 @@ def test_child_exits_when_the_parent_is_killed(tmp_path: Path) -> None:
         """
     )
     parent = subprocess.Popen(
-        [sys.executable, "-c", parent_script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parents[1]
+        [sys.executable, "-c", parent_script],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=Path(__file__).parents[1],
     )
     try:
         assert parent.stdout is not None

@@ -29,14 +29,21 @@ from tests.fixtures.fake_api import (
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CLAUDE_CODE = (shutil.which("claude")
-               or next((str(p) for p in [REPO_ROOT / "bench/.cache/claude/node_modules/@anthropic-ai/"
-                                                     "claude-code-linux-x64/claude"] if p.exists()), None))
+CLAUDE_CODE = shutil.which("claude") or next(
+    (
+        str(p)
+        for p in [REPO_ROOT / "bench/.cache/claude/node_modules/@anthropic-ai/claude-code-linux-x64/claude"]
+        if p.exists()
+    ),
+    None,
+)
 MODEL = "claude-test-model"
 HELLO = [{"role": "user", "content": "hello"}]
-BASH_TOOL = {"name": "Bash", "description": "Run a shell command.",
-             "input_schema": {"type": "object", "properties": {"command": {"type": "string"}},
-                              "required": ["command"]}}
+BASH_TOOL = {
+    "name": "Bash",
+    "description": "Run a shell command.",
+    "input_schema": {"type": "object", "properties": {"command": {"type": "string"}}, "required": ["command"]},
+}
 
 
 def async_client(api: FakeMessagesAPI, max_retries: int = 0) -> anthropic.AsyncAnthropic:
@@ -54,8 +61,11 @@ async def stream_final(client: anthropic.AsyncAnthropic, messages=HELLO, **kwarg
 
 
 async def test_streamed_text_reply_gives_content_and_usage(fake_api: FakeMessagesAPI) -> None:
-    fake_api.script(reply(text("Hello from the fake."),
-                          usage={"input_tokens": 42, "output_tokens": 7, "cache_read_input_tokens": 5}))
+    fake_api.script(
+        reply(
+            text("Hello from the fake."), usage={"input_tokens": 42, "output_tokens": 7, "cache_read_input_tokens": 5}
+        )
+    )
     message = await stream_final(async_client(fake_api))
     assert [(b.type, b.text) for b in message.content] == [("text", "Hello from the fake.")]
     assert message.stop_reason == "end_turn"
@@ -74,9 +84,8 @@ async def test_estimated_usage_is_plausible(fake_api: FakeMessagesAPI) -> None:
 
 
 async def test_tool_use_reply_parses_to_the_scripted_input(fake_api: FakeMessagesAPI) -> None:
-    scripted_input = {"command": "ls -la /tmp", "nested": {"list": [1, 2, 3], "quote": "a \"b\" ü"}}
-    fake_api.script(reply(text("Looking."), tool_use("Bash", scripted_input, id="toolu_given"),
-                          tool_use("Bash", {})))
+    scripted_input = {"command": "ls -la /tmp", "nested": {"list": [1, 2, 3], "quote": 'a "b" ü'}}
+    fake_api.script(reply(text("Looking."), tool_use("Bash", scripted_input, id="toolu_given"), tool_use("Bash", {})))
     message = await stream_final(async_client(fake_api), tools=[BASH_TOOL])
     assert message.stop_reason == "tool_use"
     calls = [b for b in message.content if b.type == "tool_use"]
@@ -231,8 +240,9 @@ def test_stop_ends_hung_streams_and_idle_connections() -> None:
 
 async def test_requests_are_recorded_with_their_body(fake_api: FakeMessagesAPI) -> None:
     fake_api.script(reply(text("ok")))
-    messages = [{"role": "user", "content": [{"type": "text", "text": "run ls",
-                                              "cache_control": {"type": "ephemeral"}}]}]
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "run ls", "cache_control": {"type": "ephemeral"}}]}
+    ]
     await stream_final(async_client(fake_api), messages=messages, tools=[BASH_TOOL], system="be brief")
     [recorded] = await fake_api.wait_for_requests_async(1, timeout=5)
     assert (recorded.method, recorded.path) == ("POST", "/v1/messages")
@@ -248,8 +258,9 @@ async def test_requests_are_recorded_with_their_body(fake_api: FakeMessagesAPI) 
 def test_wait_for_requests_waits_for_a_request_from_another_thread(fake_api: FakeMessagesAPI) -> None:
     fake_api.script(reply(text("ok")))
     client = anthropic.Anthropic(base_url=fake_api.base_url, api_key="sk-test", max_retries=0)
-    sender = threading.Thread(target=client.messages.create,
-                              kwargs={"model": MODEL, "max_tokens": 16, "messages": HELLO})
+    sender = threading.Thread(
+        target=client.messages.create, kwargs={"model": MODEL, "max_tokens": 16, "messages": HELLO}
+    )
     sender.start()
     assert len(fake_api.wait_for_requests(1, timeout=10, path="/v1/messages")) == 1
     sender.join(timeout=10)
@@ -260,7 +271,8 @@ def test_wait_for_requests_waits_for_a_request_from_another_thread(fake_api: Fak
 async def test_non_streaming_create_gets_the_whole_message(fake_api: FakeMessagesAPI) -> None:
     fake_api.script(reply(text("whole"), tool_use("Bash", {"command": "pwd"}, id="toolu_x")))
     message = await asyncio.wait_for(
-        async_client(fake_api).messages.create(model=MODEL, max_tokens=64, messages=HELLO), timeout=10)
+        async_client(fake_api).messages.create(model=MODEL, max_tokens=64, messages=HELLO), timeout=10
+    )
     assert message.content[0].text == "whole"
     assert (message.content[1].id, message.content[1].input) == ("toolu_x", {"command": "pwd"})
     assert message.stop_reason == "tool_use"
@@ -284,9 +296,10 @@ async def test_a_callable_answers_from_the_request(fake_api: FakeMessagesAPI) ->
     fake_api.script(reply(tool_use("Bash", {"command": "echo hi"}, id="toolu_1")), echo_tool_result)
     client = async_client(fake_api)
     first = await stream_final(client)
-    messages = HELLO + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
-                        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
-                                                      "content": "hi"}]}]
+    messages = HELLO + [
+        {"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in first.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "hi"}]},
+    ]
     second = await stream_final(client, messages=messages)
     assert second.content[0].text == "the tool said: hi"
 
@@ -310,9 +323,10 @@ async def test_running_out_of_script_answers_500_saying_so(fake_api: FakeMessage
 
 async def test_unpaired_tool_use_is_rejected_as_the_api_would(fake_api: FakeMessagesAPI) -> None:
     fake_api.script(reply(text("never served")))
-    messages = HELLO + [{"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_9", "name": "Bash",
-                                                           "input": {}}]},
-                        {"role": "user", "content": "no result here"}]
+    messages = HELLO + [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_9", "name": "Bash", "input": {}}]},
+        {"role": "user", "content": "no result here"},
+    ]
     with pytest.raises(anthropic.BadRequestError, match="toolu_9"):
         await stream_final(async_client(fake_api), messages=messages)
     assert fake_api.pending == 1
@@ -349,8 +363,12 @@ async def test_count_tokens_and_probes(fake_api: FakeMessagesAPI) -> None:
 async def test_stream_is_shaped_like_the_api_on_the_wire(fake_api: FakeMessagesAPI) -> None:
     fake_api.script(reply(text("hi there"), tool_use("Bash", {"command": "ls"}, id="toolu_w")))
     async with httpx2.AsyncClient(base_url=fake_api.base_url, timeout=10) as http:
-        async with http.stream("POST", "/v1/messages?beta=true", headers={"x-api-key": "sk-test"},
-                               json={"model": MODEL, "max_tokens": 16, "messages": HELLO, "stream": True}) as response:
+        async with http.stream(
+            "POST",
+            "/v1/messages?beta=true",
+            headers={"x-api-key": "sk-test"},
+            json={"model": MODEL, "max_tokens": 16, "messages": HELLO, "stream": True},
+        ) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             assert response.headers["transfer-encoding"] == "chunked"
             assert response.headers["request-id"].startswith("req_")
@@ -362,28 +380,42 @@ async def test_stream_is_shaped_like_the_api_on_the_wire(fake_api: FakeMessagesA
     for frame in frames[:-1]:
         event_line, data_line = frame.split("\n")
         assert event_line.startswith("event: ") and data_line.startswith("data: ")
-        data = json.loads(data_line[len("data: "):])
-        assert data["type"] == event_line[len("event: "):]
+        data = json.loads(data_line[len("data: ") :])
+        assert data["type"] == event_line[len("event: ") :]
         events.append(data)
     names = [e["type"] for e in events]
     assert names[:3] == ["message_start", "ping", "content_block_start"]
     assert names[-2:] == ["message_delta", "message_stop"]
     start = events[0]["message"]
     assert (start["content"], start["stop_reason"], start["stop_sequence"], start["model"]) == ([], None, None, MODEL)
-    assert set(start["usage"]) >= {"input_tokens", "output_tokens", "cache_creation_input_tokens",
-                                   "cache_read_input_tokens"}
+    assert set(start["usage"]) >= {
+        "input_tokens",
+        "output_tokens",
+        "cache_creation_input_tokens",
+        "cache_read_input_tokens",
+    }
     tool_start = next(e for e in events if e["type"] == "content_block_start" and e["index"] == 1)
     assert tool_start["content_block"] == {"type": "tool_use", "id": "toolu_w", "name": "Bash", "input": {}}
-    partials = [e["delta"]["partial_json"] for e in events
-                if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta"]
+    partials = [
+        e["delta"]["partial_json"]
+        for e in events
+        if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta"
+    ]
     assert len(partials) >= 3 and json.loads("".join(partials)) == {"command": "ls"}
     assert events[-2]["delta"] == {"stop_reason": "tool_use", "stop_sequence": None}
 
 
 async def start_cli(*args: str) -> tuple[asyncio.subprocess.Process, str]:
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fixtures.fake_api", "--port", "0", *args,
-        cwd=REPO_ROOT, stdout=asyncio.subprocess.PIPE)
+        sys.executable,
+        "-m",
+        "tests.fixtures.fake_api",
+        "--port",
+        "0",
+        *args,
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
     line = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
     assert line.startswith("fake messages api listening on http://127.0.0.1:"), line
     return process, line.rsplit(" ", 1)[1].strip()
@@ -391,11 +423,19 @@ async def start_cli(*args: str) -> tuple[asyncio.subprocess.Process, str]:
 
 async def test_cli_serves_its_script_and_stops_on_sigterm(tmp_path: Path) -> None:
     script = tmp_path / "script.json"
-    script.write_text(json.dumps([
-        {"blocks": [{"type": "text", "text": "from the file"},
-                    {"type": "tool_use", "name": "Bash", "input": {"command": "true"}}]},
-        {"error": {"status": 529, "type": "overloaded_error"}},
-    ]))
+    script.write_text(
+        json.dumps(
+            [
+                {
+                    "blocks": [
+                        {"type": "text", "text": "from the file"},
+                        {"type": "tool_use", "name": "Bash", "input": {"command": "true"}},
+                    ]
+                },
+                {"error": {"status": 529, "type": "overloaded_error"}},
+            ]
+        )
+    )
     process, base_url = await start_cli("--script", str(script))
     try:
         client = anthropic.AsyncAnthropic(base_url=base_url, api_key="sk-test", max_retries=0)
@@ -425,19 +465,41 @@ async def test_cli_repeat_cycles_the_script(tmp_path: Path) -> None:
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
 
 
-@pytest.mark.skipif(CLAUDE_CODE is None, reason="Claude Code is not installed (the benchmark installs it in bench/.cache)")
+@pytest.mark.skipif(
+    CLAUDE_CODE is None, reason="Claude Code is not installed (the benchmark installs it in bench/.cache)"
+)
 async def test_claude_code_runs_a_tool_turn_against_the_fake(fake_api: FakeMessagesAPI, tmp_path: Path) -> None:
-    fake_api.script(reply(text("Let me run it."), tool_use("Bash", {"command": "echo from-the-tool",
-                                                                   "description": "echo"}, id="toolu_cc")),
-                    reply(text("Done: the tool printed from-the-tool.")))
+    fake_api.script(
+        reply(
+            text("Let me run it."),
+            tool_use("Bash", {"command": "echo from-the-tool", "description": "echo"}, id="toolu_cc"),
+        ),
+        reply(text("Done: the tool printed from-the-tool.")),
+    )
     (tmp_path / "home").mkdir()
     (tmp_path / "project").mkdir()
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path / "home"), "ANTHROPIC_BASE_URL": fake_api.base_url,
-           "ANTHROPIC_API_KEY": "sk-test", "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
-           "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1", "IS_SANDBOX": "1"}  # IS_SANDBOX: allowed as root
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path / "home"),
+        "ANTHROPIC_BASE_URL": fake_api.base_url,
+        "ANTHROPIC_API_KEY": "sk-test",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "IS_SANDBOX": "1",
+    }  # IS_SANDBOX: allowed as root
     claude = await asyncio.create_subprocess_exec(
-        CLAUDE_CODE, "-p", "run the echo", "--output-format", "json", "--dangerously-skip-permissions",
-        cwd=tmp_path / "project", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        CLAUDE_CODE,
+        "-p",
+        "run the echo",
+        "--output-format",
+        "json",
+        "--dangerously-skip-permissions",
+        cwd=tmp_path / "project",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await asyncio.wait_for(claude.communicate(), timeout=90)
     assert claude.returncode == 0, err.decode()[-2000:]
     assert json.loads(out)["result"] == "Done: the tool printed from-the-tool."

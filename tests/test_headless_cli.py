@@ -74,7 +74,15 @@ def read_claude_code_stream(stdout: str) -> list[dict[str, Any]]:
     assert lines, "no output"
     session_id = lines[0].get("session_id")
     assert lines[0]["type"] == "system" and lines[0]["subtype"] == "init", lines[0]
-    for key, kind in (("cwd", str), ("model", str), ("permissionMode", str), ("apiKeySource", str), ("tools", list), ("mcp_servers", list), ("slash_commands", list)):
+    for key, kind in (
+        ("cwd", str),
+        ("model", str),
+        ("permissionMode", str),
+        ("apiKeySource", str),
+        ("tools", list),
+        ("mcp_servers", list),
+        ("slash_commands", list),
+    ):
         assert isinstance(lines[0][key], kind), key
     assert lines[-1]["type"] == "result"
     check_result(lines[-1])
@@ -139,7 +147,9 @@ def test_stream_json_reads_as_claude_codes_with_a_tool_call_a_denial_and_a_max_t
     assert denied_block["tool_use_id"] == write["id"] and denied_block["is_error"] is True
 
     assert result["subtype"] == "error_max_turns" and result["is_error"] is True and result["num_turns"] == 2
-    assert result["permission_denials"] == [{"tool_name": "Write", "tool_use_id": write["id"], "tool_input": write["input"]}]
+    assert result["permission_denials"] == [
+        {"tool_name": "Write", "tool_use_id": write["id"], "tool_input": write["input"]}
+    ]
     assert 0 < result["duration_api_ms"] <= result["duration_ms"]
     assert result["usage"]["output_tokens"] == sum(m["message"]["usage"]["output_tokens"] for m in (first, second))
     assert len(fake_api.message_requests) == 2
@@ -166,7 +176,17 @@ def test_json_result_on_success_max_turns_and_an_early_error_has_one_shape(
 ) -> None:
     fake_api.script(reply(text("Fine.")), reply(tool_use("Bash", {"command": "true"})))
     success = tether_env.run("-p", "hi", "--output-format", "json", env=api_env)
-    stopped = tether_env.run("-p", "loop", "--output-format", "json", "--max-turns", "1", "--permission-mode", "bypassPermissions", env=api_env)
+    stopped = tether_env.run(
+        "-p",
+        "loop",
+        "--output-format",
+        "json",
+        "--max-turns",
+        "1",
+        "--permission-mode",
+        "bypassPermissions",
+        env=api_env,
+    )
     early = tether_env.run("-r", "nonexistent", "-p", "hi", "--output-format", "json", env=api_env)
     results = []
     for proc, code in ((success, 0), (stopped, 1), (early, 1)):
@@ -184,10 +204,20 @@ def test_json_result_on_success_max_turns_and_an_early_error_has_one_shape(
     assert len(fake_api.message_requests) == 2
 
 
-def test_max_turns_stops_with_an_error_result(fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]) -> None:
+def test_max_turns_stops_with_an_error_result(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]
+) -> None:
     fake_api.script(*[reply(tool_use("Bash", {"command": "true"}))] * 3)
     proc = tether_env.run(
-        "-p", "loop", "--max-turns", "2", "--output-format", "json", "--permission-mode", "bypassPermissions", env=api_env
+        "-p",
+        "loop",
+        "--max-turns",
+        "2",
+        "--output-format",
+        "json",
+        "--permission-mode",
+        "bypassPermissions",
+        env=api_env,
     )
     assert proc.returncode == 1
     result = json.loads(proc.stdout)
@@ -225,7 +255,13 @@ def test_continue_and_resume_carry_the_earlier_conversation(
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads(resumed.stdout)["session_id"] == session_a
     body = fake_api.message_requests[2].body
-    assert [texts(m) for m in body["messages"]] == [["prompt A"], ["answer A"], [stdin_prompt], ["answer B"], ["prompt D"]]
+    assert [texts(m) for m in body["messages"]] == [
+        ["prompt A"],
+        ["answer A"],
+        [stdin_prompt],
+        ["answer B"],
+        ["prompt D"],
+    ]
 
     listing = tether_env.run("-r", env=api_env)
     assert listing.returncode == 0, listing.stderr
@@ -233,7 +269,9 @@ def test_continue_and_resume_carry_the_earlier_conversation(
     assert len(fake_api.message_requests) == 3, "listing sessions asks the model nothing"
 
 
-def read_lines_until(proc: subprocess.Popen[bytes], done: Callable[[str], bool], timeout: float) -> tuple[list[str], bytes]:
+def read_lines_until(
+    proc: subprocess.Popen[bytes], done: Callable[[str], bool], timeout: float
+) -> tuple[list[str], bytes]:
     """Lines of ``proc``'s stdout up to the first one ``done`` accepts, and the bytes read past it.
 
     AssertionError if no such line comes within ``timeout`` seconds.
@@ -343,7 +381,9 @@ def test_piped_stdin_is_the_prompt_when_p_has_no_text_and_follows_the_text_when_
     assert sent == [["what is here?\n"], ["summarize this log\n\nline 1\nline 2\n"]]
 
 
-def test_p_with_no_text_and_nothing_piped_says_how_to_give_a_prompt(tether_env: TetherEnv, api_env: dict[str, str]) -> None:
+def test_p_with_no_text_and_nothing_piped_says_how_to_give_a_prompt(
+    tether_env: TetherEnv, api_env: dict[str, str]
+) -> None:
     proc = tether_env.run("-p", env=api_env)
     assert proc.returncode == 1
     assert proc.stderr.startswith("tether: the prompt is empty") and "pipe it in" in proc.stderr
@@ -355,7 +395,15 @@ def test_an_unpriced_model_works_and_says_cost_unknown_once(
 ) -> None:
     fake_api.script(reply(tool_use("Bash", {"command": "true"})), reply(text("done")))
     proc = tether_env.run(
-        "-p", "go", "--model", "claude-unpriced-9", "--output-format", "json", "--permission-mode", "bypassPermissions", env=api_env
+        "-p",
+        "go",
+        "--model",
+        "claude-unpriced-9",
+        "--output-format",
+        "json",
+        "--permission-mode",
+        "bypassPermissions",
+        env=api_env,
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("cost unknown") == 1 and "claude-unpriced-9" in proc.stderr

@@ -55,11 +55,7 @@ def test_sandbox_host_imports_only_the_contract() -> None:
 
 
 def test_headless_cli_path_never_imports_textual() -> None:
-    code = (
-        "import sys\n"
-        "import tui.cli, agent.headless, tui.resident.server\n"
-        "print('textual' in sys.modules)\n"
-    )
+    code = "import sys\nimport tui.cli, agent.headless, tui.resident.server\nprint('textual' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -81,7 +77,10 @@ def _imported_names(path: Path) -> list[tuple[int, str]]:
             found.extend((node.lineno, alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.append((node.lineno, node.module))
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("import_module", "__import__"):
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+            "import_module",
+            "__import__",
+        ):
             if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 found.append((node.lineno, node.args[0].value))
     return found

@@ -85,7 +85,10 @@ class Rig:
         """A loop on a new session, with a permission gate in ``mode`` and a recording driver."""
         driver = Driver() if decide is None else Driver(decide)
         gate = PermissionGate(
-            mode, PermissionSettings.load([], allow=list(allow), deny=list(deny)), self.project, lambda: self.lease.workdir
+            mode,
+            PermissionSettings.load([], allow=list(allow), deny=list(deny)),
+            self.project,
+            lambda: self.lease.workdir,
         )
         model = ModelClient(api_key="sk-test", base_url=self.api.base_url, base_delay=0.01)
         loop = AgentLoop(
@@ -199,7 +202,12 @@ async def test_two_prompts_carry_the_whole_history_with_alternating_roles(rig: R
     )
     loop, driver = rig.loop()
     first = await loop.run("first prompt")
-    assert (first.result, first.stop_reason, first.num_turns, first.is_error) == ("It printed first-output.", "end_turn", 2, False)
+    assert (first.result, first.stop_reason, first.num_turns, first.is_error) == (
+        "It printed first-output.",
+        "end_turn",
+        2,
+        False,
+    )
     second = await loop.run("second prompt")
     assert second.result == "Second answer." and second.num_turns == 1
 
@@ -247,7 +255,9 @@ async def test_parallel_tool_calls_in_one_answer_are_answered_in_call_order(rig:
         f"{rig.lease.workdir}/a.txt",
     ]
     assert not any(r.get("is_error") for r in results)
-    order = [(type(e).__name__, e.tool_use_id) for e in driver.events if isinstance(e, ev.ToolStarted | ev.ToolFinished)]
+    order = [
+        (type(e).__name__, e.tool_use_id) for e in driver.events if isinstance(e, ev.ToolStarted | ev.ToolFinished)
+    ]
     assert [kind for kind, _ in order[:4]] == ["ToolStarted", "ToolStarted", "ToolFinished", "ToolFinished"]
     assert_log_rebuilds(rig, loop, body)
 
@@ -267,7 +277,10 @@ async def test_overloaded_then_success_retries_with_a_visible_status(rig: Rig) -
 
 
 async def test_a_stream_cut_off_mid_message_is_retried(rig: Rig) -> None:
-    rig.api.script(cut_off(reply(text("This answer will be cut off somewhere in the middle.")), after_events=5), reply(text("Whole answer.")))
+    rig.api.script(
+        cut_off(reply(text("This answer will be cut off somewhere in the middle.")), after_events=5),
+        reply(text("Whole answer.")),
+    )
     loop, driver = rig.loop()
     done = await loop.run("hi")
     assert done.result == "Whole answer." and not done.is_error
@@ -370,7 +383,9 @@ async def test_default_mode_asks_and_a_denial_with_a_reason_reaches_the_model(ri
         reply(tool_use("Read", {"file_path": "missing.txt"}), tool_use("Bash", {"command": "rm -rf build"})),
         reply(text("Understood.")),
     )
-    loop, driver = rig.loop(mode="default", decide=lambda r: ev.PermissionDecision(allow=False, reason="not on my machine"))
+    loop, driver = rig.loop(
+        mode="default", decide=lambda r: ev.PermissionDecision(allow=False, reason="not on my machine")
+    )
     done = await loop.run("clean up")
     assert done.result == "Understood."
     asked = driver.of(ev.PermissionRequest)
@@ -395,7 +410,10 @@ async def test_allow_once_and_allow_always(rig: Rig) -> None:
 
 async def test_accept_edits_mode_writes_without_asking_but_asks_for_bash(rig: Rig) -> None:
     rig.api.script(
-        reply(tool_use("Write", {"file_path": "notes.md", "content": "hi\n"}), tool_use("Bash", {"command": "cat notes.md"})),
+        reply(
+            tool_use("Write", {"file_path": "notes.md", "content": "hi\n"}),
+            tool_use("Bash", {"command": "cat notes.md"}),
+        ),
         reply(text("ok")),
     )
     loop, driver = rig.loop(mode="acceptEdits", decide=lambda r: ev.PermissionDecision(allow=False))
@@ -410,7 +428,11 @@ async def test_accept_edits_mode_writes_without_asking_but_asks_for_bash(rig: Ri
 
 async def test_plan_mode_tells_the_model_and_refuses_anything_but_reading(rig: Rig) -> None:
     rig.api.script(
-        reply(tool_use("Glob", {"pattern": "*"}), tool_use("Bash", {"command": "touch made-in-plan-mode"}), tool_use("Write", {"file_path": "x", "content": "x"})),
+        reply(
+            tool_use("Glob", {"pattern": "*"}),
+            tool_use("Bash", {"command": "touch made-in-plan-mode"}),
+            tool_use("Write", {"file_path": "x", "content": "x"}),
+        ),
         reply(text("Here is my plan.")),
     )
     loop, driver = rig.loop(mode="plan")
@@ -451,7 +473,9 @@ async def test_allow_rules_skip_the_question_in_default_mode(rig: Rig) -> None:
         reply(tool_use("Bash", {"command": "echo allowed"}), tool_use("Bash", {"command": "echo asked"})),
         reply(text("ok")),
     )
-    loop, driver = rig.loop(mode="default", allow=("Bash(echo allowed)",), decide=lambda r: ev.PermissionDecision(allow=False))
+    loop, driver = rig.loop(
+        mode="default", allow=("Bash(echo allowed)",), decide=lambda r: ev.PermissionDecision(allow=False)
+    )
     await loop.run("go")
     assert [r.input["command"] for r in driver.of(ev.PermissionRequest)] == ["echo asked"]
     allowed, asked = _last_results(rig)
@@ -501,7 +525,9 @@ async def test_compact_command_summarises_and_the_next_request_starts_from_the_s
     assert len(after) == 1
     assert texts_in(after[0]) == [COMPACTION_PREAMBLE + "SUMMARY: the user asked for work; echo work ran.", "next step"]
     compactions = [e.payload for e in rig.logged(loop) if e.type == "compaction"]
-    assert compactions == [{"summary": "SUMMARY: the user asked for work; echo work ran.", "instructions": "keep the file names"}]
+    assert compactions == [
+        {"summary": "SUMMARY: the user asked for work; echo work ran.", "instructions": "keep the file names"}
+    ]
     assert any("ompact" in s.message for s in driver.of(ev.Status))
     assert_log_rebuilds(rig, loop, bodies[-1])
     # The full history stays in the log.

@@ -71,7 +71,13 @@ async def test_bash_prefix_and_exact_rules(tmp_path) -> None:
     assert (await check(g, "Bash", {"command": "make test"}, asker)).allow
     assert not (await check(g, "Bash", {"command": "git statusx"}, asker)).allow
     assert not (await check(g, "Bash", {"command": "make test && rm -rf /"}, asker)).allow
-    for smuggled in ("git status && rm -rf ~", "git status; rm x", "git status | sh", "git status $(rm x)", "git status > f"):
+    for smuggled in (
+        "git status && rm -rf ~",
+        "git status; rm x",
+        "git status | sh",
+        "git status $(rm x)",
+        "git status > f",
+    ):
         assert not (await check(g, "Bash", {"command": smuggled}, asker)).allow, smuggled
     assert len(asker.asked) == 7
 

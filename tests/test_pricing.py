@@ -34,7 +34,12 @@ def test_every_model_the_sdk_lists_has_a_price(model: str) -> None:
 
 
 def test_cost_of_one_answer_uses_each_rate() -> None:
-    usage = {"input_tokens": 1_000_000, "output_tokens": 1_000_000, "cache_creation_input_tokens": 1_000_000, "cache_read_input_tokens": 1_000_000}
+    usage = {
+        "input_tokens": 1_000_000,
+        "output_tokens": 1_000_000,
+        "cache_creation_input_tokens": 1_000_000,
+        "cache_read_input_tokens": 1_000_000,
+    }
     # Sonnet 5.5: $2 in, $10 out, $2.50 cache write, $0.10 cache read.
     assert cost_usd("claude-sonnet-5-5", usage) == pytest.approx(2 + 10 + 2.5 + 0.1)
     assert cost_usd("claude-sonnet-4-5-20250929", usage) == cost_usd("claude-sonnet-4-5", usage)
@@ -42,7 +47,9 @@ def test_cost_of_one_answer_uses_each_rate() -> None:
 
 def test_haiku_5_5_costs_five_times_more_for_a_prompt_over_100k_tokens() -> None:
     short = cost_usd("claude-haiku-5-5", {"input_tokens": 100_000, "output_tokens": 1_000})
-    long = cost_usd("claude-haiku-5-5", {"input_tokens": 50_000, "cache_read_input_tokens": 50_001, "output_tokens": 1_000})
+    long = cost_usd(
+        "claude-haiku-5-5", {"input_tokens": 50_000, "cache_read_input_tokens": 50_001, "output_tokens": 1_000}
+    )
     assert short == pytest.approx((100_000 * 0.10 + 1_000 * 0.50) / 1e6)
     assert long == pytest.approx((50_000 * 0.50 + 50_001 * 0.05 + 1_000 * 2.50) / 1e6)
 

@@ -24,7 +24,9 @@ def test_environment_and_memory_files(tmp_path: Path, user_config: Path) -> None
     (project / "AGENTS.md").write_text("Run tests with make check.\n")
     (project / "CLAUDE.md").write_text("Prefer small commits.\n")
     (user_config / "AGENTS.md").write_text("The user likes British spelling.\n")
-    text = system_prompt(workdir="/workspace", sandbox_os="Linux 6.1 x86_64", project_dir=project, today=dt.date(2026, 11, 26))
+    text = system_prompt(
+        workdir="/workspace", sandbox_os="Linux 6.1 x86_64", project_dir=project, today=dt.date(2026, 11, 26)
+    )
     assert "Workspace (the project, as the sandbox sees it): /workspace" in text
     assert "Sandbox OS: Linux 6.1 x86_64" in text
     assert "Today's date: 2026-11-26" in text

@@ -77,7 +77,9 @@ def resident(tether_env: TetherEnv, tmp_path: Path) -> Iterator[Path]:
     assert not [pid for pid in pids if _alive(pid)], "a resident harness survived `tether resident stop --all`"
 
 
-def test_runs_go_through_one_warm_process(fake_api: FakeMessagesAPI, tether_env: TetherEnv, resident: Path, tmp_path: Path) -> None:
+def test_runs_go_through_one_warm_process(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, resident: Path, tmp_path: Path
+) -> None:
     fake_api.script(reply(text("first")), reply(text("second")))
     env = {"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
     first = tether_env.run("-p", "one", "--output-format", "json", env=env)
@@ -85,7 +87,13 @@ def test_runs_go_through_one_warm_process(fake_api: FakeMessagesAPI, tether_env:
     pid = _residents_started(tether_env, resident)
 
     other_home = tmp_path / "other-home"
-    second = tether_env.run("-p", "two", "--output-format", "json", env={**env, "TETHER_HOME": str(other_home), "ANTHROPIC_API_KEY": "sk-other"})
+    second = tether_env.run(
+        "-p",
+        "two",
+        "--output-format",
+        "json",
+        env={**env, "TETHER_HOME": str(other_home), "ANTHROPIC_API_KEY": "sk-other"},
+    )
     assert second.returncode == 0, second.stderr
     assert _resident_pid(resident) == pid, "the second run started another resident process"
     assert json.loads(first.stdout)["result"] == "first"
@@ -99,7 +107,9 @@ def test_runs_go_through_one_warm_process(fake_api: FakeMessagesAPI, tether_env:
     assert meta["payload"]["project_dir"] == str(tether_env.project.resolve())
 
 
-def test_exit_code_stdin_and_errors_pass_through(fake_api: FakeMessagesAPI, tether_env: TetherEnv, resident: Path) -> None:
+def test_exit_code_stdin_and_errors_pass_through(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, resident: Path
+) -> None:
     fake_api.script(
         lambda body: reply(text("you said: " + body["messages"][0]["content"][0]["text"])),
         error(400, "invalid_request_error", "bad request for the test"),
@@ -123,7 +133,14 @@ def test_sigint_reaches_the_run(fake_api: FakeMessagesAPI, tether_env: TetherEnv
 
     stalled = hang(reply(text("never finishes " * 20)), after_events=4, release=threading.Event())
     fake_api.script(stalled)
-    proc = subprocess.Popen([*TETHER, "-p", "hang", "--output-format", "json"], cwd=tether_env.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*TETHER, "-p", "hang", "--output-format", "json"],
+        cwd=tether_env.project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert stalled.reached.wait(60), "the model stream never started"
         proc.send_signal(signal.SIGINT)
@@ -137,7 +154,9 @@ def test_sigint_reaches_the_run(fake_api: FakeMessagesAPI, tether_env: TetherEnv
     assert result["is_error"] is True and result["stop_reason"] == "interrupted"
 
 
-def test_an_unusable_runtime_dir_falls_back_to_in_process(fake_api: FakeMessagesAPI, tether_env: TetherEnv, tmp_path: Path) -> None:
+def test_an_unusable_runtime_dir_falls_back_to_in_process(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, tmp_path: Path
+) -> None:
     shared = tmp_path / "shared-runtime"
     shared.mkdir(mode=0o777)
     os.chmod(shared, 0o777)  # not private: the resident harness must not use it
@@ -181,7 +200,14 @@ def test_a_killed_run_has_its_sandbox_destroyed_before_the_client_exits(
     assert live_sandboxes() == [], "a finished run should have destroyed its sandbox"
     stalled = hang(reply(text("never " * 20)), after_events=3, release=threading.Event())
     fake_api.script(stalled)
-    proc = subprocess.Popen([*TETHER, "-p", "hang"], cwd=tether_env.project, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*TETHER, "-p", "hang"],
+        cwd=tether_env.project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert stalled.reached.wait(60)
         assert len(live_sandboxes()) == 1
@@ -244,7 +270,11 @@ def test_stop_stops_what_tether_p_started_whatever_the_interpreter_is_called(
     assert f"running through the resident harness {pid}" in warm.stderr
     for python in others[1:]:  # every spelling finds the same one
         found = tether(python, "resident", "start")
-        assert found.returncode == 0 and f"resident harness {pid} listening" in found.stdout, (python, found.stdout, found.stderr)
+        assert found.returncode == 0 and f"resident harness {pid} listening" in found.stdout, (
+            python,
+            found.stdout,
+            found.stderr,
+        )
     assert _resident_pid(resident) == pid
     status = tether(others[-1], "resident", "status")
     assert status.returncode == 0, status.stderr
@@ -260,7 +290,9 @@ def test_stop_stops_what_tether_p_started_whatever_the_interpreter_is_called(
     assert "no resident harness is running" in again.stdout
 
 
-def test_status_lists_and_stop_all_stops_every_checkouts_resident(tether_env: TetherEnv, resident: Path, tmp_path: Path) -> None:
+def test_status_lists_and_stop_all_stops_every_checkouts_resident(
+    tether_env: TetherEnv, resident: Path, tmp_path: Path
+) -> None:
     other_checkout = tmp_path / "other-checkout"
     for package in ("agent", "session", "protos", "remote_sandbox", "tui"):
         shutil.copytree(ROOT / package, other_checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
@@ -291,8 +323,12 @@ def test_status_lists_and_stop_all_stops_every_checkouts_resident(tether_env: Te
     assert list(resident.glob("harness-*.sock")) == []
 
 
-def test_verbose_says_a_run_is_in_process_when_the_resident_harness_is_off(fake_api: FakeMessagesAPI, tether_env: TetherEnv) -> None:
+def test_verbose_says_a_run_is_in_process_when_the_resident_harness_is_off(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv
+) -> None:
     fake_api.script(reply(text("here")))
-    proc = tether_env.run("-p", "x", "--verbose", env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"})
+    proc = tether_env.run(
+        "-p", "x", "--verbose", env={"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tether: running in-process (TETHER_RESIDENT is off)" in proc.stderr

@@ -52,7 +52,9 @@ async def test_good_token_passes_wait_ready(local_sandbox_host: RunningHost) -> 
 async def test_health_and_reflection_answer_without_a_token(local_sandbox_host: RunningHost) -> None:
     address = local_sandbox_host.target.removeprefix("grpc://")
     async with grpc.aio.insecure_channel(address) as channel:
-        health = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""), timeout=QUICK_S)
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=""), timeout=QUICK_S
+        )
         assert health.status == health_pb2.HealthCheckResponse.SERVING
         named = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="tether.sandbox.v1.Sandbox"), timeout=QUICK_S

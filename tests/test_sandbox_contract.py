@@ -116,7 +116,9 @@ async def test_provision_is_idempotent_on_request_id(client: SandboxClient, sand
     assert len(await client.list()) == 2
 
 
-async def test_failing_setup_refuses_the_sandbox_and_removes_it(client: SandboxClient, sandbox_host: RunningHost) -> None:
+async def test_failing_setup_refuses_the_sandbox_and_removes_it(
+    client: SandboxClient, sandbox_host: RunningHost
+) -> None:
     recipe = pb.Recipe()
     recipe.CopyFrom(sandbox_host.recipe)
     recipe.setup.extend(["echo first-setup-ran", "echo setup-broke >&2; exit 7"])
@@ -142,7 +144,9 @@ async def test_bad_workdir_is_an_invalid_request(client: SandboxClient, sandbox_
         await client.provision(recipe)
 
 
-async def test_another_tenants_sandbox_is_gone(client: SandboxClient, sandbox_host: RunningHost, sandbox: pb.SandboxInfo) -> None:
+async def test_another_tenants_sandbox_is_gone(
+    client: SandboxClient, sandbox_host: RunningHost, sandbox: pb.SandboxInfo
+) -> None:
     async with SandboxClient(sandbox_host.target, sandbox_host.other_token) as other:
         assert await other.list() == []
         with pytest.raises(SandboxGone):
@@ -218,16 +222,16 @@ async def test_stdin_is_fed_then_closed(client: SandboxClient, sandbox: pb.Sandb
     assert counted.stdout.strip() == b"2"
 
 
-async def test_env_comes_from_recipe_and_request_only(client: SandboxClient, sandbox_host: RunningHost, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_env_comes_from_recipe_and_request_only(
+    client: SandboxClient, sandbox_host: RunningHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TETHER_TEST_HOST_SECRET", "must-not-leak")
     recipe = pb.Recipe()
     recipe.CopyFrom(sandbox_host.recipe)
     recipe.env["FROM_RECIPE"] = "r"
     recipe.env["OVERRIDDEN"] = "recipe"
     info = await client.provision(recipe)
-    result = await client.exec(
-        info.sandbox_id, shell="env", env={"FROM_REQUEST": "q", "OVERRIDDEN": "request"}
-    )
+    result = await client.exec(info.sandbox_id, shell="env", env={"FROM_REQUEST": "q", "OVERRIDDEN": "request"})
     lines = set(result.stdout.decode().splitlines())
     assert {"FROM_RECIPE=r", "FROM_REQUEST=q", "OVERRIDDEN=request"} <= lines
     assert "must-not-leak" not in result.stdout.decode()
@@ -253,9 +257,7 @@ async def test_cwd_and_report_cwd(client: SandboxClient, sandbox: pb.SandboxInfo
 
 async def test_timeout_kills_the_whole_group(client: SandboxClient, sandbox: pb.SandboxInfo) -> None:
     marker = f"tether-marker-{secrets.token_hex(6)}"
-    stream = client.exec_stream(
-        sandbox.sandbox_id, shell=background_marker_script(marker), timeout_ms=3000
-    )
+    stream = client.exec_stream(sandbox.sandbox_id, shell=background_marker_script(marker), timeout_ms=3000)
     await wait_for_ready_line(stream)
     alive = marker_pids(marker)
     assert alive, "the background process should be running before the timeout"
@@ -330,7 +332,10 @@ async def test_read_write_round_trip_with_5_mib_binary(client: SandboxClient, sa
     info = await client.write_file(sandbox.sandbox_id, "blob.bin", data)
     assert info.size == len(data)
     assert await client.read_file(sandbox.sandbox_id, "blob.bin") == data
-    assert await client.read_file(sandbox.sandbox_id, f"{sandbox.workdir}/blob.bin", offset=100, length=50) == data[100:150]
+    assert (
+        await client.read_file(sandbox.sandbox_id, f"{sandbox.workdir}/blob.bin", offset=100, length=50)
+        == data[100:150]
+    )
     assert await client.read_file(sandbox.sandbox_id, "blob.bin", offset=len(data)) == b""
     checksum = await client.exec(sandbox.sandbox_id, argv=["wc", "-c", "blob.bin"])
     assert checksum.stdout.split()[0] == str(len(data)).encode()
@@ -382,7 +387,9 @@ async def test_stat_and_list_dir(client: SandboxClient, sandbox: pb.SandboxInfo)
     "path",
     ["../x", "../../etc/passwd", "/etc/passwd", "a/../../x", "/workspace/../etc/passwd"],
 )
-async def test_paths_outside_the_workspace_are_refused(client: SandboxClient, sandbox: pb.SandboxInfo, path: str) -> None:
+async def test_paths_outside_the_workspace_are_refused(
+    client: SandboxClient, sandbox: pb.SandboxInfo, path: str
+) -> None:
     path = path.replace("/workspace", sandbox.workdir)
     with pytest.raises(SandboxInvalidRequest, match="outside the workspace"):
         await client.read_file(sandbox.sandbox_id, path)
@@ -392,7 +399,9 @@ async def test_paths_outside_the_workspace_are_refused(client: SandboxClient, sa
         await client.stat(sandbox.sandbox_id, path)
 
 
-async def test_symlinks_pointing_out_are_refused(client: SandboxClient, sandbox: pb.SandboxInfo, sandbox_host: RunningHost) -> None:
+async def test_symlinks_pointing_out_are_refused(
+    client: SandboxClient, sandbox: pb.SandboxInfo, sandbox_host: RunningHost
+) -> None:
     outside = sandbox_host.state_dir / "outside.txt"
     outside.write_text("host secret")
     await client.exec(
@@ -408,7 +417,9 @@ async def test_symlinks_pointing_out_are_refused(client: SandboxClient, sandbox:
         await client.write_file(sandbox.sandbox_id, "up/new-file", b"x")
     assert outside.read_text() == "host secret"
     # Links that stay inside work, relative or absolute.
-    await client.exec(sandbox.sandbox_id, shell=f"echo inside > real && ln -s real rel && ln -s {sandbox.workdir}/real absin")
+    await client.exec(
+        sandbox.sandbox_id, shell=f"echo inside > real && ln -s real rel && ln -s {sandbox.workdir}/real absin"
+    )
     assert await client.read_file(sandbox.sandbox_id, "rel") == b"inside\n"
     assert await client.read_file(sandbox.sandbox_id, "absin") == b"inside\n"
     await client.write_file(sandbox.sandbox_id, "rel", b"through the link")
@@ -424,8 +435,13 @@ async def test_fifo_is_refused_without_hanging(client: SandboxClient, sandbox: p
 # ----- workspace snapshots
 
 
-async def test_manifest_export_import_round_trip(client: SandboxClient, sandbox_host: RunningHost, sandbox: pb.SandboxInfo) -> None:
-    await client.exec(sandbox.sandbox_id, shell="mkdir -p src/empty && echo a > src/a.txt && ln -s a.txt src/link && chmod 755 src/a.txt")
+async def test_manifest_export_import_round_trip(
+    client: SandboxClient, sandbox_host: RunningHost, sandbox: pb.SandboxInfo
+) -> None:
+    await client.exec(
+        sandbox.sandbox_id,
+        shell="mkdir -p src/empty && echo a > src/a.txt && ln -s a.txt src/link && chmod 755 src/a.txt",
+    )
     await client.write_file(sandbox.sandbox_id, "bin.dat", os.urandom(70_000))
     manifest = {e.path: e for e in await client.manifest(sandbox.sandbox_id)}
     assert set(manifest) == {"bin.dat", "src/a.txt", "src/link"}

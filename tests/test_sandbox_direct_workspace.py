@@ -61,7 +61,9 @@ async def direct_host(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         yield host
 
 
-async def test_refused_by_a_host_started_without_an_allowed_root(local_sandbox_host: RunningHost, tmp_path: Path) -> None:
+async def test_refused_by_a_host_started_without_an_allowed_root(
+    local_sandbox_host: RunningHost, tmp_path: Path
+) -> None:
     async with SandboxClient(local_sandbox_host.target, local_sandbox_host.token) as client:
         with pytest.raises(SandboxPermissionDenied, match="--allow-workspace-root"):
             await client.provision(local_sandbox_host.recipe, workspace_dir=str(tmp_path))
@@ -84,7 +86,9 @@ async def test_refused_outside_the_allowed_root_and_for_bad_paths(direct_host: R
         assert await client.list() == []
 
 
-async def test_commands_write_into_the_directory_and_destroy_leaves_it(direct_host: RunningHost, tmp_path: Path) -> None:
+async def test_commands_write_into_the_directory_and_destroy_leaves_it(
+    direct_host: RunningHost, tmp_path: Path
+) -> None:
     project = _project(tmp_path / "allowed")
     async with SandboxClient(direct_host.target, direct_host.token) as client:
         info = await client.provision(direct_host.recipe, workspace_dir=str(project))
@@ -197,7 +201,8 @@ async def test_import_never_writes_outside_the_directory(direct_host: RunningHos
             )
         # Through a symlink that stays inside, a member lands where the sandbox would put it.
         done = await client.import_tar(
-            info.sandbox_id, _tar(("symlink", "inside", b"src"), ("file", "inside/new.py", b"n"), ("file", "src/main.py", b"m"))
+            info.sandbox_id,
+            _tar(("symlink", "inside", b"src"), ("file", "inside/new.py", b"n"), ("file", "src/main.py", b"m")),
         )
         assert done.files == 3
         assert (project / "src" / "new.py").read_bytes() == b"n"
@@ -225,7 +230,9 @@ async def _sh_ok(client: SandboxClient, sandbox_id: str, command: str) -> None:
     assert result.exit_code == 0, result.stderr
 
 
-async def test_a_direct_workspace_keeps_its_hash_cache_across_sandboxes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_direct_workspace_keeps_its_hash_cache_across_sandboxes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Files written just now are not trusted from the cache (the racy-timestamp rule); this
     # test is about the cache outliving the sandbox, so it trusts them.
     monkeypatch.setattr(manifest_module, "RACY_NS", 0)

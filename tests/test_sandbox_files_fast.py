@@ -89,11 +89,21 @@ async def test_files_round_trip_across_chunks_and_batches(local_host: RunningHos
         assert await client.read_file(sandbox.sandbox_id, "blob.bin") == data
         # Ranges that start and end inside chunks, across chunk and batch boundaries, and past the end.
         batch = host_server.READ_BATCH_BYTES
-        for offset, length in [(0, 1), (ws.READ_CHUNK - 7, 20), (batch - 5, ws.READ_CHUNK + 10), (batch + 3, 0), (size - 3, 100), (size + 10, 5)]:
+        for offset, length in [
+            (0, 1),
+            (ws.READ_CHUNK - 7, 20),
+            (batch - 5, ws.READ_CHUNK + 10),
+            (batch + 3, 0),
+            (size - 3, 100),
+            (size + 10, 5),
+        ]:
             if offset < 0:
                 continue
             expected = data[offset : offset + length] if length else data[offset:]
-            assert await client.read_file(sandbox.sandbox_id, "blob.bin", offset=offset, length=length) == expected, (offset, length)
+            assert await client.read_file(sandbox.sandbox_id, "blob.bin", offset=offset, length=length) == expected, (
+                offset,
+                length,
+            )
     workspace = host_workspace(local_host, sandbox.sandbox_id)
     assert os.listdir(workspace) == ["blob.bin"], "no temp file may stay"
     assert (workspace / "blob.bin").read_bytes() == data
@@ -141,7 +151,9 @@ async def test_a_write_cancelled_while_a_batch_is_written_leaves_no_temp_file(lo
             )
             # The first batch went to a worker thread, which made the temp file.
             kind, created = await asyncio.to_thread(watch.next_event, WAIT_S)
-            assert kind == "created" and created.startswith(".partial.bin.tether-") and created.endswith(".tmp"), created
+            assert kind == "created" and created.startswith(".partial.bin.tether-") and created.endswith(".tmp"), (
+                created
+            )
             call.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await call

@@ -86,7 +86,9 @@ async def local_limited_host(tmp_path: Path) -> AsyncIterator[RunningHost]:
 
 
 @contextlib.asynccontextmanager
-async def raw_stub(host: RunningHost, token: str | None = None) -> AsyncIterator[tuple[pb_grpc.SandboxStub, tuple[tuple[str, str], ...]]]:
+async def raw_stub(
+    host: RunningHost, token: str | None = None
+) -> AsyncIterator[tuple[pb_grpc.SandboxStub, tuple[tuple[str, str], ...]]]:
     """A bare stub that may send messages up to 64 MiB, and the metadata of ``token`` (default: tenant A's)."""
     channel = grpc.aio.insecure_channel(
         host.target.removeprefix("grpc://"),
@@ -302,7 +304,9 @@ async def test_write_past_max_write_bytes_is_refused_while_it_streams(local_limi
         with grpc.insecure_channel(local_limited_host.target.removeprefix("grpc://")) as channel:
             stub = pb_grpc.SandboxStub(channel)
             try:
-                stub.WriteFile(endless(), metadata=(("authorization", f"Bearer {local_limited_host.token}"),), timeout=WAIT_S)
+                stub.WriteFile(
+                    endless(), metadata=(("authorization", f"Bearer {local_limited_host.token}"),), timeout=WAIT_S
+                )
             except grpc.RpcError as exc:
                 return exc
         raise AssertionError("an endless upload was accepted")
@@ -434,7 +438,11 @@ async def test_a_broken_tar_is_an_invalid_argument(local_limited_host: RunningHo
         # Nothing half-imported: the cut-short member never landed, nor did its temp file.
         assert await client.manifest(sandbox.sandbox_id) == []
     assert os.listdir(host_workspace(local_limited_host, sandbox.sandbox_id)) == []
-    assert [p.name for p in host_workspace(local_limited_host, sandbox.sandbox_id).parent.iterdir() if p.name.startswith("import-")] == []
+    assert [
+        p.name
+        for p in host_workspace(local_limited_host, sandbox.sandbox_id).parent.iterdir()
+        if p.name.startswith("import-")
+    ] == []
 
 
 # ----- a flood of output
@@ -647,7 +655,9 @@ async def test_launcher_commands_behave_like_a_shells(local_sandbox_host: Runnin
         # argv programs are found on the command's own PATH, from its own directory.
         await client.write_file(sid, "tools/hello", b"#!/bin/sh\necho hello from $(pwd)\n", mode=0o755)
         await client.write_file(sid, "sub/.keep", b"")
-        found = await client.exec(sid, argv=["hello"], cwd="sub", env={"PATH": f"{sandbox.workdir}/tools:/usr/bin:/bin"})
+        found = await client.exec(
+            sid, argv=["hello"], cwd="sub", env={"PATH": f"{sandbox.workdir}/tools:/usr/bin:/bin"}
+        )
         assert found.stdout == f"hello from {sandbox.workdir}/sub\n".encode()
         # What the fast path cannot do, the shell does, with the shell's words.
         missing = await client.exec(sid, argv=["no-such-program-here"])
@@ -685,7 +695,9 @@ async def test_both_ways_of_starting_commands_keep_the_contract(tmp_path: Path, 
     except RuntimeError as exc:
         pytest.skip(str(exc))
     token = secrets.token_hex(16)
-    host = SandboxHost(HostConfig(listen="127.0.0.1:0", tokens={token: "t"}, state_dir=tmp_path / "state"), provider=provider)
+    host = SandboxHost(
+        HostConfig(listen="127.0.0.1:0", tokens={token: "t"}, state_dir=tmp_path / "state"), provider=provider
+    )
     address = await host.start()
     marker = f"tether-marker-{secrets.token_hex(6)}"
     try:

@@ -75,7 +75,9 @@ async def test_delta_follows_every_kind_of_change(client: SandboxClient, sandbox
     assert again.delta and set(_by_path(again)) == {"added", "link", "after"}
 
 
-async def test_a_token_of_other_rules_or_unknown_gets_a_full_answer(client: SandboxClient, sandbox_host: RunningHost) -> None:
+async def test_a_token_of_other_rules_or_unknown_gets_a_full_answer(
+    client: SandboxClient, sandbox_host: RunningHost
+) -> None:
     sandbox = (await client.provision(sandbox_host.recipe)).sandbox_id
     await _sh(client, sandbox, "mkdir -p a b && echo 1 > a/x && echo 2 > b/y")
     only_a = await client.manifest_delta(sandbox, exclude=["b/"])
@@ -114,7 +116,10 @@ async def test_exclude_and_nested_gitignore_prune_the_walk(local_sandbox_host: R
         assert ".git/HEAD" not in _by_path(without_git)
         plain = await client.manifest_delta(sandbox)
         assert {"sub/a.log", "node_modules/pkg/i.js"} <= set(_by_path(plain))
-        assert {(s.path, s.reason) for s in plain.skipped} == {("node_modules/pkg/pipe", "fifo"), ("build/pipe", "fifo")}
+        assert {(s.path, s.reason) for s in plain.skipped} == {
+            ("node_modules/pkg/pipe", "fifo"),
+            ("build/pipe", "fifo"),
+        }
         # A sub-path walk still honours the .gitignore files above it.
         below = await client.manifest_delta(sandbox, paths=["sub/deeper"], gitignore=True)
         assert set(_by_path(below)) == {"sub/deeper/only_here"}

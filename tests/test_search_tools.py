@@ -67,7 +67,10 @@ async def test_ignored_files_are_not_returned(tools: SandboxTools) -> None:
     assert paths(tools, logs.content) == {"sub/important.log"}
 
     below = await tools.call("Grep", {"pattern": NEEDLE, "path": "sub", "output_mode": "count"})
-    assert sorted(below.content.splitlines()) == [f"{tools.workdir}/sub/important.log:1", f"{tools.workdir}/sub/keep.py:1"]
+    assert sorted(below.content.splitlines()) == [
+        f"{tools.workdir}/sub/important.log:1",
+        f"{tools.workdir}/sub/keep.py:1",
+    ]
 
 
 async def test_a_path_named_explicitly_is_searched_even_when_ignored(tools: SandboxTools) -> None:
@@ -94,7 +97,10 @@ async def test_names_with_spaces_and_unicode(tools: SandboxTools) -> None:
     found = await tools.call("Grep", {"pattern": NEEDLE, "glob": "dir with space/*.py"})
     assert found.content.splitlines() == ["Found 1 file", f"{w}/dir with space/naïve café.py"]
     content = await tools.call("Grep", {"pattern": "needle: ok", "output_mode": "content", "-B": 1})
-    assert content.content.splitlines() == [f"{w}/dir with space/naïve café.py-1-x = 1", f"{w}/dir with space/naïve café.py:2:{NEEDLE}: ok"]
+    assert content.content.splitlines() == [
+        f"{w}/dir with space/naïve café.py-1-x = 1",
+        f"{w}/dir with space/naïve café.py:2:{NEEDLE}: ok",
+    ]
 
 
 # Calls whose answers must not depend on whether ripgrep ran them.
@@ -152,12 +158,18 @@ async def test_multiline_and_unknown_types(tools: SandboxTools) -> None:
     unknown = await tools.call("Grep", {"pattern": "x", "type": "no-such-type"})
     assert unknown.is_error and "no-such-type" in unknown.content
     if has_rg:
-        assert spanning.content.splitlines() == [f"{tools.workdir}/a.py:1:def f(", f"{tools.workdir}/a.py:2:    x,", f"{tools.workdir}/a.py:3:):"]
+        assert spanning.content.splitlines() == [
+            f"{tools.workdir}/a.py:1:def f(",
+            f"{tools.workdir}/a.py:2:    x,",
+            f"{tools.workdir}/a.py:3:):",
+        ]
     else:
         assert spanning.is_error and "ripgrep" in spanning.content
 
 
-async def test_ripgrep_is_looked_for_again_in_a_replacement_sandbox(tools: SandboxTools, sandbox_host: RunningHost) -> None:
+async def test_ripgrep_is_looked_for_again_in_a_replacement_sandbox(
+    tools: SandboxTools, sandbox_host: RunningHost
+) -> None:
     await tools.call("Grep", {"pattern": NEEDLE})
     first = tools.lease.sandbox_id
     found = tools.lease.programs[(first, "rg")]

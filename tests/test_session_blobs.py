@@ -149,9 +149,23 @@ def test_a_batch_is_one_syncfs_and_no_fsync_of_a_blob_file(tmp_path: Path) -> No
     )
     trace = tmp_path / "trace.txt"
     subprocess.run(
-        ["strace", "-f", "-e", "trace=openat,fsync,syncfs", "-o", str(trace),
-         sys.executable, "-c", script, str(tmp_path / "blobs")],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        [
+            "strace",
+            "-f",
+            "-e",
+            "trace=openat,fsync,syncfs",
+            "-o",
+            str(trace),
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "blobs"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     calls = [re.sub(r"^\d+\s+", "", line) for line in trace.read_text().splitlines()]
     opened: dict[str, str] = {}

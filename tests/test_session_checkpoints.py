@@ -51,8 +51,13 @@ def _file(content: str, mode: int = stat.S_IFREG | 0o644) -> FileState:
 
 def _checkpoint(log: SessionLog, old: WorkspaceState, new: WorkspaceState, seq: int, label: str = "tool"):
     return record_checkpoint(
-        log, diff_states(old, new), seq=seq, after_tool_use_id=f"toolu_{seq}" if label == "tool" else None,
-        label=label, files=len(new), bytes=sum(state.size for state in new.values()),
+        log,
+        diff_states(old, new),
+        seq=seq,
+        after_tool_use_id=f"toolu_{seq}" if label == "tool" else None,
+        label=label,
+        files=len(new),
+        bytes=sum(state.size for state in new.values()),
     )
 
 
@@ -62,7 +67,7 @@ ODD_NAMES = [
     os.fsdecode(b"caf\xe9.txt"),
     os.fsdecode(b"dir\xff/inner\xfe.bin"),
     "line\nbreak and\ttab.txt",
-    "back\\slash \"quoted\".txt",
+    'back\\slash "quoted".txt',
     "AAAA",
     "é/ü/日本語 ✓.md",
     "\u2028separator",
@@ -109,7 +114,10 @@ def test_states_round_trip_through_checkpoint_events(log: SessionLog, store: Ses
     log.append("user", {"content": "no checkpoint after this"})
 
     assert edit.payload == {
-        "seq": 1, "after": "toolu_1", "label": "tool", "files": len(second),
+        "seq": 1,
+        "after": "toolu_1",
+        "label": "tool",
+        "files": len(second),
         "bytes": sum(state.size for state in second.values()),
         "set": {"new.txt": list(_as_list(_file("new"))), "src/main.py": list(_as_list(_file("print(2)")))},
         "removed": [encode_path(ODD_NAMES[0])],
@@ -133,8 +141,14 @@ def test_a_large_change_list_goes_into_a_blob_and_comes_back(log: SessionLog, st
     baseline = {f"src/package_{n % 50}/module_{n}.py": _file(f"module {n}") for n in range(3000)}
     baseline[ODD_NAMES[1]] = _file("odd")
     event = record_checkpoint(
-        log, diff_states({}, baseline), seq=0, after_tool_use_id=None, label="baseline",
-        files=len(baseline), bytes=123, extra={"mode": "copy", "skipped": ["node_modules"]},
+        log,
+        diff_states({}, baseline),
+        seq=0,
+        after_tool_use_id=None,
+        label="baseline",
+        files=len(baseline),
+        bytes=123,
+        extra={"mode": "copy", "skipped": ["node_modules"]},
     )
     assert "set" not in event.payload and "removed" not in event.payload
     assert event.payload["mode"] == "copy" and event.payload["skipped"] == ["node_modules"]
@@ -173,7 +187,13 @@ def test_bad_labels_and_clashing_extra_fields_are_refused(log: SessionLog) -> No
         record_checkpoint(log, CheckpointChanges(), seq=0, after_tool_use_id=None, label="whim", files=0, bytes=0)
     with pytest.raises(ValueError, match="seq"):
         record_checkpoint(
-            log, CheckpointChanges(), seq=0, after_tool_use_id=None, label="tool", files=0, bytes=0,
+            log,
+            CheckpointChanges(),
+            seq=0,
+            after_tool_use_id=None,
+            label="tool",
+            files=0,
+            bytes=0,
             extra={"seq": 9},
         )
     assert checkpoints_on_path(log) == []
@@ -190,8 +210,18 @@ def test_a_missing_changes_blob_is_a_readable_error(log: SessionLog, store: Sess
 
 
 def test_a_malformed_set_entry_is_a_readable_error(log: SessionLog) -> None:
-    event = log.append(EventType.CHECKPOINT, {"seq": 4, "after": None, "label": "tool", "files": 1,
-                                              "bytes": 1, "set": {"a": ["sha", "mode"]}, "removed": []})
+    event = log.append(
+        EventType.CHECKPOINT,
+        {
+            "seq": 4,
+            "after": None,
+            "label": "tool",
+            "files": 1,
+            "bytes": 1,
+            "set": {"a": ["sha", "mode"]},
+            "removed": [],
+        },
+    )
     with pytest.raises(CheckpointDamaged, match="checkpoint 4"):
         state_at(log, event.uuid)
 

@@ -33,7 +33,9 @@ def world(tmp_path: Path) -> dict[str, object]:
     store = SessionStore(home)
     log = store.create(project)
     log.append("user", {"content": "Count the lines of the changelog"})
-    log.append("assistant", assistant_payload(text_block("Counting."), tool_use_block("toolu_1", command="wc -l CHANGELOG")))
+    log.append(
+        "assistant", assistant_payload(text_block("Counting."), tool_use_block("toolu_1", command="wc -l CHANGELOG"))
+    )
     log.append("tool_result", tool_result_payload("toolu_1", "4242 CHANGELOG\nsee ```fenced``` text"))
     log.append("assistant", assistant_payload(text_block("It has 4242 lines."), cost=0.02))
     log.close()
@@ -48,7 +50,11 @@ def run_cli(world: dict[str, object], *arguments: str, module: str = "session.cl
     environment = {**os.environ, "TETHER_HOME": str(world["home"]), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", module, *arguments],
-        cwd=world["project"], env=environment, capture_output=True, text=True, timeout=60,
+        cwd=world["project"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -131,10 +137,18 @@ def test_export_json_is_the_conversation_and_markdown_is_readable(world: dict[st
 
 
 def test_errors_are_one_line_on_stderr_and_exit_1(world: dict[str, object], tmp_path: Path) -> None:
-    write_log_file(Path(world["home"]), Path(world["project"]), [("meta", meta_payload(Path(world["project"])))],
-                   session_id="eeee1111-0000-4000-8000-000000000000")
-    write_log_file(Path(world["home"]), Path(world["project"]), [("meta", meta_payload(Path(world["project"])))],
-                   session_id="eeee2222-0000-4000-8000-000000000000")
+    write_log_file(
+        Path(world["home"]),
+        Path(world["project"]),
+        [("meta", meta_payload(Path(world["project"])))],
+        session_id="eeee1111-0000-4000-8000-000000000000",
+    )
+    write_log_file(
+        Path(world["home"]),
+        Path(world["project"]),
+        [("meta", meta_payload(Path(world["project"])))],
+        session_id="eeee2222-0000-4000-8000-000000000000",
+    )
     cases = {
         ("show", "0000ffff"): "no session matches",
         ("export", "eeee"): "matches 2 sessions: eeee1111-0000-4000-8000-000000000000, eeee2222",
@@ -172,6 +186,8 @@ def test_session_never_imports_textual_or_anthropic() -> None:
         f"for name in {modules!r}: importlib.import_module(name)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in {'textual', 'anthropic', 'agent', 'tui'}))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=60
+    )
     assert "session.cli" in modules and "session.store" in modules
     assert result.stdout.strip() == "[]"

@@ -162,15 +162,20 @@ def test_an_empty_session_has_no_messages() -> None:
 
 def _random_payload(rng: random.Random, tool_ids: list[str]) -> tuple[str, dict[str, Any]]:
     """One random event: valid, odd, or damaged in the ways real logs can be."""
-    kind = rng.choices(
-        ["user", "assistant", "tool_result", "compaction", "other"], weights=[5, 6, 6, 1, 2]
-    )[0]
+    kind = rng.choices(["user", "assistant", "tool_result", "compaction", "other"], weights=[5, 6, 6, 1, 2])[0]
     if kind == "user":
         if rng.random() < 0.3:
-            blocks = [rng.choice([text_block(""), text_block(f"prompt {rng.random()}"),
-                                  {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
-                                  {"type": "tool_result", "tool_use_id": rng.choice(tool_ids or ["none"]), "content": "inline"}])
-                      for _ in range(rng.randint(0, 3))]
+            blocks = [
+                rng.choice(
+                    [
+                        text_block(""),
+                        text_block(f"prompt {rng.random()}"),
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AA=="}},
+                        {"type": "tool_result", "tool_use_id": rng.choice(tool_ids or ["none"]), "content": "inline"},
+                    ]
+                )
+                for _ in range(rng.randint(0, 3))
+            ]
             return user(blocks)
         return user(rng.choice(["", "  ", f"prompt {rng.random()}", "two\nlines"]))
     if kind == "assistant":
@@ -195,8 +200,14 @@ def _random_payload(rng: random.Random, tool_ids: list[str]) -> tuple[str, dict[
         return result(target, rng.choice(["", "out"]), is_error=rng.random() < 0.3)
     if kind == "compaction":
         return ("compaction", {"summary": rng.choice(["", "summary"])})
-    return rng.choice([("interruption", {"reason": "user"}), ("title", {"title": "t", "source": "model"}),
-                       ("sandbox", {"event": "lost"}), ("future_type", {"x": 1})])
+    return rng.choice(
+        [
+            ("interruption", {"reason": "user"}),
+            ("title", {"title": "t", "source": "model"}),
+            ("sandbox", {"event": "lost"}),
+            ("future_type", {"x": 1}),
+        ]
+    )
 
 
 @pytest.mark.parametrize("seed", range(400))

@@ -117,9 +117,7 @@ def test_full_disk_fails_a_blob_batch_without_temporary_files(full_disk: Path) -
     assert store.get(kept) == b"small enough"
 
 
-def test_read_only_home_refuses_writes_but_reads_list_and_searches(
-    tmp_path: Path, read_only_later: list[Path]
-) -> None:
+def test_read_only_home_refuses_writes_but_reads_list_and_searches(tmp_path: Path, read_only_later: list[Path]) -> None:
     home = tmp_path / "home"
     project = tmp_path / "project"
     project.mkdir()

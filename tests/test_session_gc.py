@@ -64,15 +64,25 @@ def test_only_unreferenced_old_blobs_are_removed(store: SessionStore, project: P
         big_files = [batch.put(b"file %d" % n) for n in range(1500)]
         unreferenced = batch.put(b"content of a checkpoint never recorded")
         young = batch.put(b"just written, event not appended yet")
-    record_checkpoint(log, diff_states({}, {"a.txt": _file_state(inline_file, 19)}), seq=0,
-                      after_tool_use_id=None, label="baseline", files=1, bytes=19)
+    record_checkpoint(
+        log,
+        diff_states({}, {"a.txt": _file_state(inline_file, 19)}),
+        seq=0,
+        after_tool_use_id=None,
+        label="baseline",
+        files=1,
+        bytes=19,
+    )
     big = {f"dir/file_{n}.txt": _file_state(sha, 6) for n, sha in enumerate(big_files)}
-    large = record_checkpoint(log, diff_states({}, big), seq=1, after_tool_use_id="toolu_1",
-                              label="tool", files=len(big), bytes=0)
+    large = record_checkpoint(
+        log, diff_states({}, big), seq=1, after_tool_use_id="toolu_1", label="tool", files=len(big), bytes=0
+    )
     changes_blob = large.payload["changes_blob"]
     nested = log.put_blob(b"a sandbox manifest the harness keeps")
-    log.append("sandbox", {"event": "provisioned", "host": "embedded", "extra": {"manifest_blob": nested},
-                           "parts_blobs": [output]})
+    log.append(
+        "sandbox",
+        {"event": "provisioned", "host": "embedded", "extra": {"manifest_blob": nested}, "parts_blobs": [output]},
+    )
     # A branch that is not live still references its blobs.
     branch_point = log.events()[1].uuid
     log.fork_at(branch_point)
@@ -121,8 +131,9 @@ def test_a_missing_changes_blob_is_warned_about_and_an_unreadable_one_stops_coll
 ) -> None:
     log = store.create(project)
     files = {f"f{n}": _file_state(hashlib.sha256(b"%d" % n).hexdigest(), 1) for n in range(2000)}
-    event = record_checkpoint(log, diff_states({}, files), seq=0, after_tool_use_id=None, label="baseline",
-                              files=len(files), bytes=0)
+    event = record_checkpoint(
+        log, diff_states({}, files), seq=0, after_tool_use_id=None, label="baseline", files=len(files), bytes=0
+    )
     unreferenced = log.put_blob(b"garbage")
     _age(log.blobs, unreferenced)
     changes = log.blobs.path_for(event.payload["changes_blob"])
@@ -151,8 +162,14 @@ def test_project_folders_finds_one_project_or_all(store: SessionStore, project: 
 
 def _run_cli(home: Path, cwd: Path, *arguments: str) -> subprocess.CompletedProcess[str]:
     environment = {**os.environ, "TETHER_HOME": str(home), "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "session.cli", *arguments], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "session.cli", *arguments],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_the_gc_command_prints_what_it_removes_and_the_bytes_freed(
@@ -171,7 +188,9 @@ def test_the_gc_command_prints_what_it_removes_and_the_bytes_freed(
     dry = _run_cli(store.home, project, "gc", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"would remove {gone}  2048 bytes (2.0 KiB)" in dry.stdout
-    assert "Would remove 1 blob, would free 2048 bytes (2.0 KiB); kept 1 in use and 0 younger than an hour." in dry.stdout
+    assert (
+        "Would remove 1 blob, would free 2048 bytes (2.0 KiB); kept 1 in use and 0 younger than an hour." in dry.stdout
+    )
     assert gone in log.blobs
 
     done = _run_cli(store.home, project, "gc")
@@ -194,8 +213,15 @@ def test_the_gc_command_prints_what_it_removes_and_the_bytes_freed(
 def test_show_lists_checkpoints_compactly(store: SessionStore, project: Path) -> None:
     log = store.create(project)
     log.append("user", {"content": "make a file"})
-    record_checkpoint(log, diff_states({}, {"a": _file_state("0" * 64, 5)}), seq=3, after_tool_use_id="toolu_1",
-                      label="tool", files=1, bytes=5)
+    record_checkpoint(
+        log,
+        diff_states({}, {"a": _file_state("0" * 64, 5)}),
+        seq=3,
+        after_tool_use_id="toolu_1",
+        label="tool",
+        files=1,
+        bytes=5,
+    )
     shown = _run_cli(store.home, project, "show", log.session_id)
     assert shown.returncode == 0, shown.stderr
     assert "*Checkpoint 3 (tool): 1 files, 5 bytes*" in shown.stdout

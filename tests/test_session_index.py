@@ -36,8 +36,15 @@ def project(tmp_path: Path) -> Path:
     return directory
 
 
-def _session(home: Path, project: Path, prompt: str, *, result: str = "ok", session_id: str | None = None,
-             timestamp: str = "2025-01-01T00:00:00.000Z") -> Path:
+def _session(
+    home: Path,
+    project: Path,
+    prompt: str,
+    *,
+    result: str = "ok",
+    session_id: str | None = None,
+    timestamp: str = "2025-01-01T00:00:00.000Z",
+) -> Path:
     """A small but complete session log: a prompt, a tool call, its result, an answer."""
     return write_log_file(
         home,
@@ -64,10 +71,16 @@ def _rows(home: Path) -> list[tuple]:
 
 
 def test_list_reports_title_counts_cost_and_newest_first(home: Path, project: Path) -> None:
-    _session(home, project, "  \n  Fix the flaky test in the parser module " + "please " * 20 + "\nmore",
-             session_id="11111111-0000-4000-8000-000000000000", timestamp="2025-01-01T00:00:00.000Z")
-    _session(home, project, "second", session_id="22222222-0000-4000-8000-000000000000",
-             timestamp="2025-02-01T00:00:00.000Z")
+    _session(
+        home,
+        project,
+        "  \n  Fix the flaky test in the parser module " + "please " * 20 + "\nmore",
+        session_id="11111111-0000-4000-8000-000000000000",
+        timestamp="2025-01-01T00:00:00.000Z",
+    )
+    _session(
+        home, project, "second", session_id="22222222-0000-4000-8000-000000000000", timestamp="2025-02-01T00:00:00.000Z"
+    )
     summaries = SessionStore(home).list(project)
     assert [summary.session_id[:8] for summary in summaries] == ["22222222", "11111111"]
     older = summaries[1]
@@ -119,8 +132,9 @@ def test_index_is_rebuilt_after_deletion(home: Path, project: Path) -> None:
 
 
 @pytest.mark.parametrize("where", ["header", "middle", "everything"])
-def test_index_is_rebuilt_after_corruption(home: Path, project: Path, where: str,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+def test_index_is_rebuilt_after_corruption(
+    home: Path, project: Path, where: str, caplog: pytest.LogCaptureFixture
+) -> None:
     for n in range(30):
         _session(home, project, f"prompt number {n} " + "words " * 200, result=f"result text {n}")
     store = SessionStore(home)

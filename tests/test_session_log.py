@@ -88,9 +88,24 @@ def test_each_append_is_one_write_then_fsync(tmp_path: Path) -> None:
     )
     trace = tmp_path / "trace.txt"
     result = subprocess.run(
-        ["strace", "-f", "-e", "trace=openat,write,fsync,ftruncate", "-o", str(trace),
-         sys.executable, "-c", script, str(tmp_path / "home"), str(tmp_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        [
+            "strace",
+            "-f",
+            "-e",
+            "trace=openat,write,fsync,ftruncate",
+            "-o",
+            str(trace),
+            sys.executable,
+            "-c",
+            script,
+            str(tmp_path / "home"),
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     )
     log_path = result.stdout.strip()
     calls = trace.read_text().splitlines()
@@ -185,8 +200,10 @@ def test_dangling_parent_is_attached_to_the_event_before_it(
     # As if the line between (this event's real parent) had been lost.
     answer = log.append("assistant", assistant_payload(text_block("answer")), parent_uuid=prompt.uuid)
     log.close()
-    text = log.path.read_text().replace(f'"parent_uuid":"{prompt.uuid}","session_id":"{log.session_id}","timestamp":"{answer.timestamp}","type":"assistant"',
-                                        f'"parent_uuid":"gone-missing","session_id":"{log.session_id}","timestamp":"{answer.timestamp}","type":"assistant"')
+    text = log.path.read_text().replace(
+        f'"parent_uuid":"{prompt.uuid}","session_id":"{log.session_id}","timestamp":"{answer.timestamp}","type":"assistant"',
+        f'"parent_uuid":"gone-missing","session_id":"{log.session_id}","timestamp":"{answer.timestamp}","type":"assistant"',
+    )
     assert "gone-missing" in text
     log.path.write_text(text)
     with caplog.at_level(logging.WARNING):
@@ -198,9 +215,7 @@ def test_dangling_parent_is_attached_to_the_event_before_it(
     assert len(reopened.conversation()) == 2
 
 
-def test_a_parent_that_comes_later_in_the_file_cannot_make_a_loop(
-    store: SessionStore, project: Path
-) -> None:
+def test_a_parent_that_comes_later_in_the_file_cannot_make_a_loop(store: SessionStore, project: Path) -> None:
     path = write_log_file(store.home, project, [("meta", meta_payload(project)), ("user", {"content": "a"})])
     lines = path.read_bytes().splitlines()
     first, second = json.loads(lines[0]), json.loads(lines[1])
@@ -213,7 +228,9 @@ def test_a_parent_that_comes_later_in_the_file_cannot_make_a_loop(
 def test_tool_use_without_result_is_answered_with_an_error(store: SessionStore, project: Path) -> None:
     log = store.create(project)
     log.append("user", {"content": "run it"})
-    log.append("assistant", assistant_payload(text_block("running"), tool_use_block("toolu_1"), tool_use_block("toolu_2")))
+    log.append(
+        "assistant", assistant_payload(text_block("running"), tool_use_block("toolu_1"), tool_use_block("toolu_2"))
+    )
     log.append("tool_result", tool_result_payload("toolu_1", "done"))
     # The process died here, before toolu_2's result.
     messages = store.open(log.session_id).conversation()
@@ -246,7 +263,10 @@ def test_rewind_and_fork_make_a_branch_and_keep_the_old_one(store: SessionStore,
         conversation = view.conversation()
         assert_valid_messages(conversation)
         assert [message["content"][0]["text"] for message in conversation] == [
-            "first question", "first answer", "the road taken", "new answer",
+            "first question",
+            "first answer",
+            "the road taken",
+            "new answer",
         ]
     with pytest.raises(EventNotFound):
         log.fork_at("no-such-event")
@@ -297,10 +317,15 @@ def test_blobs_are_content_addressed_and_written_once(store: SessionStore, proje
 def test_open_by_unique_prefix_and_ambiguity(store: SessionStore, project: Path, tmp_path: Path) -> None:
     other_project = tmp_path / "other"
     other_project.mkdir()
-    first = write_log_file(store.home, project, [("meta", meta_payload(project))],
-                           session_id="abcd1111-0000-4000-8000-000000000000")
-    write_log_file(store.home, other_project, [("meta", meta_payload(other_project))],
-                   session_id="abcd2222-0000-4000-8000-000000000000")
+    first = write_log_file(
+        store.home, project, [("meta", meta_payload(project))], session_id="abcd1111-0000-4000-8000-000000000000"
+    )
+    write_log_file(
+        store.home,
+        other_project,
+        [("meta", meta_payload(other_project))],
+        session_id="abcd2222-0000-4000-8000-000000000000",
+    )
     assert store.open("abcd1").path == first
     assert store.open("ABCD1").path == first
     assert store.open("abcd2222-0000-4000-8000-000000000000").project_dir == other_project
@@ -315,10 +340,8 @@ def test_open_by_unique_prefix_and_ambiguity(store: SessionStore, project: Path,
 
 def test_latest_is_the_most_recently_updated_session(store: SessionStore, project: Path) -> None:
     assert store.latest(project) is None
-    older = write_log_file(store.home, project, [("meta", meta_payload(project))],
-                           timestamp="2025-01-01T00:00:00.000Z")
-    newer = write_log_file(store.home, project, [("meta", meta_payload(project))],
-                           timestamp="2025-06-01T00:00:00.000Z")
+    older = write_log_file(store.home, project, [("meta", meta_payload(project))], timestamp="2025-01-01T00:00:00.000Z")
+    newer = write_log_file(store.home, project, [("meta", meta_payload(project))], timestamp="2025-06-01T00:00:00.000Z")
     latest = store.latest(project)
     assert latest is not None and latest.path == newer
     store.open(older.stem).append("user", {"content": "older, but touched last"})

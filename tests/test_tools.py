@@ -66,9 +66,7 @@ async def test_bash_recovers_when_its_working_directory_is_removed(tools: Sandbo
 async def test_bash_timeout_kills_the_whole_process_group_and_says_so(tools: SandboxTools) -> None:
     background, foreground = unique_seconds(), unique_seconds()
     started = tools.seen_output("started")
-    call = asyncio.create_task(
-        tools.bash(f"{started_sleeps(background)}; sleep {foreground}", timeout=2000)
-    )
+    call = asyncio.create_task(tools.bash(f"{started_sleeps(background)}; sleep {foreground}", timeout=2000))
     await asyncio.wait_for(started.wait(), WAIT_S)
     pidfds = open_pidfds(host_pids(["sleep", background]))
     assert pidfds, "the background sleep is not visible from the host"
@@ -121,7 +119,7 @@ async def test_bash_rejects_bad_timeouts(tools: SandboxTools) -> None:
 
 async def test_read_numbers_lines_like_cat_n_with_offset_and_limit(tools: SandboxTools) -> None:
     await tools.ok("seq 1 2500 | sed 's/^/line /' > many.txt; printf 'a\\fb\\nsecond\\n' > ff.txt")
-    await tools.ok("awk 'BEGIN { s = \"\"; for (i = 0; i < 2100; i++) s = s \"x\"; print \"short\"; print s }' > wide.txt")
+    await tools.ok('awk \'BEGIN { s = ""; for (i = 0; i < 2100; i++) s = s "x"; print "short"; print s }\' > wide.txt')
 
     first = await tools.call("Read", {"file_path": f"{tools.workdir}/many.txt"})
     lines = first.content.splitlines()
@@ -215,7 +213,9 @@ async def test_edit_replaces_exactly_and_explains_every_refusal(tools: SandboxTo
     assert several.is_error and "2 times" in several.content and "replace_all" in several.content
     assert await tools.ok("cat e.txt") == "ALPHA\nbeta\nbeta\ngamma"
 
-    every = await tools.call("Edit", {"file_path": path, "old_string": "beta", "new_string": "BETA", "replace_all": True})
+    every = await tools.call(
+        "Edit", {"file_path": path, "old_string": "beta", "new_string": "BETA", "replace_all": True}
+    )
     assert not every.is_error and "2 occurrences" in every.content
     assert await tools.ok("cat e.txt") == "ALPHA\nBETA\nBETA\ngamma"
 
@@ -416,7 +416,12 @@ async def test_read_only_calls_run_concurrently_and_results_keep_the_call_order(
         ToolCall("g2", "Glob", {"pattern": "*.txt"}),
     ]
     results = await tools.toolset.run_all(calls, tools.emit)
-    assert [r.content for r in results][:4] == ["     1\tone", "Found 1 file\n" f"{tools.workdir}/two.txt", "     1\tthree", "bash"]
+    assert [r.content for r in results][:4] == [
+        "     1\tone",
+        f"Found 1 file\n{tools.workdir}/two.txt",
+        "     1\tthree",
+        "bash",
+    ]
     assert results[4].content == "     1\ttwo"
     assert results[5].content.count(".txt") == 3
 
@@ -432,11 +437,18 @@ async def test_read_only_calls_run_concurrently_and_results_keep_the_call_order(
     # The first three are read-only: all start before any finishes.
     assert max(started(i) for i in ("r1", "g1", "r2")) < min(finished(i) for i in ("r1", "g1", "r2"))
     # Bash runs alone, after them and before the next run of read-only calls.
-    assert max(finished(i) for i in ("r1", "g1", "r2")) < started("b1") < finished("b1") < min(started("r3"), started("g2"))
+    assert (
+        max(finished(i) for i in ("r1", "g1", "r2"))
+        < started("b1")
+        < finished("b1")
+        < min(started("r3"), started("g2"))
+    )
     assert max(started(i) for i in ("r3", "g2")) < min(finished(i) for i in ("r3", "g2"))
 
 
-async def test_a_sandbox_destroyed_behind_the_harness_is_replaced(tools: SandboxTools, sandbox_host: RunningHost) -> None:
+async def test_a_sandbox_destroyed_behind_the_harness_is_replaced(
+    tools: SandboxTools, sandbox_host: RunningHost
+) -> None:
     await tools.ok("echo before > f.txt")
     changes: list[tuple[str, dict]] = []
     tools.lease.on_change = lambda event, payload: changes.append((event, payload))

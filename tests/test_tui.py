@@ -76,7 +76,9 @@ async def test_permission_dialog_allows_once(fake_api: FakeMessagesAPI, tui_env:
         ({"sandbox": "grpc://127.0.0.1:1"}, False, "refused the connection (is it running?)"),
     ],
 )
-async def test_start_up_failures_are_shown_on_screen(tui_env: Path, options: dict, break_settings: bool, says: str) -> None:
+async def test_start_up_failures_are_shown_on_screen(
+    tui_env: Path, options: dict, break_settings: bool, says: str
+) -> None:
     if break_settings:
         (tui_env / ".tether" / "settings.toml").mkdir(parents=True)
     app = TetherApp(HarnessOptions(project_dir=tui_env, **options))

@@ -33,8 +33,16 @@ def make(project: Path, files: dict[str, str]) -> None:
 def git(project: Path, *args: str) -> None:
     """Run git in ``project``."""
     subprocess.run(
-        ["git", "-C", str(project), *args], check=True, capture_output=True,
-        env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"},
+        ["git", "-C", str(project), *args],
+        check=True,
+        capture_output=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
     )
 
 
@@ -53,7 +61,10 @@ def test_in_git_tracked_untracked_and_the_repository_itself(tmp_path: Path) -> N
     git(tmp_path, "init", "-q")
     git(tmp_path, "add", "-A")
     git(tmp_path, "commit", "-qm", "c")
-    make(tmp_path, {"new.py": "untracked", "ignored.txt": "x", "dist/bundle.js": "untracked output", "node_modules/x.js": "x"})
+    make(
+        tmp_path,
+        {"new.py": "untracked", "ignored.txt": "x", "dist/bundle.js": "untracked output", "node_modules/x.js": "x"},
+    )
     paths = chosen(tmp_path)
     assert "build/script.sh" in paths, "a tracked file under build/ is source"
     assert "dist/bundle.js" not in paths and "ignored.txt" not in paths and "node_modules/x.js" not in paths
@@ -62,7 +73,9 @@ def test_in_git_tracked_untracked_and_the_repository_itself(tmp_path: Path) -> N
 
 
 def test_settings_excludes_and_size_caps_are_listed_as_left_out(tmp_path: Path) -> None:
-    make(tmp_path, {"a.txt": "a" * 10, "b.txt": "b" * 20, "big.bin": "z" * 1000, "data/huge.csv": "x", "c.txt": "c" * 30})
+    make(
+        tmp_path, {"a.txt": "a" * 10, "b.txt": "b" * 20, "big.bin": "z" * 1000, "data/huge.csv": "x", "c.txt": "c" * 30}
+    )
     selection = select_project_files(tmp_path, exclude=["data/"], max_file_bytes=500, max_total_bytes=35)
     assert [item.rel for item in selection.files] == ["a.txt", "b.txt"]
     reasons = dict(selection.left_out)
@@ -86,7 +99,12 @@ def test_workspace_settings_parse_and_refuse_nonsense(tmp_path: Path) -> None:
     settings = WorkspaceSettings.load([user, project, tmp_path / "missing.toml"])
     assert settings.mode == "copy" and settings.exclude == ["*.bin", "data/"]
     assert settings.max_file_bytes == 2 << 20 and settings.max_total_bytes == 1000
-    for bad in ('[workspace]\nmode = "both"\n', '[workspace]\nexclude = "x"\n', '[workspace]\nmax_file_size = "lots"\n', '[workspace]\nmodee = 1\n'):
+    for bad in (
+        '[workspace]\nmode = "both"\n',
+        '[workspace]\nexclude = "x"\n',
+        '[workspace]\nmax_file_size = "lots"\n',
+        "[workspace]\nmodee = 1\n",
+    ):
         project.write_text(bad)
         with pytest.raises(SettingsError) as caught:
             WorkspaceSettings.load([project])

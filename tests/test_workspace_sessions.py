@@ -103,16 +103,25 @@ def write_project(project: Path) -> None:
 
 async def test_copy_workspace_survives_its_sandbox_being_destroyed(fake_api: FakeMessagesAPI, isolated: Path) -> None:
     write_project(isolated)
-    harness, recorder = await started(HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions"))
+    harness, recorder = await started(
+        HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions")
+    )
     try:
         fake_api.script(
             bash("ls -a; cat calc.py; test -x run.sh && echo exec-ok; readlink link"),
-            bash("mkdir -p made && printf 'new\\n' > made/new.txt && chmod 600 made/new.txt && ln -s made/new.txt made/ln"),
+            bash(
+                "mkdir -p made && printf 'new\\n' > made/new.txt && chmod 600 made/new.txt && ln -s made/new.txt made/ln"
+            ),
             reply(text("done")),
         )
         await harness.run("look and make")
         first = recorder.results()[0].content
-        assert "calc.py" in first and "return a + b" in first and "exec-ok" in first and "calc.py" in first.splitlines()[-1]
+        assert (
+            "calc.py" in first
+            and "return a + b" in first
+            and "exec-ok" in first
+            and "calc.py" in first.splitlines()[-1]
+        )
         assert "node_modules" not in first, "a dependency dir was uploaded"
         assert harness.lease is not None and harness.client is not None
         lost = harness.lease.sandbox_id
@@ -202,7 +211,17 @@ def test_resume_after_the_sandbox_is_gone_sees_the_last_checkpoint(
     session_id = tether_env.session_events()[0]["session_id"]
     # The first run's sandbox went with its process; the resumed run gets a new one.
     fake_api.script(bash("pwd; ls ..; cat ../made.txt"), reply(text("seen")))
-    second = tether_env.run("-r", session_id, "-p", "look", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env)
+    second = tether_env.run(
+        "-r",
+        session_id,
+        "-p",
+        "look",
+        "--output-format",
+        "stream-json",
+        "--permission-mode",
+        "bypassPermissions",
+        env=env,
+    )
     assert second.returncode == 0, second.stderr
     finished = tool_results(second.stdout)
     output = finished[0]["content"]
@@ -233,7 +252,9 @@ def test_direct_workspace_edits_the_real_files_and_nothing_else_is_reachable(
         ),
         reply(text("edited")),
     )
-    proc = tether_env.run("-p", "edit", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env)
+    proc = tether_env.run(
+        "-p", "edit", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env
+    )
     assert proc.returncode == 0, proc.stderr
     assert calc.read_text() == "def add(a, b):\n    return a + b + 0\n"
     finished = tool_results(proc.stdout)
@@ -255,8 +276,17 @@ def test_direct_workspace_edits_the_real_files_and_nothing_else_is_reachable(
 def git(project: Path, *args: str) -> str:
     """Run git in ``project``."""
     return subprocess.run(
-        ["git", "-C", str(project), *args], check=True, capture_output=True, text=True,
-        env={**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"},
+        ["git", "-C", str(project), *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@t",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@t",
+        },
     ).stdout
 
 
@@ -277,7 +307,15 @@ def test_copy_workspace_in_git_diff_and_apply(fake_api: FakeMessagesAPI, tether_
         reply(text("done")),
     )
     proc = tether_env.run(
-        "-p", "go", "--workspace", "copy", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env
+        "-p",
+        "go",
+        "--workspace",
+        "copy",
+        "--output-format",
+        "stream-json",
+        "--permission-mode",
+        "bypassPermissions",
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     finished = tool_results(proc.stdout)
@@ -311,7 +349,9 @@ def test_copy_workspace_in_git_diff_and_apply(fake_api: FakeMessagesAPI, tether_
 # ----------------------------------------------------------------------------- rewind
 
 
-def test_rewind_three_prompts_back_restores_files_and_conversation(fake_api: FakeMessagesAPI, tether_env: TetherEnv) -> None:
+def test_rewind_three_prompts_back_restores_files_and_conversation(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv
+) -> None:
     env = {"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
     project = tether_env.project
     (project / "shared.txt").write_text("v0\n")
@@ -342,7 +382,17 @@ def test_rewind_three_prompts_back_restores_files_and_conversation(fake_api: Fak
     assert "prompt 2" not in said and "answer 4" not in said
     # The next prompt goes on from there, and its checkpoint state follows the new branch.
     fake_api.script(bash("cat shared.txt; ls p*.txt"), reply(text("after")))
-    proc = tether_env.run("-r", session_id, "-p", "again", "--output-format", "stream-json", "--permission-mode", "bypassPermissions", env=env)
+    proc = tether_env.run(
+        "-r",
+        session_id,
+        "-p",
+        "again",
+        "--output-format",
+        "stream-json",
+        "--permission-mode",
+        "bypassPermissions",
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     request = fake_api.message_requests[-1].body
     assert "prompt 4" not in json.dumps(request["messages"])
@@ -354,7 +404,11 @@ def test_direct_mode_refuses_the_home_directory(fake_api: FakeMessagesAPI, tethe
     home = Path(tether_env.env["HOME"])
     proc = subprocess.run(
         [*TETHER, "-p", "hi"],
-        cwd=home, env={**tether_env.env, **env}, capture_output=True, text=True, timeout=60,
+        cwd=home,
+        env={**tether_env.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 1
     assert "will not mount" in proc.stderr and "home directory" in proc.stderr and "--workspace copy" in proc.stderr
@@ -362,8 +416,12 @@ def test_direct_mode_refuses_the_home_directory(fake_api: FakeMessagesAPI, tethe
     assert tether_env.session_files() == [], "a refused start left a session behind"
 
 
-async def test_odd_names_symlinks_and_special_files_across_a_lost_sandbox(fake_api: FakeMessagesAPI, isolated: Path) -> None:
-    harness, recorder = await started(HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions"))
+async def test_odd_names_symlinks_and_special_files_across_a_lost_sandbox(
+    fake_api: FakeMessagesAPI, isolated: Path
+) -> None:
+    harness, recorder = await started(
+        HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions")
+    )
     try:
         fake_api.script(
             bash(
@@ -390,7 +448,9 @@ async def test_odd_names_symlinks_and_special_files_across_a_lost_sandbox(fake_a
 async def test_a_blob_missing_from_the_store_is_named_when_restoring(fake_api: FakeMessagesAPI, isolated: Path) -> None:
     (isolated / "a.txt").write_text("a\n")
     (isolated / "b.txt").write_text("b\n")
-    harness, recorder = await started(HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions"))
+    harness, recorder = await started(
+        HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions")
+    )
     try:
         state = harness.workspace.checkpointer.state
         harness.log.blobs.path_for(state["b.txt"].sha256).unlink()
@@ -425,7 +485,11 @@ def test_apply_to_a_project_that_is_gone_or_read_only(fake_api: FakeMessagesAPI,
     project.rename(moved)
     gone = subprocess.run(
         [*TETHER, "apply", session_id],
-        cwd=moved, env={**tether_env.env, **env}, capture_output=True, text=True, timeout=60,
+        cwd=moved,
+        env={**tether_env.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert gone.returncode == 1
     assert "does not exist any more; nothing was written" in gone.stderr and "Traceback" not in gone.stderr
@@ -442,7 +506,9 @@ async def test_a_checkpoint_on_a_full_disk_is_a_notice_and_the_session_goes_on(
     try:
         monkeypatch.setenv("TETHER_HOME", str(small))
         (isolated / "a.txt").write_text("a\n")
-        harness, recorder = await started(HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions"))
+        harness, recorder = await started(
+            HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions")
+        )
         try:
             fake_api.script(bash("head -c 3000000 /dev/urandom > big.bin && echo small > s.txt"), reply(text("made")))
             done = await harness.run("make a big file")
@@ -452,7 +518,10 @@ async def test_a_checkpoint_on_a_full_disk_is_a_notice_and_the_session_goes_on(
             fake_api.script(bash("rm big.bin"), reply(text("removed")))
             assert (await harness.run("remove it")).result == "removed"
             # The next checkpoint caught up: s.txt is in, big.bin never made it.
-            assert "s.txt" in harness.workspace.checkpointer.state and "big.bin" not in harness.workspace.checkpointer.state
+            assert (
+                "s.txt" in harness.workspace.checkpointer.state
+                and "big.bin" not in harness.workspace.checkpointer.state
+            )
             reloaded = SessionStore(home=small)
             try:
                 assert reloaded.open(harness.session_id).conversation()[-1]["content"][0]["text"] == "removed"

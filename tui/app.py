@@ -123,7 +123,10 @@ class TetherApp(App[int]):
         async def describe(number: int, choice: str) -> list[str]:
             plan = await self.harness.plan_rewind(number, choice)
             changes = plan.changes
-            return [f"{'delete ' if path in changes.removed else 'restore'} {path}" for path in sorted({*changes.set, *changes.removed})]
+            return [
+                f"{'delete ' if path in changes.removed else 'restore'} {path}"
+                for path in sorted({*changes.set, *changes.removed})
+            ]
 
         picked: RewindChoice | None = await self.push_screen_wait(RewindScreen(listed, describe))
         if picked is None:
@@ -132,13 +135,23 @@ class TetherApp(App[int]):
         report = await self.harness.rewind(plan)
         files = len(plan.changes.set) + len(plan.changes.removed)
         note = f"Rewound to before prompt {picked.number}"
-        note += {"both": f": conversation and {files} file(s)", "conversation": ": conversation only", "code": f": {files} file(s), conversation kept"}[picked.choice]
+        note += {
+            "both": f": conversation and {files} file(s)",
+            "conversation": ": conversation only",
+            "code": f": {files} file(s), conversation kept",
+        }[picked.choice]
         if report.refused:
-            note += f"; {len(report.refused)} file(s) could not be restored: " + ", ".join(p for p, _ in report.refused[:5])
+            note += f"; {len(report.refused)} file(s) could not be restored: " + ", ".join(
+                p for p, _ in report.refused[:5]
+            )
         await self._mount(Notice(note + "."))
         if picked.choice != "code":
             # The rewound prompt comes back to be edited and sent again.
-            self.query_one("#prompt", PromptArea).text = plan.prompt.event.payload.get("content", "") if isinstance(plan.prompt.event.payload.get("content"), str) else plan.prompt.text
+            self.query_one("#prompt", PromptArea).text = (
+                plan.prompt.event.payload.get("content", "")
+                if isinstance(plan.prompt.event.payload.get("content"), str)
+                else plan.prompt.text
+            )
 
     @work(exclusive=True, group="turn", exit_on_error=False)
     async def run_prompt(self, text: str) -> None:
@@ -180,7 +193,12 @@ class TetherApp(App[int]):
             if panel is not None:
                 panel.finish(event.content, event.is_error)
         elif isinstance(event, ev.UsageUpdate):
-            self._tokens += event.input_tokens + event.output_tokens + event.cache_read_input_tokens + event.cache_creation_input_tokens
+            self._tokens += (
+                event.input_tokens
+                + event.output_tokens
+                + event.cache_read_input_tokens
+                + event.cache_creation_input_tokens
+            )
             self._cost = event.session_cost_usd
             self._refresh_status()
         elif isinstance(event, ev.Status):

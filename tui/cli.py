@@ -31,19 +31,46 @@ tether resident status | start | stop [--all]   the warm processes behind `tethe
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the agent modes (TUI and headless)."""
-    parser = argparse.ArgumentParser(prog="tether", usage=USAGE, description="A terminal coding agent whose hands work in a sandbox.")
+    parser = argparse.ArgumentParser(
+        prog="tether", usage=USAGE, description="A terminal coding agent whose hands work in a sandbox."
+    )
     parser.add_argument("first_prompt", nargs="?", metavar="PROMPT", help="the first prompt (of the TUI, or of -p)")
     parser.add_argument(
         "-p", "--print", dest="prompt", metavar="PROMPT", nargs="?", const="",
         help="run headless with PROMPT ('-' or none: read it from stdin; piped stdin is appended to PROMPT)",
     )  # fmt: skip
     parser.add_argument("--output-format", choices=("text", "json", "stream-json"), default="text")
-    parser.add_argument("--include-partial-messages", action="store_true", help="stream-json: also write the API's stream events as they come")
+    parser.add_argument(
+        "--include-partial-messages",
+        action="store_true",
+        help="stream-json: also write the API's stream events as they come",
+    )
     parser.add_argument("--version", action=_VersionAction, help="print tether's version and exit")
-    parser.add_argument("-c", "--continue", dest="continue_latest", action="store_true", help="continue the newest session of this project")
-    parser.add_argument("-r", "--resume", metavar="SESSION_ID", nargs="?", const="", default=None, help="resume a session (a unique id prefix is enough); without an id, list this project's sessions")
-    parser.add_argument("--sandbox", metavar="URL", default=os.environ.get("TETHER_SANDBOX", ""), help="sandbox host: grpc://host:port, grpcs://host:port or unix:///path (default: embedded)")
-    parser.add_argument("--sandbox-token", metavar="TOKEN", default="", help="bearer token for --sandbox (or TETHER_SANDBOX_TOKEN)")
+    parser.add_argument(
+        "-c",
+        "--continue",
+        dest="continue_latest",
+        action="store_true",
+        help="continue the newest session of this project",
+    )
+    parser.add_argument(
+        "-r",
+        "--resume",
+        metavar="SESSION_ID",
+        nargs="?",
+        const="",
+        default=None,
+        help="resume a session (a unique id prefix is enough); without an id, list this project's sessions",
+    )
+    parser.add_argument(
+        "--sandbox",
+        metavar="URL",
+        default=os.environ.get("TETHER_SANDBOX", ""),
+        help="sandbox host: grpc://host:port, grpcs://host:port or unix:///path (default: embedded)",
+    )
+    parser.add_argument(
+        "--sandbox-token", metavar="TOKEN", default="", help="bearer token for --sandbox (or TETHER_SANDBOX_TOKEN)"
+    )
     parser.add_argument("--sandbox-ca", metavar="FILE", default="", help="CA certificate for a grpcs:// host")
     parser.add_argument("--recipe", metavar="NAME|FILE", default="", help="sandbox recipe (default: default)")
     parser.add_argument("--model", metavar="NAME", default="", help="model name (or TETHER_MODEL)")
@@ -54,8 +81,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="default asks before Bash/Write/Edit; acceptEdits asks before Bash; plan allows read-only tools; bypassPermissions asks nothing",
     )
-    parser.add_argument("--allowedTools", "--allowed-tools", dest="allowed_tools", nargs="+", default=[], metavar="RULE", help="allow rules, e.g. Bash 'Bash(git status:*)' 'Edit(src/**)'")
-    parser.add_argument("--disallowedTools", "--disallowed-tools", dest="disallowed_tools", nargs="+", default=[], metavar="RULE", help="deny rules (deny wins)")
+    parser.add_argument(
+        "--allowedTools",
+        "--allowed-tools",
+        dest="allowed_tools",
+        nargs="+",
+        default=[],
+        metavar="RULE",
+        help="allow rules, e.g. Bash 'Bash(git status:*)' 'Edit(src/**)'",
+    )
+    parser.add_argument(
+        "--disallowedTools",
+        "--disallowed-tools",
+        dest="disallowed_tools",
+        nargs="+",
+        default=[],
+        metavar="RULE",
+        help="deny rules (deny wins)",
+    )
     parser.add_argument(
         "--workspace",
         choices=("direct", "copy"),
@@ -134,11 +177,18 @@ def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None
     )
     if args.prompt is not None:
         if args.prompt and args.first_prompt is not None:
-            print(f"tether: two prompts given ({args.prompt!r} after -p and {args.first_prompt!r}); quote the prompt as one argument", file=sys.stderr)
+            print(
+                f"tether: two prompts given ({args.prompt!r} after -p and {args.first_prompt!r}); quote the prompt as one argument",
+                file=sys.stderr,
+            )
             return 2
         prompt = headless_prompt(args.prompt or args.first_prompt or "", sys.stdin)
         if not prompt.strip():
-            came = " (nothing came on stdin)" if args.prompt == "-" else ": give it after -p, or pipe it in (echo 'what is here?' | tether -p)"
+            came = (
+                " (nothing came on stdin)"
+                if args.prompt == "-"
+                else ": give it after -p, or pipe it in (echo 'what is here?' | tether -p)"
+            )
             return _early_error(args, "tether: the prompt is empty" + came)
         import asyncio
 
@@ -146,7 +196,9 @@ def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None
 
         try:
             code = asyncio.run(
-                run_headless(options, prompt, args.output_format, include_partial_messages=args.include_partial_messages)
+                run_headless(
+                    options, prompt, args.output_format, include_partial_messages=args.include_partial_messages
+                )
             )
         except KeyboardInterrupt:
             print("tether: interrupted", file=sys.stderr)

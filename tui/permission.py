@@ -70,7 +70,9 @@ class PermissionScreen(ModalScreen[PermissionDecision]):
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         """Answer with the pressed button."""
-        {"allow": self.action_allow, "always": self.action_always, "deny": self.action_deny}[event.button.id or "deny"]()
+        {"allow": self.action_allow, "always": self.action_always, "deny": self.action_deny}[
+            event.button.id or "deny"
+        ]()
 
     def action_allow(self) -> None:
         """Allow this call."""

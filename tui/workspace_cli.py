@@ -28,12 +28,16 @@ from session.store import SessionStore
 def main(command: str, argv: list[str]) -> int:
     """Run ``tether COMMAND ARGV`` for COMMAND in diff, apply, rewind; return the exit code."""
     parser = argparse.ArgumentParser(prog=f"tether {command}")
-    parser.add_argument("session", nargs="?", default="", help="session id or unique prefix (default: the newest of this project)")
+    parser.add_argument(
+        "session", nargs="?", default="", help="session id or unique prefix (default: the newest of this project)"
+    )
     parser.add_argument("--project", type=Path, default=None, help=argparse.SUPPRESS)
     if command == "apply":
         parser.add_argument("--force", action="store_true", help="overwrite files changed locally since the upload")
     if command == "rewind":
-        parser.add_argument("--to", type=int, metavar="N", help="rewind to just before prompt N (without it: list the prompts)")
+        parser.add_argument(
+            "--to", type=int, metavar="N", help="rewind to just before prompt N (without it: list the prompts)"
+        )
         which = parser.add_mutually_exclusive_group()
         which.add_argument("--conversation-only", action="store_true", help="rewind the conversation, keep the files")
         which.add_argument("--code-only", action="store_true", help="rewind the files, keep the conversation")
@@ -50,7 +54,10 @@ def main(command: str, argv: list[str]) -> int:
         project = Path(workspace.get("project_dir") or log.project_dir)
         if command == "apply":
             if workspace.get("mode") == "direct":
-                print("tether: nothing to apply: this session's workspace is the project directory itself", file=sys.stderr)
+                print(
+                    "tether: nothing to apply: this session's workspace is the project directory itself",
+                    file=sys.stderr,
+                )
                 return 0
             report = apply_to_project(log, project, force=args.force)
             print(report.summary())
@@ -82,7 +89,9 @@ def _rewind(log: SessionLog, project: Path, mode: str, args: argparse.Namespace)
     plan = plan_rewind(log, args.to, choice)
     changed = sorted(set(plan.changes.set) | set(plan.changes.removed))
     if changed and mode == "direct":
-        print(f"Rewinding to before prompt {plan.prompt.number} ({plan.prompt.text!r}) changes these files in {project}:")
+        print(
+            f"Rewinding to before prompt {plan.prompt.number} ({plan.prompt.text!r}) changes these files in {project}:"
+        )
         for path in changed:
             print(f"  {'delete' if path in plan.changes.removed else 'restore'} {path}")
         if not args.yes:

@@ -75,9 +75,7 @@ class ReadTool(Tool):
         if lines[-1] == "":
             lines.pop()
         if offset > len(lines):
-            return ToolResult(
-                f"{path} has {len(lines)} lines; offset {offset} is past the end.", is_error=True
-            )
+            return ToolResult(f"{path} has {len(lines)} lines; offset {offset} is past the end.", is_error=True)
         chosen = lines[offset - 1 : offset - 1 + limit]
         width = max(6, len(str(offset + len(chosen))))
         out = []
@@ -186,7 +184,9 @@ class EditTool(Tool):
         old_bytes, new_bytes = old.encode("utf-8"), new.encode("utf-8")
         count = data.count(old_bytes)
         if count == 0:
-            return ToolResult(f"`old_string` was not found in {path}. It must match exactly, whitespace included.", is_error=True)
+            return ToolResult(
+                f"`old_string` was not found in {path}. It must match exactly, whitespace included.", is_error=True
+            )
         if count > 1 and not replace_all:
             return ToolResult(
                 f"`old_string` occurs {count} times in {path}. Give more surrounding context to make "

@@ -122,9 +122,15 @@ class GrepTool(Tool):
         "type": "object",
         "properties": {
             "pattern": {"type": "string", "description": "The regular expression to search for"},
-            "path": {"type": "string", "description": "File or directory to search in; defaults to the working directory"},
+            "path": {
+                "type": "string",
+                "description": "File or directory to search in; defaults to the working directory",
+            },
             "glob": {"type": "string", "description": 'Glob pattern to filter files (e.g. "*.js")'},
-            "type": {"type": "string", "description": 'File type to search (e.g. "py", "js", "rust"), as ripgrep names them'},
+            "type": {
+                "type": "string",
+                "description": 'File type to search (e.g. "py", "js", "rust"), as ripgrep names them',
+            },
             "output_mode": {"type": "string", "enum": ["content", "files_with_matches", "count"]},
             "-i": {"type": "boolean", "description": "Case insensitive search"},
             "-n": {"type": "boolean", "description": "Show line numbers (content mode; default true)"},
@@ -161,19 +167,35 @@ class GrepTool(Tool):
         is_dir = info.kind == pb.FileInfo.DIRECTORY
         glob_rel = _pattern_relative_to(glob, base) if glob and is_dir else None
         # A file named explicitly is searched whatever the ignore rules say, and whatever its name.
-        scope = await search_scope(ctx, base) if is_dir else SearchScope(root=posixpath.dirname(base), base=base, explicit_ignored=True)
+        scope = (
+            await search_scope(ctx, base)
+            if is_dir
+            else SearchScope(root=posixpath.dirname(base), base=base, explicit_ignored=True)
+        )
 
         rg = await find_ripgrep(ctx)
         if rg:
             lines = await _rg_search(
-                ctx, rg, scope, pattern, mode, args, context, line_numbers, glob_rel, file_type if is_dir else None, multiline
+                ctx,
+                rg,
+                scope,
+                pattern,
+                mode,
+                args,
+                context,
+                line_numbers,
+                glob_rel,
+                file_type if is_dir else None,
+                multiline,
             )
         else:
             if multiline:
                 raise ToolInputError(
                     "`multiline` needs ripgrep, and this sandbox has none; search line by line, or use Bash."
                 )
-            lines = await _grep_search(ctx, scope, is_dir, pattern, mode, args, context, line_numbers, glob_rel, file_type)
+            lines = await _grep_search(
+                ctx, scope, is_dir, pattern, mode, args, context, line_numbers, glob_rel, file_type
+            )
         if isinstance(lines, ToolResult):
             return lines
         if not lines:
@@ -263,7 +285,7 @@ async def _grep_search(
             if value:
                 flags += [key, str(value)]
     if not is_dir:
-        script = f"grep -H {shlex.join(flags)} -e \"$1\" -- \"$2\""
+        script = f'grep -H {shlex.join(flags)} -e "$1" -- "$2"'
         code, out, err = await run_search(ctx, script, ere, scope.base)
         prefix = ""
     else:
@@ -292,6 +314,8 @@ async def _grep_search(
     if mode == "count":
         lines = [line for line in lines if not line.endswith(":0")]
     return lines
+
+
 def posix_ere(pattern: str) -> str:
     """``pattern`` with the Perl digit classes models write (``\\d``, ``\\D``) spelled in POSIX ERE.
 

@@ -50,7 +50,9 @@ async def run_search(ctx: ToolContext, script: str, *args: str, stdin: bytes = b
             "`glob` or the pattern."
         )
     if result.timed_out:
-        raise ToolInputError(f"the search took longer than {SEARCH_TIMEOUT_MS // 1000} s; narrow `path`, `glob` or the pattern.")
+        raise ToolInputError(
+            f"the search took longer than {SEARCH_TIMEOUT_MS // 1000} s; narrow `path`, `glob` or the pattern."
+        )
     return result.exit_code, result.stdout.decode("utf-8", "replace"), result.stderr.decode("utf-8", "replace")
 
 

@@ -57,6 +57,4 @@ class TodoWriteTool(Tool):
                 raise ToolInputError(f"todo {i + 1}: `status` must be one of {', '.join(STATUSES)}.")
             cleaned.append({k: str(v) for k, v in item.items() if k in ("content", "status", "activeForm")})
         self.todos = cleaned
-        return ToolResult(
-            "Todos have been modified successfully. Keep using the todo list to track your progress."
-        )
+        return ToolResult("Todos have been modified successfully. Keep using the todo list to track your progress.")

@@ -163,7 +163,14 @@ def local_state(project_dir: Path, path: str) -> FileState | None:
     return FileState(hashlib.sha256(data).hexdigest(), stat.S_IFMT(st.st_mode) | (st.st_mode & 0o777), len(data))
 
 
-def write_local(project_dir: Path, log: SessionLog, changes: CheckpointChanges, *, expected: WorkspaceState | None, report: ApplyReport) -> None:
+def write_local(
+    project_dir: Path,
+    log: SessionLog,
+    changes: CheckpointChanges,
+    *,
+    expected: WorkspaceState | None,
+    report: ApplyReport,
+) -> None:
     """Make ``project_dir`` hold ``changes``, each file atomically.
 
     With ``expected``, a path whose local content differs from it (changed
@@ -179,7 +186,9 @@ def write_local(project_dir: Path, log: SessionLog, changes: CheckpointChanges, 
                 now = local_state(project_dir, path)
                 before = expected.get(path)
                 if _content(now) != _content(before) and _content(now) != _content(target):
-                    report.refused.append((path, "changed locally since the session started (use --force to overwrite)"))
+                    report.refused.append(
+                        (path, "changed locally since the session started (use --force to overwrite)")
+                    )
                     continue
             if target is None:
                 if os.path.lexists(full):
@@ -283,8 +292,10 @@ def prompts(log: SessionLog) -> list[Prompt]:
     for event in log.live_path():
         if event.type == "user":
             content = event.payload.get("content", "")
-            text = content if isinstance(content, str) else " ".join(
-                block.get("text", "") for block in content if isinstance(block, dict)
+            text = (
+                content
+                if isinstance(content, str)
+                else " ".join(block.get("text", "") for block in content if isinstance(block, dict))
             )
             first = text.strip().splitlines()[0] if text.strip() else ""
             found.append(Prompt(len(found) + 1, event, first[:100]))
@@ -334,7 +345,9 @@ def record_rewind(log: SessionLog, plan: RewindPlan) -> None:
         parent = plan.prompt.event.parent_uuid
         assert parent is not None
         log.fork_at(parent)
-        log.append(REWIND_EVENT, {"to_prompt": plan.prompt.number, "choice": plan.choice, "from": plan.prompt.event.uuid})
+        log.append(
+            REWIND_EVENT, {"to_prompt": plan.prompt.number, "choice": plan.choice, "from": plan.prompt.event.uuid}
+        )
     if plan.choice == "code":
         changes = diff_states(now, plan.target)
     elif plan.choice == "conversation":

@@ -166,7 +166,9 @@ class Checkpointer:
                 return await self._take(sandbox_id, after, label)
             except SessionStoreError as exc:
                 self._token = ""  # the host moved on without us: compare in full next time
-                await self._notice(f"Checkpoint not saved: {exc}. The session goes on; the next checkpoint tries again.")
+                await self._notice(
+                    f"Checkpoint not saved: {exc}. The session goes on; the next checkpoint tries again."
+                )
                 return None
 
     async def _take(self, sandbox_id: str, after: str | None, label: str) -> CheckpointSummary | None:
@@ -281,15 +283,21 @@ class Checkpointer:
             if changes.set:
                 partial = dict(changes.set)
                 missing: list[str] = []
-                await self.client.import_tar(sandbox_id, chunks_from_thread(lambda: tar_of_state(partial, self.log, missing)))
+                await self.client.import_tar(
+                    sandbox_id, chunks_from_thread(lambda: tar_of_state(partial, self.log, missing))
+                )
                 if missing:
-                    await self._notice(f"Could not restore {len(missing)} file(s) whose content is missing from the session store: {', '.join(missing[:10])}.")
+                    await self._notice(
+                        f"Could not restore {len(missing)} file(s) whose content is missing from the session store: {', '.join(missing[:10])}."
+                    )
             if changes.removed:
                 result = await self.client.exec(
                     sandbox_id, argv=["rm", "-f", "--", *changes.removed], timeout_ms=60_000
                 )
                 if result.exit_code != 0:
-                    await self._notice(f"Some files could not be removed: {result.stderr.decode(errors='replace')[:500]}")
+                    await self._notice(
+                        f"Some files could not be removed: {result.stderr.decode(errors='replace')[:500]}"
+                    )
 
     async def _report_skipped(self, skipped) -> None:
         fresh = [item for item in skipped if item.path not in self._reported_skips]

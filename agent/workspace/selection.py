@@ -120,6 +120,7 @@ def _git_files(project_dir: Path) -> tuple[set[str], set[str]] | None:
     """``(tracked, untracked-not-ignored)`` paths if ``project_dir`` is the top of a git work tree, else None."""
     if not (project_dir / ".git").exists():
         return None
+
     def ls(*args: str) -> set[str]:
         result = subprocess.run(
             ["git", "-C", str(project_dir), "ls-files", "-z", *args],
@@ -128,6 +129,7 @@ def _git_files(project_dir: Path) -> tuple[set[str], set[str]] | None:
             check=True,
         )
         return {os.fsdecode(item) for item in result.stdout.split(b"\0") if item}
+
     try:
         return ls("--cached"), ls("--others", "--exclude-standard")
     except (OSError, subprocess.SubprocessError):

@@ -107,7 +107,13 @@ class SessionWorkspace:
 
     @classmethod
     def open(
-        cls, log: SessionLog, project_dir: Path, mode: str, rules: WorkspaceRules, settings: WorkspaceSettings, emit: Emit
+        cls,
+        log: SessionLog,
+        project_dir: Path,
+        mode: str,
+        rules: WorkspaceRules,
+        settings: WorkspaceSettings,
+        emit: Emit,
     ) -> SessionWorkspace:
         """The workspace of ``log``'s session, recording its mode and rules if the log has none yet."""
         recorded = workspace_of(log)
@@ -117,7 +123,12 @@ class SessionWorkspace:
         if recorded is None:
             log.append(
                 WORKSPACE_EVENT,
-                {"mode": mode, "project_dir": str(project_dir), "git": (project_dir / ".git").exists(), "rules": rules.to_dict()},
+                {
+                    "mode": mode,
+                    "project_dir": str(project_dir),
+                    "git": (project_dir / ".git").exists(),
+                    "rules": rules.to_dict(),
+                },
             )
         return workspace
 
@@ -139,7 +150,11 @@ class SessionWorkspace:
                 label = "baseline" if self.checkpointer.seq < 0 else "resume"
                 self.baseline = asyncio.ensure_future(self.checkpointer.take(info.sandbox_id, label=label))
             else:
-                await self.emit(ev.Status(f"Sandbox lost ({self._loss()}) — a new one mounts the project directory; nothing to restore."))
+                await self.emit(
+                    ev.Status(
+                        f"Sandbox lost ({self._loss()}) — a new one mounts the project directory; nothing to restore."
+                    )
+                )
             self.fresh = False
             self.restores += 1
             return
@@ -157,7 +172,11 @@ class SessionWorkspace:
                 )
             )
         elif summary.files:
-            await self.emit(ev.Status(f"Workspace restored from checkpoint {summary.seq} ({summary.files:,} files) in {summary.seconds:.1f} s."))
+            await self.emit(
+                ev.Status(
+                    f"Workspace restored from checkpoint {summary.seq} ({summary.files:,} files) in {summary.seconds:.1f} s."
+                )
+            )
         self.restores += 1
 
     def _loss(self) -> str:

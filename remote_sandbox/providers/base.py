@@ -39,7 +39,11 @@ class LimitExceeded(ProviderError):
 def setup_failure(command: str, how: str, output: str) -> str:
     """The message of a recipe setup command that failed: what ran, how it ended, and its output if it had any."""
     output = output.strip("\n")
-    return f"setup command {command!r} {how}:\n{output}" if output.strip() else f"setup command {command!r} {how} (no output)"
+    return (
+        f"setup command {command!r} {how}:\n{output}"
+        if output.strip()
+        else f"setup command {command!r} {how} (no output)"
+    )
 
 
 class PermissionDenied(ProviderError):

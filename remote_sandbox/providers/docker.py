@@ -657,7 +657,7 @@ class DockerProvider(Provider):
         if not image:
             raise InvalidRequest(
                 "the recipe names no image and this docker host has no default image: "
-                "set `image = \"IMAGE\"` in the recipe (a TOML file given to --recipe), "
+                'set `image = "IMAGE"` in the recipe (a TOML file given to --recipe), '
                 "or start the host with `tether sandbox serve --provider docker --default-image IMAGE`"
             )
         workdir = record.workdir or recipe.workdir or DEFAULT_WORKDIR
@@ -676,9 +676,7 @@ class DockerProvider(Provider):
         (control_dir / "worker.sh").write_text(_WORKER_SCRIPT)
         (control_dir / "runner.sh").write_text(_RUNNER_SCRIPT)
 
-        container_id = await asyncio.to_thread(
-            self._create_container, record, image, workdir, spill_dir, control_dir
-        )
+        container_id = await asyncio.to_thread(self._create_container, record, image, workdir, spill_dir, control_dir)
         container = _Container(container_id, spill_dir, record.spill_mount, control_dir)
         try:
             await self._start_server(container)
@@ -776,9 +774,7 @@ class DockerProvider(Provider):
     async def _start_server(self, container: _Container) -> None:
         """Start the exec server with one docker exec and wait for its ``ready``."""
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(self._start_server_blocking, container), SERVER_START_TIMEOUT_S
-            )
+            await asyncio.wait_for(asyncio.to_thread(self._start_server_blocking, container), SERVER_START_TIMEOUT_S)
         except TimeoutError:
             raise SandboxNotRunning("the exec server did not start in time") from None
 

@@ -922,7 +922,9 @@ class LocalProvider(Provider):
         else:
             self._static_args = _system_binds() + _etc_binds()
             if self.launcher_python is None:
-                log.info("local sandbox provider: one bubblewrap per command (no Python 3 in the sandbox for a launcher)")
+                log.info(
+                    "local sandbox provider: one bubblewrap per command (no Python 3 in the sandbox for a launcher)"
+                )
 
     # ----- lifecycle
 
@@ -935,7 +937,9 @@ class LocalProvider(Provider):
         sandbox.spill.mkdir(exist_ok=True)
         if recipe.base and record.workspace_dir:
             # Copying a base would write into the user's own directory.
-            raise InvalidRequest("a recipe with a 'base' cannot be used with a direct workspace: the base would be copied into it")
+            raise InvalidRequest(
+                "a recipe with a 'base' cannot be used with a direct workspace: the base would be copied into it"
+            )
         if recipe.base:
             await self._copy_base(recipe.base, record.workspace)
         if sandbox.bwrap:
@@ -1056,7 +1060,9 @@ class LocalProvider(Provider):
         args += ["--bind", str(record.workspace), record.workdir]
         return [*args, "--chdir", record.workdir, "--clearenv"]
 
-    def _command(self, sandbox: _Sandbox, record: SandboxRecord, spec: ExecSpec, cwd_file: str | None) -> tuple[list[str], dict[str, str]]:
+    def _command(
+        self, sandbox: _Sandbox, record: SandboxRecord, spec: ExecSpec, cwd_file: str | None
+    ) -> tuple[list[str], dict[str, str]]:
         """The argv (as the sandbox runs it) and complete environment of ``spec``."""
         if spec.shell is not None:
             script = f"cd -- {shlex.quote(spec.cwd)} || exit\n"
@@ -1071,12 +1077,16 @@ class LocalProvider(Provider):
         if sandbox.bwrap:
             env.update(PATH=SANDBOX_PATH, HOME=SANDBOX_HOME, TMPDIR="/tmp")
         else:
-            env.update(PATH=os.environ.get("PATH") or SANDBOX_PATH, HOME=str(sandbox.tmp / "home"), TMPDIR=str(sandbox.tmp))
+            env.update(
+                PATH=os.environ.get("PATH") or SANDBOX_PATH, HOME=str(sandbox.tmp / "home"), TMPDIR=str(sandbox.tmp)
+            )
         env.update(record.recipe.env)
         env.update(spec.env)
         return argv, env
 
-    async def _process(self, sandbox: _Sandbox, record: SandboxRecord, spec: ExecSpec, cwd_file: str | None) -> _Process:
+    async def _process(
+        self, sandbox: _Sandbox, record: SandboxRecord, spec: ExecSpec, cwd_file: str | None
+    ) -> _Process:
         """The process that will run ``spec``: through the launcher, one bubblewrap, or plain."""
         argv, env = self._command(sandbox, record, spec, cwd_file)
         if not sandbox.bwrap:

@@ -12,12 +12,16 @@ from tui.resident.client import ResidentInfo, list_residents, start, stop
 
 def main(argv: list[str]) -> int:
     """Entry point of ``tether resident``."""
-    parser = argparse.ArgumentParser(prog="tether resident", description="The resident harness processes that keep `tether -p` warm.")
+    parser = argparse.ArgumentParser(
+        prog="tether resident", description="The resident harness processes that keep `tether -p` warm."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("status", help="list every resident harness process of this user")
     commands.add_parser("start", help="start the one this tether uses (if it is not running) and wait until it listens")
     stopping = commands.add_parser("stop", help="stop the one this tether uses")
-    stopping.add_argument("--all", action="store_true", help="stop every one, whichever checkout or interpreter started it")
+    stopping.add_argument(
+        "--all", action="store_true", help="stop every one, whichever checkout or interpreter started it"
+    )
     args = parser.parse_args(argv)
     try:
         if args.command == "status":
@@ -44,7 +48,11 @@ def _status() -> int:
         print(f"    socket  {info.socket}")
         print(f"    code    {info.root or '?'} (version {info.version})")
         print(f"    python  {info.python or '?'}")
-    print("(* the one this tether uses)" if any(i.current for i in residents) else "(none of them runs this tether's code)")
+    print(
+        "(* the one this tether uses)"
+        if any(i.current for i in residents)
+        else "(none of them runs this tether's code)"
+    )
     return 0
 
 
@@ -69,7 +77,10 @@ def _stop(*, everyone: bool) -> int:
     residents = list_residents()
     chosen = residents if everyone else [i for i in residents if i.current]
     if not chosen:
-        print("no resident harness to stop" + ("" if everyone or not residents else f" for this tether ({len(residents)} others: --all stops them)"))
+        print(
+            "no resident harness to stop"
+            + ("" if everyone or not residents else f" for this tether ({len(residents)} others: --all stops them)")
+        )
         return 0
     alive = stop(chosen)
     for info in chosen:

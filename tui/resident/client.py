@@ -162,7 +162,14 @@ def _spawn(path: Path, lock: int, ready_fd: int | None = None) -> subprocess.Pop
         fds.append(ready_fd)
     with open(path.with_suffix(".log"), "ab") as log:
         return subprocess.Popen(
-            args, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd="/", start_new_session=True
+            args,
+            pass_fds=fds,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            env=env,
+            cwd="/",
+            start_new_session=True,
         )
 
 

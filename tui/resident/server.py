@@ -307,7 +307,9 @@ def _serve_request(conn: socket.socket, state: Resident) -> int | None:
     return pidfd
 
 
-def _child(request: dict, fds: list[int], inherited: list[socket.socket], host: EmbeddedHost, shared: SharedHost) -> int:
+def _child(
+    request: dict, fds: list[int], inherited: list[socket.socket], host: EmbeddedHost, shared: SharedHost
+) -> int:
     import io
     import random
 

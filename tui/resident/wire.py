@@ -85,4 +85,3 @@ def read_message(reader: BinaryIO) -> dict | None:
             return json.loads(line)
         except ValueError:
             raise WireError(f"answer is not JSON: {line[:200]!r}") from None
-

@@ -22,7 +22,7 @@ from agent.harness import Harness, HarnessOptions
 from session.store import SessionStore
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
 from tests.fixtures.sandbox_host import RunningHost
-from tests.fixtures.tether_cli import TETHER, TetherEnv, clean_env
+from tests.fixtures.tether_cli import TETHER, TetherEnv
 
 WAIT_S = 30.0
 """Bound on every wait here."""
@@ -59,21 +59,6 @@ class Recorder:
         return [e.message for e in self.events if isinstance(e, ev.Status)]
 
 
-@pytest.fixture
-def isolated(tmp_path: Path, fake_api: FakeMessagesAPI, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This process's environment as a fresh user's, pointed at the fake API; returns the project dir."""
-    for key, value in clean_env(tmp_path).items():
-        monkeypatch.setenv(key, value)
-    for key in [k for k in os.environ if k.startswith(("ANTHROPIC_", "TETHER_SANDBOX"))]:
-        monkeypatch.delenv(key)
-    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "tether-home"))
-    monkeypatch.setenv("ANTHROPIC_BASE_URL", fake_api.base_url)
-    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
-    project = tmp_path / "project"
-    project.mkdir()
-    return project
-
-
 async def started(options: HarnessOptions) -> tuple[Harness, Recorder]:
     """A started harness and its event recorder."""
     recorder = Recorder()
@@ -101,14 +86,14 @@ def write_project(project: Path) -> None:
 # ----------------------------------------------------------------------------- copy mode, lost sandbox
 
 
-async def test_copy_workspace_survives_its_sandbox_being_destroyed(fake_api: FakeMessagesAPI, isolated: Path) -> None:
-    write_project(isolated)
+async def test_copy_workspace_survives_its_sandbox_being_destroyed(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
+    write_project(tui_env)
     harness, recorder = await started(
-        HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions")
+        HarnessOptions(project_dir=tui_env, workspace="copy", permission_mode="bypassPermissions")
     )
     try:
         fake_api.script(
-            bash("ls -a; cat calc.py; test -x run.sh && echo exec-ok; readlink link"),
+            bash("stat -c 'mtime %Y' calc.py; ls -a; cat calc.py; test -x run.sh && echo exec-ok; readlink link"),
             bash(
                 "mkdir -p made && printf 'new\\n' > made/new.txt && chmod 600 made/new.txt && ln -s made/new.txt made/ln"
             ),
@@ -123,6 +108,7 @@ async def test_copy_workspace_survives_its_sandbox_being_destroyed(fake_api: Fak
             and "calc.py" in first.splitlines()[-1]
         )
         assert "node_modules" not in first, "a dependency dir was uploaded"
+        assert f"mtime {int((tui_env / 'calc.py').stat().st_mtime)}" in first, "the upload lost the file's mtime"
         assert harness.lease is not None and harness.client is not None
         lost = harness.lease.sandbox_id
         # As the host's TTL reaper would: the sandbox goes while the session sits idle.
@@ -148,12 +134,12 @@ async def test_copy_workspace_survives_its_sandbox_being_destroyed(fake_api: Fak
 
 @pytest.mark.docker
 async def test_docker_container_killed_twenty_times_loses_no_completed_work(
-    fake_api: FakeMessagesAPI, isolated: Path, docker_sandbox_host: RunningHost, docker_engine
+    fake_api: FakeMessagesAPI, tui_env: Path, docker_sandbox_host: RunningHost, docker_engine
 ) -> None:
-    (isolated / "seed.txt").write_text("seed\n")
+    (tui_env / "seed.txt").write_text("seed\n")
     harness, recorder = await started(
         HarnessOptions(
-            project_dir=isolated,
+            project_dir=tui_env,
             sandbox=docker_sandbox_host.target,
             sandbox_token=docker_sandbox_host.token,
             permission_mode="bypassPermissions",
@@ -417,10 +403,10 @@ def test_direct_mode_refuses_the_home_directory(fake_api: FakeMessagesAPI, tethe
 
 
 async def test_odd_names_symlinks_and_special_files_across_a_lost_sandbox(
-    fake_api: FakeMessagesAPI, isolated: Path
+    fake_api: FakeMessagesAPI, tui_env: Path
 ) -> None:
     harness, recorder = await started(
-        HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions")
+        HarnessOptions(project_dir=tui_env, workspace="copy", permission_mode="bypassPermissions")
     )
     try:
         fake_api.script(
@@ -445,11 +431,11 @@ async def test_odd_names_symlinks_and_special_files_across_a_lost_sandbox(
         await harness.close()
 
 
-async def test_a_blob_missing_from_the_store_is_named_when_restoring(fake_api: FakeMessagesAPI, isolated: Path) -> None:
-    (isolated / "a.txt").write_text("a\n")
-    (isolated / "b.txt").write_text("b\n")
+async def test_a_blob_missing_from_the_store_is_named_when_restoring(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
+    (tui_env / "a.txt").write_text("a\n")
+    (tui_env / "b.txt").write_text("b\n")
     harness, recorder = await started(
-        HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions")
+        HarnessOptions(project_dir=tui_env, workspace="copy", permission_mode="bypassPermissions")
     )
     try:
         state = harness.workspace.checkpointer.state
@@ -498,16 +484,16 @@ def test_apply_to_a_project_that_is_gone_or_read_only(fake_api: FakeMessagesAPI,
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 async def test_a_checkpoint_on_a_full_disk_is_a_notice_and_the_session_goes_on(
-    fake_api: FakeMessagesAPI, isolated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fake_api: FakeMessagesAPI, tui_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     small = tmp_path / "small-home"
     small.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
     try:
         monkeypatch.setenv("TETHER_HOME", str(small))
-        (isolated / "a.txt").write_text("a\n")
+        (tui_env / "a.txt").write_text("a\n")
         harness, recorder = await started(
-            HarnessOptions(project_dir=isolated, workspace="copy", permission_mode="bypassPermissions")
+            HarnessOptions(project_dir=tui_env, workspace="copy", permission_mode="bypassPermissions")
         )
         try:
             fake_api.script(bash("head -c 3000000 /dev/urandom > big.bin && echo small > s.txt"), reply(text("made")))

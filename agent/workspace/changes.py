@@ -14,6 +14,8 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.workspace.checkpoints import is_utf8
+from agent.workspace.upload import normal_mode, read_local
 from session.blobs import BlobNotFound
 from session.checkpoints import (
     CheckpointChanges,
@@ -70,7 +72,7 @@ def unified_diff(log: SessionLog, old: WorkspaceState, new: WorkspaceState) -> s
 
 
 def _file_diff(log: SessionLog, path: str, before: FileState | None, after: FileState | None) -> str:
-    shown = path.encode("utf-8", "backslashreplace").decode("utf-8") if _has_surrogates(path) else path
+    shown = path.encode("utf-8", "backslashreplace").decode("utf-8") if not is_utf8(path) else path
     lines = [f"diff --git a/{shown} b/{shown}\n"]
     if before is None and after is not None:
         lines.append(f"new file mode {after.mode:06o}\n")
@@ -117,14 +119,6 @@ def _binary(data: bytes) -> bool:
     return False
 
 
-def _has_surrogates(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 # ----------------------------------------------------------------------------- apply
 
 
@@ -148,19 +142,14 @@ class ApplyReport:
 
 def local_state(project_dir: Path, path: str) -> FileState | None:
     """What the local project holds at ``path`` now (None: nothing, or a directory)."""
-    full = os.path.join(project_dir, path)
     try:
-        st = os.lstat(full)
+        found = read_local(os.path.join(project_dir, path))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    if stat.S_ISLNK(st.st_mode):
-        data = os.fsencode(os.readlink(full))
-    elif stat.S_ISREG(st.st_mode):
-        with open(full, "rb") as handle:
-            data = handle.read()
-    else:
-        return FileState("", st.st_mode, 0)  # a directory or special file: never equal to a file
-    return FileState(hashlib.sha256(data).hexdigest(), stat.S_IFMT(st.st_mode) | (st.st_mode & 0o777), len(data))
+    if found is None:
+        return FileState("", stat.S_IFDIR, 0)  # a directory or special file: never equal to a file
+    st, data = found
+    return FileState(hashlib.sha256(data).hexdigest(), normal_mode(st.st_mode), len(data))
 
 
 def write_local(

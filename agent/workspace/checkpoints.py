@@ -228,8 +228,8 @@ class Checkpointer:
         A small export (the usual case: a tool changed a few files) is read in memory
         and stored here; a large one is spooled to disk and stored on a worker thread.
         """
-        plain = [p for p in paths if _is_utf8(p)]
-        raw = [os.fsencode(p) for p in paths if not _is_utf8(p)]
+        plain = [p for p in paths if is_utf8(p)]
+        raw = [os.fsencode(p) for p in paths if not is_utf8(p)]
         assert self.client is not None
         parts: list[bytes] = []
         size = 0
@@ -322,7 +322,8 @@ def _states(entries) -> dict[str, FileState]:
     return {entry_path(e): FileState(e.sha256, normal_mode(e.mode), e.size) for e in entries}
 
 
-def _is_utf8(path: str) -> bool:
+def is_utf8(path: str) -> bool:
+    """Whether ``path`` is valid UTF-8 (no surrogate escapes of undecodable bytes)."""
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:

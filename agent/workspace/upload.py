@@ -37,6 +37,18 @@ class UploadResult:
     """Paths that disappeared between choosing and reading (left out)."""
 
 
+def read_local(path: str) -> tuple[os.stat_result, bytes] | None:
+    """``(lstat, content)`` of the file or symlink at ``path`` (a symlink's content is its target);
+    None for anything else. ``FileNotFoundError`` if nothing is there."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return st, os.fsencode(os.readlink(path))
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as handle:
+            return st, handle.read()
+    return None
+
+
 def normal_mode(mode: int) -> int:
     """``mode`` as workspaces keep it: the file type and the permission bits, nothing else."""
     return stat.S_IFMT(mode) | (mode & 0o777)
@@ -64,17 +76,13 @@ def _tar_chunks(project_dir: Path, selection: Selection, blobs, result: UploadRe
     for item in selection.files:
         path = os.path.join(root, item.rel)
         try:
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                data = os.fsencode(os.readlink(path))
-            elif stat.S_ISREG(st.st_mode):
-                with open(path, "rb") as handle:
-                    data = handle.read()
-            else:
-                continue
+            found = read_local(path)
         except FileNotFoundError:
             result.vanished.append(item.rel)
             continue
+        if found is None:
+            continue
+        st, data = found
         mode = normal_mode(st.st_mode)
         tar.add(item.rel, mode, data, int(st.st_mtime))
         result.state[item.rel] = FileState(blobs.put(data), mode, len(data))

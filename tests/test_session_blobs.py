@@ -193,3 +193,16 @@ def test_putting_a_stored_blob_again_makes_it_young(tmp_path: Path) -> None:
     with store.batch() as batch:
         batch.put_stream([b"old ", b"content"])
     assert store.path_for(sha).stat().st_mtime > 1_000_000
+
+
+def test_a_small_batch_fsyncs_its_few_blobs_instead_of_the_whole_file_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    store.root.mkdir()
+    fsyncs, syncfs_calls = _count_syncs(monkeypatch, have_syncfs=True)
+    with store.batch() as batch:
+        shas = [batch.put(f"small {n}".encode()) for n in range(3)]
+    directories = {sha[:2] for sha in shas}
+    assert syncfs_calls == []
+    assert len(fsyncs) == len(shas) + len(directories) + 1

@@ -45,6 +45,8 @@ class SandboxLease:
     """A direct workspace: the host directory every sandbox of this lease mounts (empty = a fresh one)."""
     prepare: Callable[[pb.SandboxInfo], Awaitable[None]] | None = None
     """Run on every new sandbox before any tool may use it (the workspace's upload or restore)."""
+    on_replace: Callable[[], None] | None = None
+    """Called the moment a replacement begins (the workspace starts reading its checkpoint then)."""
     last_loss: str = ""
     """Why the last sandbox was replaced (for the notice the replacement gives)."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
@@ -121,6 +123,8 @@ class SandboxLease:
             return done
         lost = self.info.sandbox_id if self.info is not None else ""
         self.last_loss = reason
+        if self.on_replace is not None:
+            self.on_replace()
         if self.on_change is not None:
             self.on_change("lost", {"sandbox_id": lost, "reason": reason, "generation": self.generation})
         self._provisioning = asyncio.ensure_future(self._provision())

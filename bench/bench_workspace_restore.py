@@ -79,6 +79,7 @@ def bench(provider: str, runs: int, work: Path) -> tuple[list[float], list[float
             await keeper.restore(info.sandbox_id)
 
         lease.prepare = prepare
+        lease.on_replace = keeper.prefetch  # as a session's workspace wires it
         sid = loop.run(lease.ready()).sandbox_id
         per_file = TOTAL_BYTES // FILES
         script = (

@@ -44,6 +44,9 @@ Emit = Callable[[ev.AgentEvent], Awaitable[None]]
 CWD_EVENT = "cwd"
 """The log event that records where the shell went."""
 
+PREFETCH_MAX_BYTES = 64 << 20
+"""A lost sandbox's workspace up to this size is read from the store while the new sandbox starts."""
+
 IN_MEMORY_EXPORT_BYTES = 8 << 20
 """An export up to this size is stored without a spool file or a worker thread."""
 
@@ -132,6 +135,7 @@ class Checkpointer:
     _token_sandbox: str = ""
     _reported_skips: set[str] = field(default_factory=set)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _prefetched: tuple[int, list[str], asyncio.Future[list[bytes]]] | None = field(default=None, repr=False)
 
     def load(self) -> None:
         """Take the newest checkpoint of the log's live branch as the current state."""
@@ -266,7 +270,15 @@ class Checkpointer:
             missing: list[str] = []
             state = dict(self.state)
             assert self.client is not None
-            await self.client.import_tar(sandbox_id, chunks_from_thread(lambda: tar_of_state(state, self.log, missing)))
+            prefetched, self._prefetched = self._prefetched, None
+            if prefetched is not None and prefetched[0] == self.seq:
+                chunks = await prefetched[2]
+                missing = prefetched[1]
+                await self.client.import_tar(sandbox_id, chunks)
+            else:
+                await self.client.import_tar(
+                    sandbox_id, chunks_from_thread(lambda: tar_of_state(state, self.log, missing))
+                )
             if missing:
                 shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
                 await self._notice(
@@ -274,6 +286,25 @@ class Checkpointer:
                     f"from the session store: {shown}."
                 )
             return RestoreSummary(self.seq, len(state) - len(missing), missing, time.perf_counter() - started)
+
+    def prefetch(self) -> None:
+        """A sandbox was lost: start reading the newest checkpoint's files now, while its replacement starts.
+
+        Only a workspace that fits in ``PREFETCH_MAX_BYTES`` is read ahead; a larger one streams at restore.
+        """
+        if self._prefetched is not None and self._prefetched[0] == self.seq:
+            return  # already under way for this very checkpoint
+        self._prefetched = None
+        if self.mode == "direct" or not self.state:
+            return
+        if sum(fs.size for fs in self.state.values()) > PREFETCH_MAX_BYTES:
+            return
+        state: WorkspaceState = dict(self.state)
+        missing: list[str] = []
+        built = asyncio.ensure_future(asyncio.to_thread(lambda: list(tar_of_state(state, self.log, missing))))
+        # Retrieved here if no restore ever asks for it (the replacement failed): no stray warning.
+        built.add_done_callback(lambda future: future.cancelled() or future.exception())
+        self._prefetched = (self.seq, missing, built)
 
     async def write(self, sandbox_id: str, changes: CheckpointChanges) -> None:
         """Make the sandbox's workspace hold ``changes`` (from the blob store); the caller records them."""

@@ -140,6 +140,7 @@ class SessionWorkspace:
         if self.mode == "direct":
             lease.workspace_dir = str(self.project_dir)
         lease.prepare = self._prepare
+        lease.on_replace = self.checkpointer.prefetch
 
     async def _prepare(self, info: pb.SandboxInfo) -> None:
         """Set up a new sandbox's workspace before any tool may use it."""

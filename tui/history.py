@@ -7,8 +7,8 @@ from pathlib import Path
 
 from session.paths import default_home, project_root
 
-HISTORY_FILE = "prompt-history.jsonl"
-"""The history's file name in the project's folder of the session store."""
+HISTORY_FILE = "prompt-history"
+"""The history's file name in the project's folder of the session store (one JSON string a line; not ``.jsonl``, which names session logs)."""
 
 MAX_ENTRIES = 500
 """How many prompts are kept; older ones are dropped when the file is rewritten."""

@@ -52,7 +52,7 @@ class SessionPickerScreen(Screen[str | None]):
     """
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
-        Binding("ctrl+a", "toggle_projects", "All projects"),
+        Binding("ctrl+a", "toggle_projects", "All projects", priority=True),  # before the search box's Home
         Binding("down", "cursor_down", show=False),
         Binding("up", "cursor_up", show=False),
     ]
@@ -106,6 +106,7 @@ class SessionPickerScreen(Screen[str | None]):
             self.query_one("#picker-preview-text", Static).update(f"The session index failed: {exc}")
             found = []
         self.query_one("#picker-title", Label).update(self._title())
+        found = [s for s in found if s.message_count]  # a session without a prompt has nothing to resume
         self.shown = found
         options = self.query_one("#picker-list", OptionList)
         options.clear_options()

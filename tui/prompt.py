@@ -157,8 +157,7 @@ class PromptArea(TextArea):
         text = event.text
         lines = text.count("\n") + (not text.endswith("\n"))
         if self.read_only or (lines < PASTE_COLLAPSE_LINES and len(text) <= PASTE_COLLAPSE_CHARS):
-            await super()._on_paste(event)
-            return
+            return  # TextArea's own handler (Textual calls each class's in turn) inserts it
         event.prevent_default()
         event.stop()
         number = len(self.pastes) + 1
@@ -307,5 +306,7 @@ class PromptBox(Vertical):
             found = self._commands(word) if kind == "command" else await self._files(word)
         except Exception:  # noqa: BLE001 - a completion that fails offers nothing; typing goes on
             found = []
+        if [c.value for c in found] == [word] or (kind == "file" and [c.value for c in found] == [f"@{word}"]):
+            found = []  # the word is complete already
         if area.completion_context() == context:
             suggestions.offer(found)

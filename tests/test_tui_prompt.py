@@ -146,6 +146,7 @@ async def test_help_and_unknown_commands_never_reach_the_model(fake_api: FakeMes
         screen = screen_text(app)
         for name in COMMANDS.commands:
             assert f"/{name}" in screen
+        assert "/resume [ID]" in screen and "/export [md|json] [FILE]" in screen, "arguments lost as markup"
         app.prompt_area.text = "/cots"
         await pilot.press("end", "space", "backspace")
         await pilot.press("escape", "enter")

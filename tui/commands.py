@@ -9,6 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rich.text import Text
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 from agent.sandbox_client import SandboxError
@@ -95,7 +96,7 @@ def parse_command(text: str) -> tuple[str, str] | None:
 
 
 async def _help(app: TetherApp, args: str) -> None:
-    await app.show(Notice(COMMANDS.help_text(), classes="help"))
+    await app.show(Notice(Text(COMMANDS.help_text()), classes="help"))  # Text: [ID] is no markup
 
 
 async def _new(app: TetherApp, args: str) -> None:

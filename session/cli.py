@@ -15,6 +15,7 @@ from session.errors import SessionStoreError
 from session.events import Event, EventType
 from session.gc import CollectionReport, collect_garbage, project_folders
 from session.index import SearchHit, SessionSummary, summarize
+from session.log import SessionLog
 from session.store import SessionStore
 from session.transcript import render_markdown
 
@@ -142,28 +143,32 @@ def _search(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> 
 
 
 def _export(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:
-    """`export`: Markdown transcript, or {session_id, project_dir, messages, context} as JSON.
+    """`export`: the session as Markdown or JSON (see `export_text`)."""
+    out.write(export_text(store.open(arguments.session_id), arguments.format))
+    return 0
+
+
+def export_text(log: SessionLog, format: str) -> str:
+    """A session as a Markdown transcript (``md``), or {session_id, project_dir, messages, context} as JSON.
 
     ``messages`` is the whole conversation, compaction summaries in their place, as the
     Markdown has it; ``context`` is what the model is given now (from the newest compaction on).
     """
-    log = store.open(arguments.session_id)
-    if arguments.format == "json":
+    if format == "json":
         document = {
             "session_id": log.session_id,
             "project_dir": str(log.project_dir),
             "messages": log.conversation(whole_history=True),
             "context": log.conversation(),
         }
-        json.dump(document, out, indent=2, ensure_ascii=False)
-        out.write("\n")
-        return 0
+        return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     summary = summarize(log.session_id, log.path, log.events())
-    out.write(f"# {summary.title or 'Untitled session'}\n\n")
-    out.write(f"- Session: `{log.session_id}`\n- Project: `{log.project_dir}`\n")
-    out.write(f"- Created: {_local_time(summary.created)}\n- Updated: {_local_time(summary.updated)}\n\n")
-    out.write(render_markdown(log.live_path()))
-    return 0
+    return (
+        f"# {summary.title or 'Untitled session'}\n\n"
+        f"- Session: `{log.session_id}`\n- Project: `{log.project_dir}`\n"
+        f"- Created: {_local_time(summary.created)}\n- Updated: {_local_time(summary.updated)}\n\n"
+        + render_markdown(log.live_path())
+    )
 
 
 def _gc(store: SessionStore, arguments: argparse.Namespace, out: TextIO) -> int:

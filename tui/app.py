@@ -15,14 +15,11 @@ from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
 from agent.pricing import price_of
 from agent.sandbox_client import SandboxError
-from agent.workspace.changes import WorkspaceChangeError, prompts
-from session.errors import SessionStoreError
+from tui.commands import COMMAND_ERRORS, COMMANDS, SlashCommandProvider, parse_command
+from tui.history import PromptHistory
 from tui.permission import PermissionScreen
-from tui.rewind import RewindChoice, RewindScreen
-from tui.widgets import DiffView, ErrorMessage, Notice, PromptArea, StatusBar, ToolCallPanel, UserMessage
-
-WORKSPACE_COMMANDS = ("/diff", "/apply", "/rewind")
-"""Slash commands the app answers itself (the rest go to the harness)."""
+from tui.prompt import Completion, PromptArea, PromptBox, QueuedPrompts
+from tui.widgets import ErrorMessage, Notice, StatusBar, ToolCallPanel, UserMessage
 
 
 class TetherApp(App[int]):
@@ -31,8 +28,16 @@ class TetherApp(App[int]):
     CSS_PATH = "tether.tcss"
     TITLE = "tether"
     BINDINGS = [("ctrl+q", "quit", "Quit"), ("escape", "interrupt", "Interrupt")]
+    COMMANDS = App.COMMANDS | {SlashCommandProvider}
 
-    def __init__(self, options: HarnessOptions, harness: Harness | None = None, *, initial_prompt: str = "") -> None:
+    def __init__(
+        self,
+        options: HarnessOptions,
+        harness: Harness | None = None,
+        *,
+        initial_prompt: str = "",
+        pick_session: bool = False,
+    ) -> None:
         super().__init__()
         self.options = options
         """What the user chose on the command line."""
@@ -47,16 +52,81 @@ class TetherApp(App[int]):
         # An unpriced model says so from the start, not "$0.0000" until its first answer.
         self._cost: float | None = 0.0 if price_of(self.harness.model.model) is not None else None
         self._sandbox_state = "starting"
+        self.pick_session = pick_session
+        """Open the session picker first (``tether -r`` without an id); the harness starts on the picked session."""
+        self.queued: list[str] = []
+        """Prompts sent while a turn runs, sent in order when it ends."""
+        self.busy = False
+        """A turn or a command that changes the session is running."""
+        self.exit_session_id: str | None = None
+        """The session to resume after the app exits (None: no session was kept)."""
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="transcript")
-        yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, disabled=True)
+        yield PromptBox(
+            history=PromptHistory.for_project(self.options.project_dir),
+            commands=COMMANDS.complete,
+            files=self.complete_files,
+        )
         yield StatusBar(id="status")
 
     def on_mount(self) -> None:
         self.query_one("#transcript", VerticalScroll).anchor()
         self._refresh_status()
+        if self.pick_session:
+            self.pick_then_start()
+        else:
+            self.start_harness()
+
+    @work(exit_on_error=False)
+    async def pick_then_start(self) -> None:
+        """``tether -r``: the picker, then the picked session (Esc leaves)."""
+        from tui.picker import SessionPickerScreen
+
+        picked = await self.push_screen_wait(SessionPickerScreen(self.options.project_dir))
+        if not picked:
+            await self.action_quit()
+            return
+        self.options.resume = picked
         self.start_harness()
+
+    @property
+    def prompt_area(self) -> PromptArea:
+        """The prompt the user types in."""
+        return self.query_one("#prompt", PromptArea)
+
+    @property
+    def tokens(self) -> int:
+        """Tokens used by the session so far (this run)."""
+        return self._tokens
+
+    @property
+    def cost(self) -> float | None:
+        """The session's cost in USD; None when the model has no price."""
+        return self._cost
+
+    async def show(self, widget) -> None:
+        """Add ``widget`` to the transcript."""
+        await self._mount(widget)
+
+    def refresh_status(self) -> None:
+        """Redraw the status bar (the model or the session changed)."""
+        self._refresh_status()
+
+    async def complete_files(self, partial: str) -> list[Completion]:
+        """Workspace paths starting with ``partial`` (``src/ma`` → ``@src/main.py``), from the sandbox."""
+        lease, client = self.harness.lease, self.harness.client
+        if lease is None or lease.info is None or client is None:
+            return []
+        directory, _, stem = partial.rpartition("/")
+        entries = await client.list_dir(lease.sandbox_id, directory or ".")
+        found = []
+        for entry in entries:
+            name = entry.path.rsplit("/", 1)[-1]
+            if name.startswith(stem) and (stem.startswith(".") or not name.startswith(".")):
+                slash = "/" if entry.kind == entry.DIRECTORY else ""
+                found.append(Completion(f"@{directory + '/' if directory else ''}{name}{slash}"))
+        return found[:50]
 
     @work(exclusive=True, group="harness", exit_on_error=False)
     async def start_harness(self) -> None:
@@ -81,88 +151,100 @@ class TetherApp(App[int]):
             await self._send(self.initial_prompt)
 
     async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
-        """Send the prompt to the harness, or run one of the app's own commands."""
+        """Send the prompt or run the command; while a turn runs, queue it."""
         await self._send(message.text)
 
     async def _send(self, text: str) -> None:
-        prompt = self.query_one("#prompt", PromptArea)
-        prompt.disabled = True
+        parsed = parse_command(text)
+        command = COMMANDS.get(parsed[0]) if parsed and parsed[0] != "compact" else None
+        if self.busy and (command is None or command.needs_idle):
+            self.queued.append(text)
+            self.query_one("#queued", QueuedPrompts).show(self.queued)
+            return
         await self._mount(UserMessage(text))
-        words = text.strip().split()
-        if words and words[0] in WORKSPACE_COMMANDS:
-            self.run_workspace_command(words[0], words[1:])
+        if parsed is None or parsed[0] == "compact":
+            self.run_turn(text)  # /compact is the loop's own
         else:
-            self.run_prompt(text)
+            self.run_command(*parsed)
+
+    def run_command(self, name: str, args: str) -> None:
+        """Run the slash command ``/name args`` (one that changes the session waits for the turn)."""
+        command = COMMANDS.get(name)
+        if command is None:
+            close = COMMANDS.close_to(name)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            self.call_later(self._mount, ErrorMessage(f"Unknown command /{name}.{hint} /help lists them."))
+            return
+        if command.needs_idle:
+            self.busy = True
+            self._run_idle_command(command.name, args)
+        else:
+            self._run_command(command.name, args)
+
+    @work(exit_on_error=False)
+    async def _run_command(self, name: str, args: str) -> None:
+        await self._command(name, args)
+
+    async def submit(self, text: str) -> None:
+        """Send ``text`` as if typed in the prompt (queued while a turn runs)."""
+        await self._send(text)
 
     @work(exclusive=True, group="turn", exit_on_error=False)
-    async def run_workspace_command(self, command: str, args: list[str]) -> None:
-        """``/diff``, ``/apply [--force]`` or ``/rewind``: the session's workspace, shown in the transcript."""
+    async def _run_idle_command(self, name: str, args: str) -> None:
         try:
-            if command == "/diff":
-                diff = await self.harness.diff()
-                await self._mount(DiffView(diff) if diff else Notice("No changes to the project in this session."))
-            elif command == "/apply":
-                report = await self.harness.apply(force="--force" in args)
-                await self._mount(Notice(f"Applied to {self.harness.workspace.project_dir}: {report.summary()}"))
-            else:
-                await self._rewind()
-        except (WorkspaceChangeError, SessionStoreError, SandboxError) as exc:
-            await self._mount(ErrorMessage(f"{command}: {exc}"))
+            await self._command(name, args)
         finally:
-            prompt = self.query_one("#prompt", PromptArea)
-            prompt.disabled = False
-            prompt.focus()
+            await self._turn_ended()
 
-    async def _rewind(self) -> None:
-        assert self.harness.log is not None
-        listed = prompts(self.harness.log)
-        if not listed:
-            await self._mount(Notice("Nothing to rewind: no prompt has been sent yet."))
-            return
+    async def _command(self, name: str, args: str) -> None:
+        command = COMMANDS.get(name)
+        assert command is not None
+        try:
+            await command.handler(self, args)
+        except COMMAND_ERRORS as exc:
+            await self._mount(ErrorMessage(f"/{name}: {exc}"))
 
-        async def describe(number: int, choice: str) -> list[str]:
-            plan = await self.harness.plan_rewind(number, choice)
-            changes = plan.changes
-            return [
-                f"{'delete ' if path in changes.removed else 'restore'} {path}"
-                for path in sorted({*changes.set, *changes.removed})
-            ]
+    async def _turn_ended(self) -> None:
+        """The prompt is free again: send the next queued prompt, if any."""
+        self.busy = False
+        if self.queued:
+            text = self.queued.pop(0)
+            self.query_one("#queued", QueuedPrompts).show(self.queued)
+            await self._send(text)
 
-        picked: RewindChoice | None = await self.push_screen_wait(RewindScreen(listed, describe))
-        if picked is None:
-            return
-        plan = await self.harness.plan_rewind(picked.number, picked.choice)
-        report = await self.harness.rewind(plan)
-        files = len(plan.changes.set) + len(plan.changes.removed)
-        note = f"Rewound to before prompt {picked.number}"
-        note += {
-            "both": f": conversation and {files} file(s)",
-            "conversation": ": conversation only",
-            "code": f": {files} file(s), conversation kept",
-        }[picked.choice]
-        if report.refused:
-            note += f"; {len(report.refused)} file(s) could not be restored: " + ", ".join(
-                p for p, _ in report.refused[:5]
-            )
-        await self._mount(Notice(note + "."))
-        if picked.choice != "code":
-            # The rewound prompt comes back to be edited and sent again.
-            self.query_one("#prompt", PromptArea).text = (
-                plan.prompt.event.payload.get("content", "")
-                if isinstance(plan.prompt.event.payload.get("content"), str)
-                else plan.prompt.text
-            )
+    async def switch_session(self, resume: str, *, clear: bool = False) -> None:
+        """Close this session's harness and start another: ``resume`` names it, empty: a new one."""
+        await self.harness.close()
+        self.options.resume = resume
+        self.options.continue_latest = False
+        self.harness = Harness(self.options, self.on_agent_event)
+        self._tokens = 0
+        self._cost = 0.0 if price_of(self.harness.model.model) is not None else None
+        self._sandbox_state = "starting"
+        self.prompt_area.disabled = True
+        transcript = self.query_one("#transcript", VerticalScroll)
+        if clear or not resume:
+            await transcript.remove_children()
+        self._refresh_status()
+        self.start_harness()
+        await self.workers.wait_for_complete([w for w in self.workers if w.group == "harness"])
+        if self.harness.log is not None:
+            what = "Resumed session" if resume else "New session"
+            await self._mount(Notice(f"{what} {self.harness.session_id}."))
+
+    def run_turn(self, text: str) -> None:
+        """Send ``text`` to the model; prompts sent before the turn ends are queued."""
+        self.busy = True
+        self.run_prompt(text)
 
     @work(exclusive=True, group="turn", exit_on_error=False)
     async def run_prompt(self, text: str) -> None:
-        """Run one prompt through the loop; the prompt comes back when the turn ends."""
+        """Run one prompt through the loop; queued prompts follow when the turn ends."""
         try:
             await self.harness.run(text)
         finally:
             await self._end_answer()
-            prompt = self.query_one("#prompt", PromptArea)
-            prompt.disabled = False
-            prompt.focus()
+            await self._turn_ended()
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
@@ -243,4 +325,6 @@ class TetherApp(App[int]):
     async def action_quit(self) -> None:
         """Close the session cleanly, then exit."""
         await self.harness.close()
+        # An unused new session is removed on close; only a kept one can be resumed.
+        self.exit_session_id = self.harness.log.session_id if self.harness.log is not None else None
         self.exit(0)

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 USAGE = """\
 tether [PROMPT]                         open the TUI, new session in this project (PROMPT sent first)
 tether -c | --continue                  continue the newest session of this project
-tether -r | --resume [SESSION_ID]       resume that session, or list them
+tether -r | --resume [SESSION_ID]       resume that session, or pick one
 tether -p [PROMPT] [--output-format text|json|stream-json]    run headless (piped stdin is added to PROMPT)
 tether sandbox serve [--listen ADDR] [--provider docker|local] [--token-file F] ...
 tether sessions list | show ID | search TEXT | export ID [--format md|json] | gc
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         default=None,
-        help="resume a session (a unique id prefix is enough); without an id, list this project's sessions",
+        help="resume a session (a unique id prefix is enough); without an id, pick one in a list",
     )
     parser.add_argument(
         "--sandbox",
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None
         return resident_main(argv[1:])
 
     args = build_parser().parse_args(argv)
-    if args.resume == "":
-        # No id: list this project's sessions to pick from (the TUI picker is its own work).
+    if args.resume == "" and args.prompt is None and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # No id and no terminal to show the picker in: list this project's sessions instead.
         from session.cli import main as sessions_main
 
         print("tether: pick a session and run `tether -r ID` (a unique prefix is enough):", file=sys.stderr)
@@ -209,8 +209,10 @@ def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None
 
     from tui.app import TetherApp
 
-    app = TetherApp(options, initial_prompt=args.first_prompt or "")
+    app = TetherApp(options, initial_prompt=args.first_prompt or "", pick_session=args.resume == "")
     app.run()
+    if app.exit_session_id:
+        print(f"Session {app.exit_session_id}\nResume it with: tether -r {app.exit_session_id}")
     return app.return_code or 0
 
 

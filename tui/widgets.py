@@ -1,42 +1,14 @@
-"""The TUI's own widgets: the prompt, a user message, a tool call panel, the status bar."""
+"""The TUI's own widgets: a user message, a tool call panel, the status bar."""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from textual import events
 from textual.app import ComposeResult
-from textual.message import Message
-from textual.widgets import Collapsible, Log, Static, TextArea
+from textual.widgets import Collapsible, Log, Static
 
-
-class PromptArea(TextArea):
-    """Multi-line prompt: Enter sends, Shift+Enter or Ctrl+J adds a line."""
-
-    class Submitted(Message):
-        """The user sent a prompt."""
-
-        def __init__(self, text: str) -> None:
-            super().__init__()
-            self.text = text
-            """The prompt as typed."""
-
-    async def _on_key(self, event: events.Key) -> None:
-        if event.key == "enter":
-            event.prevent_default()
-            event.stop()
-            text = self.text
-            if text.strip():
-                self.clear()
-                self.post_message(self.Submitted(text))
-            return
-        if event.key in ("shift+enter", "ctrl+j"):
-            event.prevent_default()
-            event.stop()
-            self.insert("\n")
-            return
-        await super()._on_key(event)
+from tui.prompt import PromptArea as PromptArea  # it lives in tui.prompt now; still importable from here
 
 
 class UserMessage(Static):

@@ -6,6 +6,6 @@ pytest_plugins = [
     "tests.fixtures.docker_provider",
     "tests.fixtures.sandbox_host",
     "tests.fixtures.sandbox_tools",
-    "tests.fixtures.tui",
     "tests.fixtures.tether_cli",
+    "tests.fixtures.tui",
 ]

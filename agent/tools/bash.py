@@ -82,7 +82,7 @@ async def _exec(ctx: ToolContext, command: str, cwd: str, timeout_ms: int) -> tu
         pb.Output.STDERR: codecs.getincrementaldecoder("utf-8")("replace"),
     }
     exited: pb.Exited | None = None
-    stream = lease.client.exec_stream(lease.sandbox_id, shell=command, cwd=cwd, timeout_ms=timeout_ms, report_cwd=True)
+    stream = lease.exec_stream(shell=command, cwd=cwd, timeout_ms=timeout_ms, report_cwd=True)
     async for event in stream:
         which = event.WhichOneof("event")
         if which == "output":

@@ -24,7 +24,7 @@ def sandbox_path(ctx: ToolContext, raw: str) -> str:
 
 
 async def _stat(ctx: ToolContext, path: str) -> pb.FileInfo:
-    return await ctx.lease.client.stat(ctx.lease.sandbox_id, path)
+    return await ctx.lease.stat(path)
 
 
 class ReadTool(Tool):
@@ -60,7 +60,7 @@ class ReadTool(Tool):
             return ToolResult(f"File does not exist: {path}", is_error=True)
         if info.kind == pb.FileInfo.DIRECTORY:
             return ToolResult(f"{path} is a directory, not a file. Use Bash `ls` to list it.", is_error=True)
-        data = await ctx.lease.client.read_file(ctx.lease.sandbox_id, path, length=READ_MAX_BYTES)
+        data = await ctx.lease.read_file(path, length=READ_MAX_BYTES)
         ctx.read_paths.add(path)
         if b"\0" in data[:8192]:
             return ToolResult(
@@ -132,7 +132,7 @@ class WriteTool(Tool):
             )
         # Replacing a file keeps its mode (an executable script stays executable).
         mode = info.mode & 0o7777 if info.exists and info.mode & 0o7777 else 0o644
-        await ctx.lease.client.write_file(ctx.lease.sandbox_id, path, content.encode("utf-8"), mode=mode)
+        await ctx.lease.write_file(path, content.encode("utf-8"), mode=mode)
         ctx.read_paths.add(path)
         verb = "updated" if info.exists else "created"
         return ToolResult(f"File {verb} successfully at: {path}")
@@ -180,7 +180,7 @@ class EditTool(Tool):
         if path not in ctx.read_paths:
             return ToolResult(f"{path} has not been Read in this session. Read it first, then Edit.", is_error=True)
         # Replace bytes, not decoded text: bytes that are not UTF-8 elsewhere in the file stay as they were.
-        data = await ctx.lease.client.read_file(ctx.lease.sandbox_id, path)
+        data = await ctx.lease.read_file(path)
         old_bytes, new_bytes = old.encode("utf-8"), new.encode("utf-8")
         count = data.count(old_bytes)
         if count == 0:
@@ -194,7 +194,7 @@ class EditTool(Tool):
                 is_error=True,
             )
         updated = data.replace(old_bytes, new_bytes) if replace_all else data.replace(old_bytes, new_bytes, 1)
-        await ctx.lease.client.write_file(ctx.lease.sandbox_id, path, updated, mode=info.mode & 0o7777 or 0o644)
+        await ctx.lease.write_file(path, updated, mode=info.mode & 0o7777 or 0o644)
         times = f"{count} occurrences" if replace_all else "1 occurrence"
         return ToolResult(f"The file {path} has been updated ({times} replaced).")
 

@@ -84,7 +84,7 @@ class GlobTool(Tool):
         await ctx.lease.ready()
         base = sandbox_path(ctx, require(args, "path", str, optional=True) or ctx.lease.cwd or ctx.lease.workdir)
         # Stat first, as Grep does: a path outside the workspace is refused the same way, a missing one said plainly.
-        info = await ctx.lease.client.stat(ctx.lease.sandbox_id, base)
+        info = await ctx.lease.stat(base)
         if not info.exists:
             return ToolResult(f"Path does not exist: {base}", is_error=True)
         if info.kind != pb.FileInfo.DIRECTORY:
@@ -161,7 +161,7 @@ class GrepTool(Tool):
         multiline = bool(require(args, "multiline", bool, optional=True))
         await ctx.lease.ready()
         base = sandbox_path(ctx, require(args, "path", str, optional=True) or ctx.lease.cwd or ctx.lease.workdir)
-        info = await ctx.lease.client.stat(ctx.lease.sandbox_id, base)
+        info = await ctx.lease.stat(base)
         if not info.exists:
             return ToolResult(f"Path does not exist: {base}", is_error=True)
         is_dir = info.kind == pb.FileInfo.DIRECTORY

@@ -79,6 +79,7 @@ class AgentLoop:
     totals: SessionTotals = field(default_factory=SessionTotals)
     _messages: list[dict[str, Any]] | None = field(default=None, repr=False)
     _system: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _system_plan_mode: bool = field(default=False, repr=False)
     _task: asyncio.Task | None = field(default=None, repr=False)
     _interrupted: bool = field(default=False, repr=False)
     _turns: int = field(default=0, repr=False)
@@ -186,7 +187,7 @@ class AgentLoop:
         final_text = ""
         stop_reason: str | None = None
         try:
-            system = await self._system_blocks()
+            await self._system_blocks()
             if self._context_tokens >= self.compact_at_tokens:
                 # Compact before the new prompt goes in, so the prompt follows the summary
                 # (in the messages and in the log) instead of vanishing into it.
@@ -206,7 +207,7 @@ class AgentLoop:
                 if self._context_tokens >= self.compact_at_tokens:
                     await self.compact("")
                 response = await self.model.respond(
-                    system=system,
+                    system=await self._system_blocks(),
                     messages=_with_cache_breakpoint(self._messages),
                     tools=self.tools.schemas(),
                     emit=self.emit,
@@ -223,6 +224,9 @@ class AgentLoop:
                 self._messages.append({"role": "user", "content": blocks})
                 self._pending_calls = []
                 await self.emit(ev.ToolResults(blocks))
+                if any(result.ends_turn for result in results):
+                    # The user said no: the prompt is theirs again; the model reads why with their next message.
+                    return await self._finish(final_text, "user_stopped", self._turns)
         except ModelError as exc:
             return await self._fail(str(exc), self._turns)
         except SandboxError as exc:
@@ -260,13 +264,17 @@ class AgentLoop:
         return summary
 
     async def _system_blocks(self) -> list[dict[str, Any]]:
+        plan_mode = self.gate is not None and self.gate.mode == "plan"
+        if self._system is not None and self._system_plan_mode != plan_mode:
+            self._system = None  # entering or leaving plan mode changes what the model is told
         if self._system is None:
+            self._system_plan_mode = plan_mode
             info = await self.lease.ready()
             text = system_prompt(
                 workdir=info.workdir,
                 sandbox_os=info.os,
                 project_dir=self.project_dir,
-                plan_mode=self.gate is not None and self.gate.mode == "plan",
+                plan_mode=plan_mode,
                 workspace_mode=self.workspace.mode if self.workspace is not None else "",
             )
             self._system = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]

@@ -7,6 +7,7 @@ from typing import Any
 
 from agent.sandbox_client import SandboxInvalidRequest
 from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult, require
+from agent.tools.views import CallView, ResultView, text_diff
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
 READ_DEFAULT_LINES = 2000
@@ -32,6 +33,7 @@ class ReadTool(Tool):
 
     name = "Read"
     read_only = True
+    subject = "file_path"
     description = (
         "Reads a file from the sandbox. Returns lines numbered like `cat -n`, "
         f"{READ_DEFAULT_LINES} lines from the start by default; use `offset` (1-based line) "
@@ -48,6 +50,10 @@ class ReadTool(Tool):
         "required": ["file_path"],
         "additionalProperties": False,
     }
+
+    def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
+        """The lines read, folded: the user rarely wants to read them again."""
+        return ResultView("text", result.content, collapsed=not result.is_error)
 
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         """Number and return the requested lines."""
@@ -97,6 +103,8 @@ class WriteTool(Tool):
 
     name = "Write"
     changes_files = True
+    family = "Edit"
+    subject = "file_path"
     description = (
         "Writes a file in the sandbox, replacing it if it exists. An existing file must "
         "have been Read in this session first. Parent directories are created."
@@ -110,6 +118,18 @@ class WriteTool(Tool):
         "required": ["file_path", "content"],
         "additionalProperties": False,
     }
+
+    def call_view(self, args: dict[str, Any]) -> CallView:
+        """The new content, as a diff that adds every line."""
+        path = str(args.get("file_path", ""))
+        content = args.get("content")
+        return CallView(
+            "diff", self.summary(args), text=text_diff(path, "", content if isinstance(content, str) else ""), path=path
+        )
+
+    def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
+        """Only what went wrong: the diff shows what was written."""
+        return ResultView("text" if result.is_error else "none", result.content, collapsed=not result.is_error)
 
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         """Write the content, after the read-before-overwrite check."""
@@ -143,6 +163,8 @@ class EditTool(Tool):
 
     name = "Edit"
     changes_files = True
+    family = "Edit"
+    subject = "file_path"
     description = (
         "Performs an exact string replacement in a file. `old_string` must occur exactly once "
         "unless `replace_all` is true. The file must have been Read in this session first."
@@ -162,6 +184,17 @@ class EditTool(Tool):
         "required": ["file_path", "old_string", "new_string"],
         "additionalProperties": False,
     }
+
+    def call_view(self, args: dict[str, Any]) -> CallView:
+        """The replacement, as a diff of the old string to the new one."""
+        path = str(args.get("file_path", ""))
+        old, new = args.get("old_string"), args.get("new_string")
+        diff = text_diff(path, old if isinstance(old, str) else "", new if isinstance(new, str) else "")
+        return CallView("diff", self.summary(args), text=diff, path=path)
+
+    def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
+        """Only what went wrong: the diff shows the change."""
+        return ResultView("text" if result.is_error else "none", result.content, collapsed=not result.is_error)
 
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         """Apply the replacement, or say precisely why not."""

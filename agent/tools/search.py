@@ -16,6 +16,7 @@ from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult, cap_
 from agent.tools.files import sandbox_path
 from agent.tools.ripgrep import base_flags, find_ripgrep, ignore_file, parse_rg_output, rg_list_files
 from agent.tools.search_scope import SearchScope, list_files, run_search, search_scope
+from agent.tools.views import one_line
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
 GLOB_MAX_RESULTS = 100
@@ -62,6 +63,17 @@ class GlobTool(Tool):
 
     name = "Glob"
     read_only = True
+    family = "Read"
+    subject = "path"
+    subject_is_directory = True
+
+    def summary(self, args: dict[str, Any]) -> str:
+        """The pattern, and where it is looked for."""
+        where = args.get("path")
+        return one_line(
+            self.name, str(args.get("pattern", "")) + (f"  in {where}" if isinstance(where, str) and where else "")
+        )
+
     description = (
         'Fast file pattern matching. Supports patterns like "**/*.js" or "src/**/*.{ts,tsx}". '
         f"Returns matching file paths sorted by modification time, newest first (at most {GLOB_MAX_RESULTS})."
@@ -111,6 +123,17 @@ class GrepTool(Tool):
 
     name = "Grep"
     read_only = True
+    family = "Read"
+    subject = "path"
+    subject_is_directory = True
+
+    def summary(self, args: dict[str, Any]) -> str:
+        """The pattern, and where it is looked for."""
+        where = args.get("path")
+        return one_line(
+            self.name, str(args.get("pattern", "")) + (f"  in {where}" if isinstance(where, str) and where else "")
+        )
+
     description = (
         "Searches file contents for a regular expression (ripgrep syntax, or POSIX extended where the sandbox lacks "
         "ripgrep; \\d, \\w, \\s and \\b work in both). Files the project ignores (.gitignore, node_modules, build "

@@ -22,7 +22,7 @@ from agent.permissions import PermissionGate
 from agent.prompt import system_prompt
 from agent.sandbox_client import SandboxError
 from agent.text import readable_text
-from agent.tools.base import ToolResult
+from agent.tools.base import ToolResult, cap_for_model
 from agent.toolset import ToolCall, ToolSet
 from agent.workspace.session import SessionWorkspace
 from session.conversation import COMPACTION_PREAMBLE
@@ -89,6 +89,8 @@ class AgentLoop:
     _pending_calls: list[ToolCall] = field(default_factory=list, repr=False)
     """Tool calls of the last assistant message whose results are not recorded yet."""
     _finished_results: dict[str, ToolResult] = field(default_factory=dict, repr=False)
+    _partial_output: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    """Live output of the running batch's calls, by tool_use id (what an interrupted command had printed)."""
     """Results of the running batch's calls that have finished, by tool_use id (kept if the rest is interrupted)."""
 
     def __post_init__(self) -> None:
@@ -145,8 +147,17 @@ class AgentLoop:
                     # It ran to the end before the interrupt: the model gets its real result.
                     blocks.append(self._record_result(call, finished))
                     continue
-                blocks.append(self._record_result(call, ToolResult(message, is_error=True)))
-                await self.emit(ev.ToolFinished(call.id, call.name, message, True))
+                said = message
+                partial = "".join(self._partial_output.get(call.id, ()))
+                if partial:
+                    # What the command printed before it was stopped: often the reason the user stopped it.
+                    shown, _ = cap_for_model(partial.rstrip("\n"))
+                    said = (
+                        "Interrupted by the user while it ran; it was stopped (with every process it started). "
+                        f"Its output until then:\n{shown}"
+                    )
+                blocks.append(self._record_result(call, ToolResult(said, is_error=True)))
+                await self.emit(ev.ToolFinished(call.id, call.name, said, True))
             self._messages.append({"role": "user", "content": blocks})
             self._pending_calls = []
             await self.emit(ev.ToolResults(blocks))
@@ -219,7 +230,8 @@ class AgentLoop:
                 if not calls:
                     return await self._finish(final_text, stop_reason, self._turns)
                 self._finished_results = {}
-                results = await self.tools.run_all(calls, self.emit, finished=self._finished_results)
+                self._partial_output = {}
+                results = await self.tools.run_all(calls, self._emit_tool_event, finished=self._finished_results)
                 blocks = [self._record_result(call, result) for call, result in zip(calls, results, strict=False)]
                 self._messages.append({"role": "user", "content": blocks})
                 self._pending_calls = []
@@ -231,6 +243,12 @@ class AgentLoop:
             return await self._fail(str(exc), self._turns)
         except SandboxError as exc:
             return await self._fail(f"Sandbox: {exc}", self._turns)
+
+    async def _emit_tool_event(self, event: ev.AgentEvent) -> None:
+        """Pass a tool's event on, keeping live output for an interruption to report."""
+        if isinstance(event, ev.ToolOutput):
+            self._partial_output.setdefault(event.tool_use_id, []).append(event.text)
+        await self.emit(event)
 
     async def compact(self, instructions: str) -> str:
         """Replace the conversation with a model-written summary; the log keeps everything.

@@ -367,6 +367,7 @@ async def test_interrupt_mid_tool_kills_the_command_and_answers_the_call(rig: Ri
     # The call that finished keeps its real result; only the interrupted one is an error.
     assert (answers[0]["content"], answers[0].get("is_error")) == ("finished-first", None)
     assert answers[1]["is_error"] is True and "nterrupted" in answers[1]["content"]
+    assert "Its output until then:\nstarted" in answers[1]["content"], "the partial output reaches the model"
     assert texts_in(body["messages"][-1]) == ["what happened?"]
     assert_log_rebuilds(rig, loop, body)
 

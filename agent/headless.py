@@ -115,7 +115,7 @@ class HeadlessPrinter:
                 "type": "system",
                 "subtype": "init",
                 "cwd": str(harness.workspace.project_dir),
-                "tools": [tool.name for tool in harness.loop.tools.tools],
+                "tools": [tool["name"] for tool in harness.loop.tools.schemas()],
                 "mcp_servers": [],
                 "model": harness.model.model,
                 "permissionMode": harness.options.permission_mode,

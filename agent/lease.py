@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent import events as ev
 from agent.sandbox_client import ExecResult, SandboxClient
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
@@ -47,7 +48,20 @@ class SandboxLease:
     """Run on every new sandbox before any tool may use it (the workspace's upload or restore)."""
     last_loss: str = ""
     """Why the last sandbox was replaced (for the notice the replacement gives)."""
+    state: str = "starting"
+    """What the harness last saw of the sandbox: ``starting``, ``ready``, ``lost``, ``restoring``, ``unreachable``."""
+    on_state: Callable[[ev.SandboxState], None] | None = None
+    """Told of every change of ``state`` the lease makes itself (the driver's status bar listens)."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(ev.SandboxState(state, self.host, detail=detail))
+
+    def note_state(self, state: str, detail: str = "") -> None:
+        """A state seen from outside (the watch's heartbeat), which announces it itself."""
+        self.state = state
 
     @property
     def sandbox_id(self) -> str:
@@ -113,6 +127,18 @@ class SandboxLease:
         return await asyncio.shield(self._provisioning)
 
     async def _provision(self) -> pb.SandboxInfo:
+        self._set_state("starting" if self.generation == 0 else "restoring")
+        try:
+            info = await self._provision_and_prepare()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._set_state("unreachable", str(exc))
+            raise
+        self._set_state("ready")
+        return info
+
+    async def _provision_and_prepare(self) -> pb.SandboxInfo:
         recipe = self.recipe
         if self.labels:
             recipe = pb.Recipe()
@@ -155,6 +181,7 @@ class SandboxLease:
             return done
         lost = self.info.sandbox_id if self.info is not None else ""
         self.last_loss = reason
+        self._set_state("lost", reason)
         if self.on_change is not None:
             self.on_change("lost", {"sandbox_id": lost, "reason": reason, "generation": self.generation})
         self._provisioning = asyncio.ensure_future(self._provision())

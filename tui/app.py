@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from textual import work
 from textual.app import App, ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown
 from textual.widgets._markdown import MarkdownStream
@@ -18,8 +19,13 @@ from agent.sandbox_client import SandboxError
 from agent.workspace.changes import WorkspaceChangeError, prompts
 from session.errors import SessionStoreError
 from tui.permission import PermissionScreen
+from tui.plan import PlanScreen
 from tui.rewind import RewindChoice, RewindScreen
-from tui.widgets import DiffView, ErrorMessage, Notice, PromptArea, StatusBar, ToolCallPanel, UserMessage
+from tui.status import SessionStatus, StatusLine
+from tui.widgets import DiffView, ErrorMessage, Notice, PromptArea, ToolCallPanel, UserMessage
+
+HINTS = "Enter sends · Shift+Enter new line · Shift+Tab permission mode · Esc interrupts · Ctrl+Q quits"
+"""Shown on the first screen, before the first prompt."""
 
 WORKSPACE_COMMANDS = ("/diff", "/apply", "/rewind")
 """Slash commands the app answers itself (the rest go to the harness)."""
@@ -30,7 +36,11 @@ class TetherApp(App[int]):
 
     CSS_PATH = "tether.tcss"
     TITLE = "tether"
-    BINDINGS = [("ctrl+q", "quit", "Quit"), ("escape", "interrupt", "Interrupt")]
+    BINDINGS = [
+        ("ctrl+q", "quit", "Quit"),
+        ("escape", "interrupt", "Interrupt"),
+        Binding("shift+tab", "cycle_mode", "Permission mode", priority=True),
+    ]
 
     def __init__(self, options: HarnessOptions, harness: Harness | None = None, *, initial_prompt: str = "") -> None:
         super().__init__()
@@ -43,18 +53,24 @@ class TetherApp(App[int]):
         self._answer: Markdown | None = None
         self._stream: MarkdownStream | None = None
         self._tools: dict[str, ToolCallPanel] = {}
-        self._tokens = 0
-        # An unpriced model says so from the start, not "$0.0000" until its first answer.
-        self._cost: float | None = 0.0 if price_of(self.harness.model.model) is not None else None
-        self._sandbox_state = "starting"
+        self.status = SessionStatus(
+            model=self.harness.model.model,
+            # An unpriced model says so from the start, not "$0.0000" until its first answer.
+            cost=0.0 if price_of(self.harness.model.model) is not None else None,
+            permission_mode=options.permission_mode,
+            host=self.harness.host_label,
+        )
+        """What the status bar shows."""
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="transcript")
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, disabled=True)
-        yield StatusBar(id="status")
+        yield StatusLine(self.status, id="status")
 
     def on_mount(self) -> None:
-        self.query_one("#transcript", VerticalScroll).anchor()
+        transcript = self.query_one("#transcript", VerticalScroll)
+        transcript.anchor()
+        transcript.mount(Notice(HINTS, id="hints"))
         self._refresh_status()
         self.start_harness()
 
@@ -68,11 +84,12 @@ class TetherApp(App[int]):
                 message = str(exc)
             else:
                 message = f"tether could not start: {type(exc).__name__}: {exc}"
-            self._sandbox_state = "unavailable"
+            self.status.sandbox_state = "unavailable"
             await self._mount(ErrorMessage(message))
             self._refresh_status()
             return
-        self._sandbox_state = "ready"
+        if self.harness.workspace is not None:
+            self.status.workspace_mode = self.harness.workspace.mode
         self._refresh_status()
         prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = False
@@ -87,6 +104,8 @@ class TetherApp(App[int]):
     async def _send(self, text: str) -> None:
         prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = True
+        for hints in self.query("#hints"):
+            await hints.remove()
         await self._mount(UserMessage(text))
         words = text.strip().split()
         if words and words[0] in WORKSPACE_COMMANDS:
@@ -156,9 +175,11 @@ class TetherApp(App[int]):
     @work(exclusive=True, group="turn", exit_on_error=False)
     async def run_prompt(self, text: str) -> None:
         """Run one prompt through the loop; the prompt comes back when the turn ends."""
+        self._thinking(True)
         try:
             await self.harness.run(text)
         finally:
+            self._thinking(False)
             await self._end_answer()
             prompt = self.query_one("#prompt", PromptArea)
             prompt.disabled = False
@@ -166,6 +187,12 @@ class TetherApp(App[int]):
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
+        if self.status.apply(event):
+            self._refresh_status()
+        if isinstance(event, (ev.TextDelta, ev.ToolStarted, ev.PermissionRequest, ev.PlanApprovalRequest)):
+            self._thinking(False)
+        elif isinstance(event, ev.ToolResults):
+            self._thinking(True)
         if isinstance(event, ev.TextDelta):
             if self._stream is None:
                 self._answer = Markdown(classes="assistant")
@@ -181,7 +208,7 @@ class TetherApp(App[int]):
             await self._end_answer()
         elif isinstance(event, ev.ToolStarted):
             await self._end_answer()
-            panel = ToolCallPanel(event.tool_use_id, event.name, event.input)
+            panel = ToolCallPanel(event.tool_use_id, event.name, event.input, view=event.view)
             self._tools[event.tool_use_id] = panel
             await self._mount(panel)
         elif isinstance(event, ev.ToolOutput):
@@ -191,16 +218,7 @@ class TetherApp(App[int]):
         elif isinstance(event, ev.ToolFinished):
             panel = self._tools.pop(event.tool_use_id, None)
             if panel is not None:
-                panel.finish(event.content, event.is_error)
-        elif isinstance(event, ev.UsageUpdate):
-            self._tokens += (
-                event.input_tokens
-                + event.output_tokens
-                + event.cache_read_input_tokens
-                + event.cache_creation_input_tokens
-            )
-            self._cost = event.session_cost_usd
-            self._refresh_status()
+                panel.finish(event.content, event.is_error, view=event.view)
         elif isinstance(event, ev.Status):
             await self._mount(Notice(event.message))
         elif isinstance(event, ev.ErrorEvent):
@@ -208,6 +226,8 @@ class TetherApp(App[int]):
             await self._mount(ErrorMessage(event.message))
         elif isinstance(event, ev.PermissionRequest):
             self.ask_permission(event)
+        elif isinstance(event, ev.PlanApprovalRequest):
+            self.ask_plan(event)
 
     @work(exit_on_error=False)
     async def ask_permission(self, request: ev.PermissionRequest) -> None:
@@ -219,6 +239,19 @@ class TetherApp(App[int]):
             if not request.future.done():
                 request.future.set_result(decision)
 
+    @work(exit_on_error=False)
+    async def ask_plan(self, request: ev.PlanApprovalRequest) -> None:
+        """Show the plan and hand the user's answer back to the harness."""
+        decision = ev.PlanDecision(approve=False)
+        try:
+            decision = await self.push_screen_wait(PlanScreen(request))
+        finally:
+            if not request.future.done():
+                request.future.set_result(decision)
+
+    def _thinking(self, thinking: bool) -> None:
+        self.query_one("#status", StatusLine).set_thinking(thinking)
+
     async def _end_answer(self) -> None:
         if self._stream is not None:
             await self._stream.stop()
@@ -229,12 +262,18 @@ class TetherApp(App[int]):
         await self.query_one("#transcript", VerticalScroll).mount(widget)
 
     def _refresh_status(self) -> None:
-        cost = "cost unknown" if self._cost is None else f"${self._cost:.4f}"
-        workspace = self.harness.workspace
-        mode = f" · workspace {workspace.mode}" if workspace is not None else ""
-        self.query_one("#status", StatusBar).update(
-            f"{self.harness.model.model} · {self._tokens:,} tokens · {cost}{mode} · sandbox {self.harness.host_label}: {self._sandbox_state}"
-        )
+        self.query_one("#status", StatusLine).refresh_status()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Shift+Tab cycles the mode on the main screen; in a dialog it moves the focus back."""
+        if action == "cycle_mode":
+            return self.screen is self.screen_stack[0]
+        return True
+
+    def action_cycle_mode(self) -> None:
+        """Shift+Tab: default → acceptEdits → plan → default (bypassPermissions only if started in it)."""
+        self.status.permission_mode = self.harness.cycle_permission_mode()
+        self._refresh_status()
 
     def action_interrupt(self) -> None:
         """Stop the running turn: the model stream and any running tool."""

@@ -21,7 +21,11 @@ def call_detail(name: str, args: dict, view: CallView | None) -> Static:
     """The call as the tool shows it: a command with its description, a coloured diff, or its input."""
     if view is not None and view.kind == "diff":
         syntax = Syntax(
-            view.text or "(no change)", "diff", theme="ansi_dark", word_wrap=True, background_color="default"
+            view.text.rstrip("\n") or "(no change)",
+            "diff",
+            theme="ansi_dark",
+            word_wrap=True,
+            background_color="default",
         )
         return Static(syntax, classes="detail diff")
     if view is not None and view.kind == "command":
@@ -57,18 +61,16 @@ class PermissionScreen(ModalScreen[PermissionDecision]):
         height: auto;
         max-height: 14;
         background: $panel;
-        margin: 1 0 0 0;
+        margin: 1 0;
     }
     PermissionScreen .detail {
         padding: 0 1;
     }
     PermissionScreen .field {
         height: auto;
-        margin: 1 0 0 0;
     }
     PermissionScreen .field Label {
-        width: 12;
-        padding: 1 0 0 0;
+        width: 13;
     }
     PermissionScreen .field Input {
         width: 1fr;
@@ -76,6 +78,10 @@ class PermissionScreen(ModalScreen[PermissionDecision]):
     PermissionScreen #rule-error {
         color: $error;
         height: auto;
+        display: none;
+    }
+    PermissionScreen #rule-error.shown {
+        display: block;
     }
     PermissionScreen .buttons {
         height: auto;
@@ -106,18 +112,18 @@ class PermissionScreen(ModalScreen[PermissionDecision]):
             with VerticalScroll():
                 yield call_detail(request.name, request.input, request.view)
             if request.view is not None and request.view.kind != "command":
-                yield Label(Text(title, style="dim"))
+                yield Label(Text(title, style="dim"), classes="subject")
             with Horizontal(classes="field"):
                 yield Label("Always rule")
-                yield Input(request.suggested_rule or request.name, id="rule")
+                yield Input(request.suggested_rule or request.name, id="rule", compact=True)
             yield Static("", id="rule-error")
             with Horizontal(classes="field"):
                 yield Label("Deny reason")
-                yield Input(placeholder="optional; the model reads it (Enter denies)", id="reason")
+                yield Input(placeholder="optional; the model reads it (Enter denies)", id="reason", compact=True)
             with Horizontal(classes="buttons"):
-                yield Button("Allow once (y)", id="allow", variant="success")
-                yield Button("Allow always (a)", id="always", variant="primary")
-                yield Button("Deny (n)", id="deny", variant="error")
+                yield Button("Allow once (y)", id="allow", variant="success", compact=True)
+                yield Button("Allow always (a)", id="always", variant="primary", compact=True)
+                yield Button("Deny (n, Esc)", id="deny", variant="error", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#allow", Button).focus()
@@ -150,7 +156,9 @@ class PermissionScreen(ModalScreen[PermissionDecision]):
         try:
             rule = Rule.parse(text)
         except SettingsError as exc:
-            self.query_one("#rule-error", Static).update(str(exc))
+            error = self.query_one("#rule-error", Static)
+            error.update(str(exc))
+            error.add_class("shown")
             self.query_one("#rule", Input).focus()
             return
         self.dismiss(PermissionDecision(allow=True, always=True, rule=str(rule)))

@@ -10,6 +10,8 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.tools.views import CallView, ResultView
+
 
 @dataclass
 class AgentEvent:
@@ -64,6 +66,8 @@ class ToolStarted(AgentEvent):
     tool_use_id: str
     name: str
     input: dict[str, Any]
+    view: CallView | None = None
+    """How the tool wants the call shown; None for a tool nobody knows."""
 
 
 @dataclass
@@ -84,6 +88,8 @@ class ToolFinished(AgentEvent):
     name: str
     content: str
     is_error: bool
+    view: ResultView | None = None
+    """How the tool wants the result shown; None: as text."""
 
 
 @dataclass
@@ -113,6 +119,10 @@ class PermissionRequest(AgentEvent):
     name: str
     input: dict[str, Any]
     future: asyncio.Future[PermissionDecision] = field(repr=False)
+    view: CallView | None = None
+    """The call as the tool shows it (the command and its description, the diff of an edit)."""
+    suggested_rule: str = ""
+    """The rule "allow always" offers, e.g. ``Bash(npm test:*)``."""
 
 
 @dataclass
@@ -121,9 +131,57 @@ class PermissionDecision:
 
     allow: bool
     always: bool = False
-    """Remember this rule for the project."""
+    """Remember a rule for the project."""
     reason: str = ""
     """Said to the model when denied."""
+    rule: str = ""
+    """With ``always``: the rule to save (the suggested one, perhaps edited); empty: the suggested one."""
+    ends_turn: bool = False
+    """A denial by the user: the turn stops and the prompt is theirs again (the model keeps the reason)."""
+    from_user: bool = False
+    """Set by the gate when the answer came from asking, not from the mode or a rule."""
+
+
+@dataclass
+class PlanApprovalRequest(AgentEvent):
+    """The model presents its plan (ExitPlanMode); the driver resolves ``future`` with the user's answer."""
+
+    tool_use_id: str
+    plan: str
+    """The plan, in Markdown."""
+    future: asyncio.Future[PlanDecision] = field(repr=False)
+
+
+@dataclass
+class PlanDecision:
+    """The user's answer to a plan."""
+
+    approve: bool
+    mode: str = "default"
+    """With ``approve``: the permission mode to go on in."""
+    feedback: str = ""
+    """Without ``approve``: what to change (sent to the model); empty: the turn stops and waits for the user."""
+
+
+@dataclass
+class PermissionModeChanged(AgentEvent):
+    """The session's permission mode changed (the user approved a plan, or cycled the mode)."""
+
+    mode: str
+
+
+@dataclass
+class SandboxState(AgentEvent):
+    """The sandbox's state as the harness last saw it, for the status bar."""
+
+    state: str
+    """``starting``, ``ready``, ``lost``, ``restoring`` or ``unreachable``."""
+    host: str
+    """The host's address as the user gave it (``embedded`` for the embedded host)."""
+    rtt_ms: float | None = None
+    """The last round trip to the host, in milliseconds; None when none was measured."""
+    detail: str = ""
+    """Why (for ``lost`` and ``unreachable``)."""
 
 
 @dataclass

@@ -6,6 +6,7 @@ embedded sandbox host starts and the sandbox is provisioned.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from agent.permissions import (
     user_settings_path,
 )
 from agent.sandbox_client import SandboxClient, SandboxError
+from agent.sandbox_watch import SandboxWatch
 from agent.workspace.changes import (
     ApplyReport,
     RewindPlan,
@@ -78,6 +80,9 @@ class HarnessOptions:
     verbose: bool = False
     """Say what is set up (workspace mode, sandbox) as status notices."""
     shared_host: SharedHost | None = None
+    heartbeat_s: float = 0.0
+    """Seconds between two looks at the sandbox host (its state and round trip, for a status bar); 0: none.
+    The TUI uses ``HEARTBEAT_S``."""
     """An embedded host lent by the process that runs us (the resident harness); None = start our own."""
 
 
@@ -100,6 +105,11 @@ class Harness:
         self.started_at = time.monotonic()
         self.workspace: SessionWorkspace | None = None
         """The session's workspace (mode, checkpoints), once started."""
+        self.gate: PermissionGate | None = None
+        """Who may run what, once started (its mode changes with Shift+Tab and approved plans)."""
+        self.watch: SandboxWatch | None = None
+        """The heartbeat on the sandbox host, once started."""
+        self._state_events: set[asyncio.Task] = set()
         self._shared_host = False
         self._new_log: SessionLog | None = None
         """The session log this harness created (not resumed), until it is kept or discarded."""
@@ -143,6 +153,7 @@ class Harness:
                 deny=opts.disallowed_tools,
             )
             gate = PermissionGate(opts.permission_mode, settings, opts.project_dir, self._workdir)
+            self.gate = gate
             workspace_settings = WorkspaceSettings.load([user_settings_path(), project_settings_path(opts.project_dir)])
         except SettingsError as exc:
             raise HarnessError(f"tether: {exc}") from exc
@@ -196,6 +207,7 @@ class Harness:
         if self._shared_host:
             # If this run is killed, the resident harness finds its sandbox by this label.
             self.lease.labels[RUN_LABEL] = str(os.getpid())
+        self.lease.on_state = self._announce_state
         self.lease.start()
         info = await self.lease.ready()
         log = self.log
@@ -234,6 +246,26 @@ class Harness:
             gate=gate,
             workspace=self.workspace,
         )
+        if opts.heartbeat_s > 0:
+            self.watch = SandboxWatch(self.lease, self.emit, interval=opts.heartbeat_s)
+            self.watch.start()
+
+    def _announce_state(self, state: ev.SandboxState) -> None:
+        """Pass a state change of the lease to the driver (the lease's callback is not async)."""
+        task = asyncio.ensure_future(self.emit(state))
+        self._state_events.add(task)
+        task.add_done_callback(self._state_events.discard)
+
+    @property
+    def permission_mode(self) -> str:
+        """The current permission mode."""
+        return self.gate.mode if self.gate is not None else self.options.permission_mode
+
+    def cycle_permission_mode(self) -> str:
+        """Shift+Tab: the next permission mode (default → acceptEdits → plan → default); returns it."""
+        if self.gate is None:
+            return self.options.permission_mode
+        return self.gate.cycle_mode()
 
     def _workdir(self) -> str:
         """The workspace path as the sandbox sees it (for permission rules on paths)."""
@@ -325,6 +357,8 @@ class Harness:
 
     async def close(self) -> None:
         """Release the sandbox, the host and the connections; never raises."""
+        if self.watch is not None:
+            await self.watch.stop()
         if self.lease is not None:
             await self.lease.release()
         if self.client is not None:

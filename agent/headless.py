@@ -66,6 +66,10 @@ class HeadlessPrinter:
             # Nobody can answer headless: the mode decides, and an open question is a no.
             if not event.future.done():
                 event.future.set_result(ev.PermissionDecision(allow=False, reason=HEADLESS_DENIAL))
+        elif isinstance(event, ev.PlanApprovalRequest):
+            # Nobody can approve a plan headless: it stands as the answer, and the turn ends there.
+            if not event.future.done():
+                event.future.set_result(ev.PlanDecision(approve=False))
         elif isinstance(event, ev.PermissionDenied):
             self.permission_denials.append(
                 {"tool_name": event.name, "tool_use_id": event.tool_use_id, "tool_input": event.input}
@@ -111,7 +115,7 @@ class HeadlessPrinter:
                 "type": "system",
                 "subtype": "init",
                 "cwd": str(harness.workspace.project_dir),
-                "tools": [tool.name for tool in harness.loop.tools.tools],
+                "tools": [tool["name"] for tool in harness.loop.tools.schemas()],
                 "mcp_servers": [],
                 "model": harness.model.model,
                 "permissionMode": harness.options.permission_mode,

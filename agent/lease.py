@@ -9,11 +9,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.sandbox_client import SandboxClient
+from agent import events as ev
+from agent.sandbox_client import ExecResult, SandboxClient
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
 RUN_LABEL = "tether.run"
@@ -49,7 +50,20 @@ class SandboxLease:
     """Called the moment a replacement begins (the workspace starts reading its checkpoint then)."""
     last_loss: str = ""
     """Why the last sandbox was replaced (for the notice the replacement gives)."""
+    state: str = "starting"
+    """What the harness last saw of the sandbox: ``starting``, ``ready``, ``lost``, ``restoring``, ``unreachable``."""
+    on_state: Callable[[ev.SandboxState], None] | None = None
+    """Told of every change of ``state`` the lease makes itself (the driver's status bar listens)."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
+
+    def _set_state(self, state: str, detail: str = "") -> None:
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(ev.SandboxState(state, self.host, detail=detail))
+
+    def note_state(self, state: str, detail: str = "") -> None:
+        """A state seen from outside (the watch's heartbeat), which announces it itself."""
+        self.state = state
 
     @property
     def sandbox_id(self) -> str:
@@ -61,6 +75,40 @@ class SandboxLease:
     def workdir(self) -> str:
         """The workspace path as commands in the sandbox see it."""
         return self.info.workdir if self.info is not None else (self.recipe.workdir or "/workspace")
+
+    # ----- calls bound to the current sandbox: tools never handle a sandbox id
+
+    def exec_stream(self, **command: Any) -> AsyncGenerator[pb.ExecEvent, None]:
+        """``SandboxClient.exec_stream`` in the current sandbox (shell or argv, cwd, timeout_ms, ...)."""
+        return self.client.exec_stream(self.sandbox_id, **command)
+
+    async def exec(self, **command: Any) -> ExecResult:
+        """``SandboxClient.exec`` in the current sandbox: run a command to the end."""
+        return await self.client.exec(self.sandbox_id, **command)
+
+    async def read_file(self, path: str, offset: int = 0, length: int = 0) -> bytes:
+        """The bytes of a file in the current sandbox (``length`` 0 = to the end)."""
+        return await self.client.read_file(self.sandbox_id, path, offset=offset, length=length)
+
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> pb.FileInfo:
+        """Write a file in the current sandbox, atomically, creating its parents."""
+        return await self.client.write_file(self.sandbox_id, path, data, mode=mode)
+
+    async def stat(self, path: str) -> pb.FileInfo:
+        """Describe a path in the current sandbox."""
+        return await self.client.stat(self.sandbox_id, path)
+
+    async def list_dir(self, path: str) -> list[pb.FileInfo]:
+        """The entries of a directory in the current sandbox."""
+        return await self.client.list_dir(self.sandbox_id, path)
+
+    def program(self, name: str) -> str | None:
+        """Where the current sandbox has program ``name`` ("" = it has none; None = not looked for yet)."""
+        return self.programs.get((self.sandbox_id, name))
+
+    def remember_program(self, name: str, path: str) -> None:
+        """Note where the current sandbox has ``name`` (a replacement sandbox is looked at afresh)."""
+        self.programs[(self.sandbox_id, name)] = path
 
     def start(self) -> None:
         """Begin provisioning in the background."""
@@ -81,6 +129,18 @@ class SandboxLease:
         return await asyncio.shield(self._provisioning)
 
     async def _provision(self) -> pb.SandboxInfo:
+        self._set_state("starting" if self.generation == 0 else "restoring")
+        try:
+            info = await self._provision_and_prepare()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            self._set_state("unreachable", str(exc))
+            raise
+        self._set_state("ready")
+        return info
+
+    async def _provision_and_prepare(self) -> pb.SandboxInfo:
         recipe = self.recipe
         if self.labels:
             recipe = pb.Recipe()
@@ -123,6 +183,7 @@ class SandboxLease:
             return done
         lost = self.info.sandbox_id if self.info is not None else ""
         self.last_loss = reason
+        self._set_state("lost", reason)
         if self.on_replace is not None:
             self.on_replace()
         if self.on_change is not None:

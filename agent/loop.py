@@ -22,7 +22,7 @@ from agent.permissions import PermissionGate
 from agent.prompt import system_prompt
 from agent.sandbox_client import SandboxError
 from agent.text import readable_text
-from agent.tools.base import ToolResult
+from agent.tools.base import ToolResult, cap_for_model
 from agent.toolset import ToolCall, ToolSet
 from agent.workspace.session import SessionWorkspace
 from session.conversation import COMPACTION_PREAMBLE
@@ -79,6 +79,7 @@ class AgentLoop:
     totals: SessionTotals = field(default_factory=SessionTotals)
     _messages: list[dict[str, Any]] | None = field(default=None, repr=False)
     _system: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _system_plan_mode: bool = field(default=False, repr=False)
     _task: asyncio.Task | None = field(default=None, repr=False)
     _interrupted: bool = field(default=False, repr=False)
     _turns: int = field(default=0, repr=False)
@@ -88,6 +89,8 @@ class AgentLoop:
     _pending_calls: list[ToolCall] = field(default_factory=list, repr=False)
     """Tool calls of the last assistant message whose results are not recorded yet."""
     _finished_results: dict[str, ToolResult] = field(default_factory=dict, repr=False)
+    _partial_output: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    """Live output of the running batch's calls, by tool_use id (what an interrupted command had printed)."""
     """Results of the running batch's calls that have finished, by tool_use id (kept if the rest is interrupted)."""
 
     def __post_init__(self) -> None:
@@ -144,8 +147,17 @@ class AgentLoop:
                     # It ran to the end before the interrupt: the model gets its real result.
                     blocks.append(self._record_result(call, finished))
                     continue
-                blocks.append(self._record_result(call, ToolResult(message, is_error=True)))
-                await self.emit(ev.ToolFinished(call.id, call.name, message, True))
+                said = message
+                partial = "".join(self._partial_output.get(call.id, ()))
+                if partial:
+                    # What the command printed before it was stopped: often the reason the user stopped it.
+                    shown, _ = cap_for_model(partial.rstrip("\n"))
+                    said = (
+                        "Interrupted by the user while it ran; it was stopped (with every process it started). "
+                        f"Its output until then:\n{shown}"
+                    )
+                blocks.append(self._record_result(call, ToolResult(said, is_error=True)))
+                await self.emit(ev.ToolFinished(call.id, call.name, said, True))
             self._messages.append({"role": "user", "content": blocks})
             self._pending_calls = []
             await self.emit(ev.ToolResults(blocks))
@@ -186,7 +198,7 @@ class AgentLoop:
         final_text = ""
         stop_reason: str | None = None
         try:
-            system = await self._system_blocks()
+            await self._system_blocks()
             if self._context_tokens >= self.compact_at_tokens:
                 # Compact before the new prompt goes in, so the prompt follows the summary
                 # (in the messages and in the log) instead of vanishing into it.
@@ -206,7 +218,7 @@ class AgentLoop:
                 if self._context_tokens >= self.compact_at_tokens:
                     await self.compact("")
                 response = await self.model.respond(
-                    system=system,
+                    system=await self._system_blocks(),
                     messages=_with_cache_breakpoint(self._messages),
                     tools=self.tools.schemas(),
                     emit=self.emit,
@@ -218,15 +230,25 @@ class AgentLoop:
                 if not calls:
                     return await self._finish(final_text, stop_reason, self._turns)
                 self._finished_results = {}
-                results = await self.tools.run_all(calls, self.emit, finished=self._finished_results)
+                self._partial_output = {}
+                results = await self.tools.run_all(calls, self._emit_tool_event, finished=self._finished_results)
                 blocks = [self._record_result(call, result) for call, result in zip(calls, results, strict=False)]
                 self._messages.append({"role": "user", "content": blocks})
                 self._pending_calls = []
                 await self.emit(ev.ToolResults(blocks))
+                if any(result.ends_turn for result in results):
+                    # The user said no: the prompt is theirs again; the model reads why with their next message.
+                    return await self._finish(final_text, "user_stopped", self._turns)
         except ModelError as exc:
             return await self._fail(str(exc), self._turns)
         except SandboxError as exc:
             return await self._fail(f"Sandbox: {exc}", self._turns)
+
+    async def _emit_tool_event(self, event: ev.AgentEvent) -> None:
+        """Pass a tool's event on, keeping live output for an interruption to report."""
+        if isinstance(event, ev.ToolOutput):
+            self._partial_output.setdefault(event.tool_use_id, []).append(event.text)
+        await self.emit(event)
 
     async def compact(self, instructions: str) -> str:
         """Replace the conversation with a model-written summary; the log keeps everything.
@@ -260,13 +282,17 @@ class AgentLoop:
         return summary
 
     async def _system_blocks(self) -> list[dict[str, Any]]:
+        plan_mode = self.gate is not None and self.gate.mode == "plan"
+        if self._system is not None and self._system_plan_mode != plan_mode:
+            self._system = None  # entering or leaving plan mode changes what the model is told
         if self._system is None:
+            self._system_plan_mode = plan_mode
             info = await self.lease.ready()
             text = system_prompt(
                 workdir=info.workdir,
                 sandbox_os=info.os,
                 project_dir=self.project_dir,
-                plan_mode=self.gate is not None and self.gate.mode == "plan",
+                plan_mode=plan_mode,
                 workspace_mode=self.workspace.mode if self.workspace is not None else "",
             )
             self._system = [{"type": "text", "text": text, "cache_control": {"type": "ephemeral"}}]

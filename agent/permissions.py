@@ -21,25 +21,43 @@ from platformdirs import user_config_dir
 
 from agent import events as ev
 from agent.globmatch import compile_glob
+from agent.tools.base import Tool
+from agent.tools.bash import SHELL_CONTROL
+from agent.tools.catalog import default_tools
 
 MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
-EDIT_TOOLS = frozenset({"Write", "Edit"})
-ASKS_IN_MODE: dict[str, frozenset[str]] = {
-    "default": frozenset({"Bash", "Write", "Edit"}),
-    "acceptEdits": frozenset({"Bash"}),
-    "plan": frozenset(),
-    "bypassPermissions": frozenset(),
-}
-READ_ONLY_TOOLS = frozenset({"Read", "Glob", "Grep", "TodoWrite"})
+CYCLED_MODES = ("default", "acceptEdits", "plan")
+"""The modes Shift+Tab cycles through; bypassPermissions joins only a session started in it."""
 
-TOOL_FAMILIES = {"Read": frozenset({"Read", "Grep", "Glob"}), "Edit": frozenset({"Edit", "Write"})}
-"""Tools a rule on the key also covers: a rule on reading files holds for every tool that reads them."""
 
-SEARCH_TOOLS = frozenset({"Grep", "Glob"})
-"""Tools whose ``path`` is a directory they read below."""
-"""Tools plan mode allows: they change nothing in the workspace."""
+def next_mode(mode: str, *, with_bypass: bool = False) -> str:
+    """The mode after ``mode`` in the cycle (default → acceptEdits → plan → [bypassPermissions →] default)."""
+    cycle = CYCLED_MODES + (("bypassPermissions",) if with_bypass else ())
+    return cycle[(cycle.index(mode) + 1) % len(cycle)] if mode in cycle else cycle[0]
 
-_SHELL_CONTROL = re.compile(r"[;&|`\n<>]|\$\(")
+
+def tool_named(name: str) -> Tool:
+    """The tool called ``name`` as every session offers it; an unknown name gets a tool that describes nothing."""
+    for tool in default_tools():
+        if tool.name == name:
+            return tool
+    return _UnknownTool(name)
+
+
+class _UnknownTool(Tool):
+    """A name no tool has: never read-only, and only a bare rule on its name covers it."""
+
+    description = ""
+    input_schema: dict[str, Any] = {}
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def run(self, ctx: Any, args: dict[str, Any]) -> Any:
+        """Never runs: the tool set refuses unknown names before asking."""
+        raise NotImplementedError
+
+
 _RULE = re.compile(r"^(?P<tool>[A-Za-z_][A-Za-z0-9_]*)(?:\((?P<spec>.*)\))?$", re.DOTALL)
 
 
@@ -67,29 +85,31 @@ class Rule:
     def __str__(self) -> str:
         return self.tool if self.spec is None else f"{self.tool}({self.spec})"
 
-    def matches(self, tool: str, args: dict[str, Any], workdir: str) -> bool:
+    def matches(self, tool: Tool, args: dict[str, Any], workdir: str) -> bool:
         """Whether this rule covers a call of ``tool`` with ``args``.
 
-        As models and users know them from other agents, a ``Read`` rule covers every
-        tool that reads files (Read, Grep, Glob) and an ``Edit`` rule every tool that
-        changes one (Edit, Write).
+        As models and users know them from other agents, a rule covers the tool's
+        whole family: a ``Read`` rule every tool that reads files (Read, Grep, Glob),
+        an ``Edit`` rule every tool that changes one (Edit, Write). The tool says
+        which family it is in and what in its input a spec matches.
         """
-        if tool != self.tool and tool not in TOOL_FAMILIES.get(self.tool, ()):
+        if self.tool not in (tool.name, tool.permission_family):
             return False
         if self.spec is None:
             return True
-        if tool == "Bash":
-            command = str(args.get("command", "")).strip()
+        subject = tool.rule_subject(args)
+        if subject is None:
+            return False
+        if tool.subject == "command":
+            command = subject.strip()
             if self.spec.endswith(":*"):
                 # A prefix rule must not let a second command ride along ("git status && rm -rf ~").
-                if _SHELL_CONTROL.search(command):
+                if SHELL_CONTROL.search(command):
                     return False
                 prefix = self.spec[:-2].strip()
                 return command == prefix or command.startswith(prefix + " ")
             return command == self.spec.strip()
-        path = args.get("file_path") or args.get("path") or ""
-        if not isinstance(path, str) or not path:
-            return False
+        path = subject
         # Match the path the tool will touch: `secret/x`, `./secret/x` and `/workspace/a/../secret/x`
         # must all meet a rule on `secret/**`.
         path = posixpath.normpath(posixpath.join(workdir, path))
@@ -105,7 +125,7 @@ class Rule:
         if pattern.match(relative) is not None:
             return True
         # Grep and Glob take a directory: searching `secret` reads what `secret/**` covers.
-        return tool in SEARCH_TOOLS and pattern.match(relative + "/") is not None
+        return tool.subject_is_directory and pattern.match(relative + "/") is not None
 
 
 @dataclass
@@ -212,39 +232,63 @@ class PermissionGate:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise SettingsError(f"unknown permission mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        self.started_in = self.mode
+        """The mode the session started in (bypassPermissions is cycled to only if it started there)."""
+
+    def set_mode(self, mode: str) -> None:
+        """Switch to ``mode`` (Shift+Tab, or a plan the user approved)."""
+        if mode not in MODES:
+            raise SettingsError(f"unknown permission mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.mode = mode
+
+    def cycle_mode(self) -> str:
+        """Switch to the next mode of the Shift+Tab cycle; returns it."""
+        self.set_mode(next_mode(self.mode, with_bypass=self.started_in == "bypassPermissions"))
+        return self.mode
 
     async def check(
-        self, tool: str, tool_use_id: str, args: dict[str, Any], emit: Callable[[ev.AgentEvent], Awaitable[None]]
+        self,
+        tool: Tool | str,
+        tool_use_id: str,
+        args: dict[str, Any],
+        emit: Callable[[ev.AgentEvent], Awaitable[None]],
     ) -> ev.PermissionDecision:
-        """Allow or deny one call; may ask the user through a PermissionRequest event."""
+        """Allow or deny one call; may ask the user through a PermissionRequest event.
+
+        What the call is (read-only or not, its rule family and subject, how to show
+        it) comes from the tool itself.
+        """
+        if isinstance(tool, str):
+            tool = tool_named(tool)
         workdir = self.workdir()
         for rule in self.settings.deny:
             if rule.matches(tool, args, workdir):
                 return ev.PermissionDecision(False, reason=f"denied by the rule {rule} in the settings")
-        if self.mode == "plan" and tool not in READ_ONLY_TOOLS:
+        if self.mode == "plan" and not tool.read_only:
             return ev.PermissionDecision(
                 False, reason="plan mode is on, so only read-only tools may run; present your plan instead"
             )
-        if self.mode == "bypassPermissions" or tool not in ASKS_IN_MODE[self.mode]:
+        if self.mode == "bypassPermissions" or not self.asks(tool):
             return ev.PermissionDecision(True)
         if any(rule.matches(tool, args, workdir) for rule in self.settings.allow):
             return ev.PermissionDecision(True)
         future: asyncio.Future[ev.PermissionDecision] = asyncio.get_running_loop().create_future()
-        await emit(ev.PermissionRequest(tool_use_id, tool, args, future))
+        suggested = tool.suggested_rule(args, workdir)
+        await emit(
+            ev.PermissionRequest(
+                tool_use_id, tool.name, args, future, view=tool.call_view(args), suggested_rule=suggested
+            )
+        )
         decision = await future
+        decision.from_user = True
         if decision.allow and decision.always:
-            rule = self.rule_for(tool, args, workdir)
+            rule = Rule.parse(decision.rule or suggested)
             self.settings.allow.append(rule)
             add_allow_rule(project_settings_path(self.project_dir), rule)
         return decision
 
-    @staticmethod
-    def rule_for(tool: str, args: dict[str, Any], workdir: str) -> Rule:
-        """The rule "allow always" remembers for this call."""
-        if tool == "Bash":
-            return Rule("Bash", str(args.get("command", "")).strip() or None)
-        path = args.get("file_path")
-        root = workdir.rstrip("/") + "/"
-        if isinstance(path, str) and path.startswith(root):
-            return Rule(tool, path[len(root) :])
-        return Rule(tool, path if isinstance(path, str) and path else None)
+    def asks(self, tool: Tool) -> bool:
+        """Whether a call of ``tool`` needs the user's yes in the current mode (before allow rules)."""
+        if tool.read_only or self.mode in ("plan", "bypassPermissions"):
+            return False
+        return not (self.mode == "acceptEdits" and tool.permission_family == "Edit")

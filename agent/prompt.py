@@ -45,7 +45,8 @@ def system_prompt(
     if plan_mode:
         parts.append(
             "Plan mode is on: you may only use read-only tools (Read, Glob, Grep, TodoWrite). "
-            "Investigate, then present a plan for the user to approve; do not change anything."
+            "Investigate, then present your plan with the ExitPlanMode tool for the user to approve; "
+            "do not change anything until they do."
         )
     for label, path in _memory_files(project_dir):
         text = path.read_text(encoding="utf-8", errors="replace")[:MEMORY_MAX_CHARS]

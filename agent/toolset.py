@@ -21,16 +21,12 @@ from agent.sandbox_client import (
     SandboxNotRunning,
 )
 from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult
-from agent.tools.bash import BashTool
-from agent.tools.files import EditTool, ReadTool, WriteTool
-from agent.tools.search import GlobTool, GrepTool
-from agent.tools.todo import TodoWriteTool
+from agent.tools.catalog import default_tools
 from agent.workspace.checkpoints import Checkpointer
 
+__all__ = ["ToolCall", "ToolSet", "default_tools", "schema_problem"]
 
-def default_tools() -> list[Tool]:
-    """The tools every session offers, in the order the model sees them."""
-    return [BashTool(), ReadTool(), WriteTool(), EditTool(), GlobTool(), GrepTool(), TodoWriteTool()]
+NOT_RUN_AFTER_DENIAL = "Not run: the user denied an earlier call of this batch and stopped the turn."
 
 
 @dataclass
@@ -59,12 +55,24 @@ class ToolSet:
 
     def __post_init__(self) -> None:
         self._by_name = {tool.name: tool for tool in self.tools}
-        # Built once: byte-identical schemas keep the prompt cache hitting all session long.
-        self._schemas = [tool.schema() for tool in self.tools]
+        # Built once per mode: byte-identical schemas keep the prompt cache hitting all session long.
+        self._schemas: dict[str, list[dict[str, Any]]] = {}
+
+    @property
+    def mode(self) -> str:
+        """The permission mode the tools are offered in."""
+        return self.gate.mode if self.gate is not None else "default"
 
     def schemas(self) -> list[dict[str, Any]]:
-        """The tool definitions for the Messages API request."""
-        return self._schemas
+        """The tool definitions for the Messages API request: those the current mode offers."""
+        mode = self.mode
+        if mode not in self._schemas:
+            self._schemas[mode] = [tool.schema() for tool in self.tools if tool.offered_in(mode)]
+        return self._schemas[mode]
+
+    def tool(self, name: str) -> Tool | None:
+        """The tool called ``name``, if the session has one."""
+        return self._by_name.get(name)
 
     async def run_all(
         self,
@@ -85,6 +93,11 @@ class ToolSet:
 
         index = 0
         while index < len(calls):
+            if any(result.ends_turn for result in done.values()):
+                # The user stopped the turn: the rest of the batch is answered, not run.
+                for call in calls[index:]:
+                    done[call.id] = ToolResult(NOT_RUN_AFTER_DENIAL, is_error=True)
+                break
             end = index
             while end < len(calls) and self._read_only(calls[end]):
                 end += 1
@@ -99,11 +112,20 @@ class ToolSet:
     async def _denied(self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]]) -> ToolResult | None:
         if self.gate is None:
             return None
-        decision = await self.gate.check(call.name, call.id, self._resolved_paths(call.input), emit)
+        tool = self._by_name[call.name]
+        decision = await self.gate.check(tool, call.id, self._resolved_paths(call.input), emit)
         if decision.allow:
             return None
         reason = decision.reason.strip().rstrip(".")
         await emit(ev.PermissionDenied(call.id, call.name, call.input, reason))
+        if decision.ends_turn:
+            said = f"The user denied this {call.name} call" + (f": {reason}." if reason else ".")
+            return ToolResult(
+                f"{said} It did not run. The user stopped the turn here: wait for their next message "
+                "before doing anything else.",
+                is_error=True,
+                ends_turn=True,
+            )
         # The reason is a clause of its own, so it follows a colon instead of nesting in parentheses.
         said = (
             f"This {call.name} call was not allowed: {reason}."
@@ -133,8 +155,10 @@ class ToolSet:
 
     async def run_one(self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]]) -> ToolResult:
         """Run one call; every failure becomes an error result the model can act on."""
-        await emit(ev.ToolStarted(call.id, call.name, call.input))
         tool = self._by_name.get(call.name)
+        args_ok = isinstance(call.input, dict)
+        view = tool.call_view(call.input) if tool is not None and args_ok else None
+        await emit(ev.ToolStarted(call.id, call.name, call.input, view))
 
         async def output(stream: str, text: str) -> None:
             await emit(ev.ToolOutput(call.id, stream, text))
@@ -151,7 +175,14 @@ class ToolSet:
         elif (denial := await self._denied(call, emit)) is not None:
             result = denial
         else:
-            ctx = ToolContext(self.lease, call.id, output, self.read_paths)
+            ctx = ToolContext(
+                self.lease,
+                call.id,
+                output,
+                self.read_paths,
+                emit=emit,
+                set_permission_mode=self.gate.set_mode if self.gate is not None else None,
+            )
             seen = self.lease.info.sandbox_id if self.lease.info is not None else None
             lost = False
             try:
@@ -171,11 +202,16 @@ class ToolSet:
                     "This is a bug in tether, not in your input; try another way.",
                     is_error=True,
                 )
-            await emit(ev.ToolFinished(call.id, call.name, result.content, result.is_error))
+            await emit(
+                ev.ToolFinished(
+                    call.id, call.name, result.content, result.is_error, tool.result_view(call.input, result)
+                )
+            )
             if tool.changes_files and not lost:
                 await self._checkpoint(call, emit)
             return result
-        await emit(ev.ToolFinished(call.id, call.name, result.content, result.is_error))
+        shown = tool.result_view(call.input, result) if tool is not None and args_ok else None
+        await emit(ev.ToolFinished(call.id, call.name, result.content, result.is_error, shown))
         return result
 
     async def _checkpoint(self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]]) -> None:

@@ -367,6 +367,7 @@ async def test_interrupt_mid_tool_kills_the_command_and_answers_the_call(rig: Ri
     # The call that finished keeps its real result; only the interrupted one is an error.
     assert (answers[0]["content"], answers[0].get("is_error")) == ("finished-first", None)
     assert answers[1]["is_error"] is True and "nterrupted" in answers[1]["content"]
+    assert "Its output until then:\nstarted" in answers[1]["content"], "the partial output reaches the model"
     assert texts_in(body["messages"][-1]) == ["what happened?"]
     assert_log_rebuilds(rig, loop, body)
 
@@ -404,7 +405,7 @@ async def test_allow_once_and_allow_always(rig: Rig) -> None:
     loop, driver = rig.loop(mode="default", decide=lambda r: ev.PermissionDecision(allow=True, always=True))
     await loop.run("twice")
     assert len(driver.of(ev.PermissionRequest)) == 1, "the second identical call is allowed by the remembered rule"
-    assert (rig.project / ".tether" / "settings.toml").read_text().count("Bash(echo once)") == 1
+    assert (rig.project / ".tether" / "settings.toml").read_text().count("Bash(echo:*)") == 1
     assert _last_results(rig)[0]["content"] == "once"
 
 
@@ -582,3 +583,80 @@ async def test_prompt_caching_marks_the_stable_prefix(rig: Rig) -> None:
         # Only the newest message carries the breakpoint; older ones are sent as they were.
         assert count_cache_control(body["messages"][:-1]) == 0
     assert bodies[0]["system"] == bodies[4]["system"]
+
+
+async def test_a_denial_by_the_user_ends_the_turn_and_the_reason_reaches_the_model_with_the_next_prompt(
+    rig: Rig,
+) -> None:
+    rig.api.script(
+        reply(tool_use("Bash", {"command": "rm -rf build"}), tool_use("Bash", {"command": "echo after"})),
+        reply(text("Fine, I will not.")),
+    )
+    loop, driver = rig.loop(
+        mode="default",
+        decide=lambda r: ev.PermissionDecision(allow=False, reason="keep the build", ends_turn=True),
+    )
+    done = await loop.run("clean up")
+    assert done.stop_reason == "user_stopped" and not done.is_error
+    assert len(rig.api.message_requests) == 1, "the model did not carry on after the denial"
+    assert len(driver.of(ev.PermissionRequest)) == 1, "the rest of the batch was not asked about"
+    await loop.run("leave it")
+    last = rig.bodies()[-1]["messages"][-1]
+    denied, skipped = results_in(last)
+    assert "keep the build" in denied["content"] and "stopped the turn" in denied["content"]
+    assert skipped["is_error"] and "Not run" in skipped["content"]
+    assert last["content"][-1]["text"] == "leave it"
+
+
+async def test_exit_plan_mode_is_offered_in_plan_mode_and_an_approval_switches_the_mode(rig: Rig) -> None:
+    rig.api.script(
+        reply(tool_use("ExitPlanMode", {"plan": "1. write notes.md"})),
+        reply(tool_use("Write", {"file_path": "notes.md", "content": "hi\n"})),
+        reply(text("Done.")),
+    )
+    loop, driver = rig.loop(mode="plan")
+
+    async def approve() -> None:
+        asked = await driver.wait_for(lambda e: isinstance(e, ev.PlanApprovalRequest))
+        assert isinstance(asked, ev.PlanApprovalRequest) and asked.plan == "1. write notes.md"
+        asked.future.set_result(ev.PlanDecision(approve=True, mode="acceptEdits"))
+
+    approving = asyncio.ensure_future(approve())
+    done = await loop.run("plan it")
+    await approving
+    assert done.result == "Done."
+    first, second, _ = rig.bodies()
+    assert "ExitPlanMode" in [t["name"] for t in first["tools"]]
+    assert "Plan mode is on" in first["system"][0]["text"]
+    assert "ExitPlanMode" not in [t["name"] for t in second["tools"]]
+    assert "Plan mode is on" not in second["system"][0]["text"]
+    assert "approved" in results_in(second["messages"][-1])[0]["content"]
+    assert loop.gate is not None and loop.gate.mode == "acceptEdits"
+    assert [e.mode for e in driver.of(ev.PermissionModeChanged)] == ["acceptEdits"]
+    written = results_in(rig.bodies()[-1]["messages"][-1])[0]
+    assert "created successfully" in written["content"], "acceptEdits let the Write run without asking"
+    assert not driver.of(ev.PermissionRequest)
+
+
+async def test_keep_planning_tells_the_model_and_without_feedback_hands_the_prompt_back(rig: Rig) -> None:
+    rig.api.script(
+        reply(tool_use("ExitPlanMode", {"plan": "v1"})),
+        reply(tool_use("ExitPlanMode", {"plan": "v2"})),
+    )
+    loop, driver = rig.loop(mode="plan")
+    answers = iter([ev.PlanDecision(approve=False, feedback="add tests"), ev.PlanDecision(approve=False)])
+
+    async def answer() -> None:
+        for _ in range(2):
+            asked = await driver.wait_for(lambda e: isinstance(e, ev.PlanApprovalRequest))
+            assert isinstance(asked, ev.PlanApprovalRequest)
+            asked.future.set_result(next(answers))
+
+    answering = asyncio.ensure_future(answer())
+    done = await loop.run("plan it")
+    await answering
+    assert done.stop_reason == "user_stopped"
+    assert len(rig.api.message_requests) == 2
+    feedback = results_in(rig.bodies()[1]["messages"][-1])[0]
+    assert "keep planning" in feedback["content"] and "add tests" in feedback["content"]
+    assert loop.gate is not None and loop.gate.mode == "plan"

@@ -129,9 +129,9 @@ async def test_allow_always_is_persisted_to_project_settings(tmp_path) -> None:
     assert (await check(g, "Bash", {"command": "npm test"}, asker)).allow
     assert len(asker.asked) == 1
     saved = tomllib.loads(project_settings_path(tmp_path).read_text())
-    assert saved["permissions"]["allow"] == ["Bash(npm test)"]
+    assert saved["permissions"]["allow"] == ["Bash(npm test:*)"]
     reloaded = PermissionSettings.load([project_settings_path(tmp_path)])
-    assert reloaded.allow == [Rule("Bash", "npm test")]
+    assert reloaded.allow == [Rule("Bash", "npm test:*")]
 
 
 def test_bad_settings_name_the_file(tmp_path) -> None:

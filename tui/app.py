@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from textual import work
 from textual.app import App, ComposeResult
+from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.widgets import Markdown
 from textual.widgets._markdown import MarkdownStream
@@ -18,8 +19,13 @@ from agent.sandbox_client import SandboxError
 from tui.commands import COMMAND_ERRORS, COMMANDS, SlashCommandProvider, parse_command
 from tui.history import PromptHistory
 from tui.permission import PermissionScreen
+from tui.plan import PlanScreen
 from tui.prompt import Completion, PromptArea, PromptBox, QueuedPrompts
-from tui.widgets import ErrorMessage, Notice, StatusBar, ToolCallPanel, UserMessage
+from tui.status import SessionStatus, StatusLine
+from tui.widgets import ErrorMessage, Notice, ToolCallPanel, UserMessage
+
+HINTS = "Enter sends · Shift+Enter new line · / commands · Shift+Tab permission mode · Esc interrupts · Ctrl+Q quits"
+"""Shown on the first screen, before the first prompt."""
 
 
 class TetherApp(App[int]):
@@ -27,7 +33,11 @@ class TetherApp(App[int]):
 
     CSS_PATH = "tether.tcss"
     TITLE = "tether"
-    BINDINGS = [("ctrl+q", "quit", "Quit"), ("escape", "interrupt", "Interrupt")]
+    BINDINGS = [
+        ("ctrl+q", "quit", "Quit"),
+        ("escape", "interrupt", "Interrupt"),
+        Binding("shift+tab", "cycle_mode", "Permission mode", priority=True),
+    ]
     COMMANDS = App.COMMANDS | {SlashCommandProvider}
 
     def __init__(
@@ -48,10 +58,8 @@ class TetherApp(App[int]):
         self._answer: Markdown | None = None
         self._stream: MarkdownStream | None = None
         self._tools: dict[str, ToolCallPanel] = {}
-        self._tokens = 0
-        # An unpriced model says so from the start, not "$0.0000" until its first answer.
-        self._cost: float | None = 0.0 if price_of(self.harness.model.model) is not None else None
-        self._sandbox_state = "starting"
+        self.status = self._fresh_status()
+        """What the status bar shows."""
         self.pick_session = pick_session
         """Open the session picker first (``tether -r`` without an id); the harness starts on the picked session."""
         self.queued: list[str] = []
@@ -68,10 +76,21 @@ class TetherApp(App[int]):
             commands=COMMANDS.complete,
             files=self.complete_files,
         )
-        yield StatusBar(id="status")
+        yield StatusLine(self.status, id="status")
+
+    def _fresh_status(self) -> SessionStatus:
+        return SessionStatus(
+            model=self.harness.model.model,
+            # An unpriced model says so from the start, not "$0.0000" until its first answer.
+            cost=0.0 if price_of(self.harness.model.model) is not None else None,
+            permission_mode=self.options.permission_mode,
+            host=self.harness.host_label,
+        )
 
     def on_mount(self) -> None:
-        self.query_one("#transcript", VerticalScroll).anchor()
+        transcript = self.query_one("#transcript", VerticalScroll)
+        transcript.anchor()
+        transcript.mount(Notice(HINTS, id="hints"))
         self._refresh_status()
         if self.pick_session:
             self.pick_then_start()
@@ -98,12 +117,12 @@ class TetherApp(App[int]):
     @property
     def tokens(self) -> int:
         """Tokens used by the session so far (this run)."""
-        return self._tokens
+        return self.status.tokens
 
     @property
     def cost(self) -> float | None:
         """The session's cost in USD; None when the model has no price."""
-        return self._cost
+        return self.status.cost
 
     async def show(self, widget) -> None:
         """Add ``widget`` to the transcript."""
@@ -138,11 +157,12 @@ class TetherApp(App[int]):
                 message = str(exc)
             else:
                 message = f"tether could not start: {type(exc).__name__}: {exc}"
-            self._sandbox_state = "unavailable"
+            self.status.sandbox_state = "unavailable"
             await self._mount(ErrorMessage(message))
             self._refresh_status()
             return
-        self._sandbox_state = "ready"
+        if self.harness.workspace is not None:
+            self.status.workspace_mode = self.harness.workspace.mode
         self._refresh_status()
         prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = False
@@ -155,6 +175,8 @@ class TetherApp(App[int]):
         await self._send(message.text)
 
     async def _send(self, text: str) -> None:
+        for hints in self.query("#hints"):
+            await hints.remove()
         parsed = parse_command(text)
         command = COMMANDS.get(parsed[0]) if parsed and parsed[0] != "compact" else None
         if self.busy and (command is None or command.needs_idle):
@@ -218,9 +240,8 @@ class TetherApp(App[int]):
         self.options.resume = resume
         self.options.continue_latest = False
         self.harness = Harness(self.options, self.on_agent_event)
-        self._tokens = 0
-        self._cost = 0.0 if price_of(self.harness.model.model) is not None else None
-        self._sandbox_state = "starting"
+        self.status = self._fresh_status()
+        self.query_one("#status", StatusLine).status = self.status
         self.prompt_area.disabled = True
         transcript = self.query_one("#transcript", VerticalScroll)
         if clear or not resume:
@@ -240,14 +261,22 @@ class TetherApp(App[int]):
     @work(exclusive=True, group="turn", exit_on_error=False)
     async def run_prompt(self, text: str) -> None:
         """Run one prompt through the loop; queued prompts follow when the turn ends."""
+        self._thinking(True)
         try:
             await self.harness.run(text)
         finally:
+            self._thinking(False)
             await self._end_answer()
             await self._turn_ended()
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
+        if self.status.apply(event):
+            self._refresh_status()
+        if isinstance(event, (ev.TextDelta, ev.ToolStarted, ev.PermissionRequest, ev.PlanApprovalRequest)):
+            self._thinking(False)
+        elif isinstance(event, ev.ToolResults):
+            self._thinking(True)
         if isinstance(event, ev.TextDelta):
             if self._stream is None:
                 self._answer = Markdown(classes="assistant")
@@ -263,7 +292,7 @@ class TetherApp(App[int]):
             await self._end_answer()
         elif isinstance(event, ev.ToolStarted):
             await self._end_answer()
-            panel = ToolCallPanel(event.tool_use_id, event.name, event.input)
+            panel = ToolCallPanel(event.tool_use_id, event.name, event.input, view=event.view)
             self._tools[event.tool_use_id] = panel
             await self._mount(panel)
         elif isinstance(event, ev.ToolOutput):
@@ -273,16 +302,7 @@ class TetherApp(App[int]):
         elif isinstance(event, ev.ToolFinished):
             panel = self._tools.pop(event.tool_use_id, None)
             if panel is not None:
-                panel.finish(event.content, event.is_error)
-        elif isinstance(event, ev.UsageUpdate):
-            self._tokens += (
-                event.input_tokens
-                + event.output_tokens
-                + event.cache_read_input_tokens
-                + event.cache_creation_input_tokens
-            )
-            self._cost = event.session_cost_usd
-            self._refresh_status()
+                panel.finish(event.content, event.is_error, view=event.view)
         elif isinstance(event, ev.Status):
             await self._mount(Notice(event.message))
         elif isinstance(event, ev.ErrorEvent):
@@ -290,6 +310,8 @@ class TetherApp(App[int]):
             await self._mount(ErrorMessage(event.message))
         elif isinstance(event, ev.PermissionRequest):
             self.ask_permission(event)
+        elif isinstance(event, ev.PlanApprovalRequest):
+            self.ask_plan(event)
 
     @work(exit_on_error=False)
     async def ask_permission(self, request: ev.PermissionRequest) -> None:
@@ -310,13 +332,32 @@ class TetherApp(App[int]):
     async def _mount(self, widget) -> None:
         await self.query_one("#transcript", VerticalScroll).mount(widget)
 
+    @work(exit_on_error=False)
+    async def ask_plan(self, request: ev.PlanApprovalRequest) -> None:
+        """Show the plan and hand the user's answer back to the harness."""
+        decision = ev.PlanDecision(approve=False)
+        try:
+            decision = await self.push_screen_wait(PlanScreen(request))
+        finally:
+            if not request.future.done():
+                request.future.set_result(decision)
+
+    def _thinking(self, thinking: bool) -> None:
+        self.query_one("#status", StatusLine).set_thinking(thinking)
+
     def _refresh_status(self) -> None:
-        cost = "cost unknown" if self._cost is None else f"${self._cost:.4f}"
-        workspace = self.harness.workspace
-        mode = f" · workspace {workspace.mode}" if workspace is not None else ""
-        self.query_one("#status", StatusBar).update(
-            f"{self.harness.model.model} · {self._tokens:,} tokens · {cost}{mode} · sandbox {self.harness.host_label}: {self._sandbox_state}"
-        )
+        self.query_one("#status", StatusLine).refresh_status()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Shift+Tab cycles the mode on the main screen; in a dialog it moves the focus back."""
+        if action == "cycle_mode":
+            return self.screen is self.screen_stack[0]
+        return True
+
+    def action_cycle_mode(self) -> None:
+        """Shift+Tab: default → acceptEdits → plan → default (bypassPermissions only if started in it)."""
+        self.status.permission_mode = self.harness.cycle_permission_mode()
+        self._refresh_status()
 
     def action_interrupt(self) -> None:
         """Stop the running turn: the model stream and any running tool."""

@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None
 
         preload_sdk()  # the SDK's import is the long pole of a cold run: begin it before anything else
     from agent.harness import HarnessOptions
+    from agent.sandbox_watch import HEARTBEAT_S
 
     options = HarnessOptions(
         project_dir=(args.project or Path.cwd()).resolve(),
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None
         workspace=args.workspace,
         verbose=args.verbose,
         shared_host=shared_host,
+        heartbeat_s=HEARTBEAT_S if args.prompt is None else 0.0,  # the status bar's host state and round trip
     )
     if args.prompt is not None:
         if args.prompt and args.first_prompt is not None:

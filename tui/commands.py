@@ -132,6 +132,7 @@ async def _model(app: TetherApp, args: str) -> None:
         await app.show(Notice(f"Model: {app.harness.model.model}. Change it with /model NAME."))
         return
     app.harness.model.model = args.split()[0]
+    app.status.model = app.harness.model.model
     app.refresh_status()
     await app.show(Notice(f"Model set to {app.harness.model.model} for the next answers."))
 

@@ -1,20 +1,45 @@
-"""The permission dialog: may this tool call run?"""
+"""The permission dialog: may this tool call run? Keyboard first: y allows once, a always, n or Esc denies."""
 
 from __future__ import annotations
 
 import json
 
+from rich.syntax import Syntax
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Static
 
 from agent.events import PermissionDecision, PermissionRequest
+from agent.permissions import Rule, SettingsError
+from agent.tools.views import CallView
+
+
+def call_detail(name: str, args: dict, view: CallView | None) -> Static:
+    """The call as the tool shows it: a command with its description, a coloured diff, or its input."""
+    if view is not None and view.kind == "diff":
+        syntax = Syntax(
+            view.text.rstrip("\n") or "(no change)",
+            "diff",
+            theme="ansi_dark",
+            word_wrap=True,
+            background_color="default",
+        )
+        return Static(syntax, classes="detail diff")
+    if view is not None and view.kind == "command":
+        text = Text(view.text, style="bold")
+        if view.description:
+            text = Text.assemble((view.description, "italic"), "\n", text)
+        return Static(text, classes="detail command")
+    if view is not None and view.text:
+        return Static(Text(view.text), classes="detail")
+    return Static(Text(json.dumps(args, indent=2, ensure_ascii=False)), classes="detail")
 
 
 class PermissionScreen(ModalScreen[PermissionDecision]):
-    """Asks the user to allow once, allow always, or deny (with an optional reason)."""
+    """Asks the user to allow once, allow always (saving an editable rule), or deny (with an optional reason)."""
 
     DEFAULT_CSS = """
     PermissionScreen {
@@ -24,28 +49,54 @@ class PermissionScreen(ModalScreen[PermissionDecision]):
         width: 90%;
         max-width: 110;
         height: auto;
+        max-height: 100%;
         border: thick $warning;
         background: $surface;
-        padding: 1 2;
-    }
-    PermissionScreen .detail {
-        max-height: 12;
-        overflow-y: auto;
-        background: $panel;
         padding: 0 1;
+    }
+    PermissionScreen .title {
+        text-style: bold;
+    }
+    PermissionScreen VerticalScroll {
+        height: auto;
+        max-height: 14;
+        background: $panel;
         margin: 1 0;
     }
-    PermissionScreen Horizontal {
+    PermissionScreen .detail {
+        padding: 0 1;
+    }
+    PermissionScreen .field {
         height: auto;
+    }
+    PermissionScreen .field Label {
+        width: 13;
+    }
+    PermissionScreen .field Input {
+        width: 1fr;
+    }
+    PermissionScreen #rule-error {
+        color: $error;
+        height: auto;
+        display: none;
+    }
+    PermissionScreen #rule-error.shown {
+        display: block;
+    }
+    PermissionScreen .buttons {
+        height: auto;
+        margin: 1 0 0 0;
     }
     PermissionScreen Button {
         margin-right: 1;
+        min-width: 10;
     }
     """
     BINDINGS = [
         Binding("y", "allow", "Allow once"),
         Binding("a", "always", "Allow always"),
-        Binding("n,escape", "deny", "Deny"),
+        Binding("n", "deny", "Deny"),
+        Binding("escape", "cancel", "Deny", priority=True),
     ]
 
     def __init__(self, request: PermissionRequest) -> None:
@@ -54,19 +105,32 @@ class PermissionScreen(ModalScreen[PermissionDecision]):
         """The question being asked."""
 
     def compose(self) -> ComposeResult:
-        args = self.request.input
-        detail = args.get("command") if self.request.name == "Bash" else json.dumps(args, indent=2, ensure_ascii=False)
+        request = self.request
+        title = request.view.title if request.view is not None else request.name
         with Vertical():
-            yield Label(f"Allow [b]{self.request.name}[/b] to run in the sandbox?")
-            yield Static(str(detail), classes="detail", markup=False)
-            yield Input(placeholder="Reason, if you deny (the model sees it)", id="reason")
-            with Horizontal():
-                yield Button("Allow once (y)", id="allow", variant="success")
-                yield Button("Allow always (a)", id="always", variant="primary")
-                yield Button("Deny (n)", id="deny", variant="error")
+            yield Label(Text.assemble("Allow ", (request.name, "bold"), " to run in the sandbox?"), classes="title")
+            with VerticalScroll():
+                yield call_detail(request.name, request.input, request.view)
+            if request.view is not None and request.view.kind != "command":
+                yield Label(Text(title, style="dim"), classes="subject")
+            with Horizontal(classes="field"):
+                yield Label("Always rule")
+                yield Input(request.suggested_rule or request.name, id="rule", compact=True)
+            yield Static("", id="rule-error")
+            with Horizontal(classes="field"):
+                yield Label("Deny reason")
+                yield Input(placeholder="optional; the model reads it (Enter denies)", id="reason", compact=True)
+            with Horizontal(classes="buttons"):
+                yield Button("Allow once (y)", id="allow", variant="success", compact=True)
+                yield Button("Allow always (a)", id="always", variant="primary", compact=True)
+                yield Button("Deny (n, Esc)", id="deny", variant="error", compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#allow", Button).focus()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """y, a and n answer only while no text field has the keyboard (there they are typed)."""
+        return not (action in ("allow", "always", "deny") and isinstance(self.focused, Input))
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         """Answer with the pressed button."""
@@ -74,14 +138,36 @@ class PermissionScreen(ModalScreen[PermissionDecision]):
             event.button.id or "deny"
         ]()
 
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in the reason field denies with it; Enter in the rule field allows always with that rule."""
+        event.stop()
+        if event.input.id == "reason":
+            self.action_deny()
+        else:
+            self.action_always()
+
     def action_allow(self) -> None:
         """Allow this call."""
         self.dismiss(PermissionDecision(allow=True))
 
     def action_always(self) -> None:
-        """Allow this call and remember the rule for the project."""
-        self.dismiss(PermissionDecision(allow=True, always=True))
+        """Allow this call and save the rule (as edited) for the project."""
+        text = self.query_one("#rule", Input).value.strip()
+        try:
+            rule = Rule.parse(text)
+        except SettingsError as exc:
+            error = self.query_one("#rule-error", Static)
+            error.update(str(exc))
+            error.add_class("shown")
+            self.query_one("#rule", Input).focus()
+            return
+        self.dismiss(PermissionDecision(allow=True, always=True, rule=str(rule)))
+
+    def action_cancel(self) -> None:
+        """Esc: deny, wherever the keyboard is."""
+        self.action_deny()
 
     def action_deny(self) -> None:
-        """Deny, with the typed reason if any."""
-        self.dismiss(PermissionDecision(allow=False, reason=self.query_one("#reason", Input).value.strip()))
+        """Deny, with the typed reason if any: the turn stops and the prompt is the user's again."""
+        reason = self.query_one("#reason", Input).value.strip()
+        self.dismiss(PermissionDecision(allow=False, reason=reason, ends_turn=True))

@@ -8,6 +8,7 @@ from typing import Any
 from textual.app import ComposeResult
 from textual.widgets import Collapsible, Log, Static
 
+from agent.tools.views import CallView, ResultView
 from tui.prompt import PromptArea as PromptArea  # it lives in tui.prompt now; still importable from here
 
 
@@ -23,20 +24,11 @@ class Notice(Static):
     """A passing notice: retrying, sandbox provisioned, a warning."""
 
 
-def tool_title(name: str, args: dict[str, Any]) -> str:
-    """A one-line summary of a tool call, e.g. ``Bash  ls -la``."""
-    key = {
-        "Bash": "command",
-        "Read": "file_path",
-        "Write": "file_path",
-        "Edit": "file_path",
-        "Glob": "pattern",
-        "Grep": "pattern",
-    }.get(name)
-    detail = args.get(key) if key else None
-    if not isinstance(detail, str):
-        detail = json.dumps(args, ensure_ascii=False)
-    detail = detail.replace("\n", " ⏎ ")
+def tool_title(name: str, args: dict[str, Any], view: CallView | None = None) -> str:
+    """A one-line summary of a tool call, e.g. ``Bash  ls -la``: the tool's own, else its input."""
+    if view is not None:
+        return view.title
+    detail = json.dumps(args, ensure_ascii=False).replace("\n", " ⏎ ")
     if len(detail) > 100:
         detail = detail[:99] + "…"
     return f"{name}  {detail}"
@@ -45,8 +37,8 @@ def tool_title(name: str, args: dict[str, Any]) -> str:
 class ToolCallPanel(Collapsible):
     """A tool call: its title, its live output, and how it ended."""
 
-    def __init__(self, tool_use_id: str, name: str, args: dict[str, Any]) -> None:
-        super().__init__(title=f"⏵ {tool_title(name, args)}", collapsed=False, classes="tool-call running")
+    def __init__(self, tool_use_id: str, name: str, args: dict[str, Any], view: CallView | None = None) -> None:
+        super().__init__(title=f"⏵ {tool_title(name, args, view)}", collapsed=False, classes="tool-call running")
         self.tool_use_id = tool_use_id
         """The tool_use id this panel shows."""
         self.tool_name = name
@@ -66,7 +58,7 @@ class ToolCallPanel(Collapsible):
         self._streamed = True
         self.output.write(text)
 
-    def finish(self, content: str, is_error: bool) -> None:
+    def finish(self, content: str, is_error: bool, view: ResultView | None = None) -> None:
         """Show the result; tools that did not stream show what the model saw."""
         self.remove_class("running")
         self.add_class("error" if is_error else "ok")
@@ -77,7 +69,7 @@ class ToolCallPanel(Collapsible):
             if self._streamed:
                 self.output.write("\n")
             self.output.write(shown)
-        if self.tool_name in ("Read", "Write", "Edit") and not is_error:
+        if view is not None and view.collapsed:
             self.collapsed = True
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.lease import SandboxLease
+from agent.tools.views import CallView, ResultView, one_line
 
 MODEL_OUTPUT_CAP = 30_000
 """Characters of a tool's output the model sees; the rest stays in the blob store."""
@@ -26,6 +27,8 @@ class ToolResult:
     is_error: bool = False
     full_output: bytes | None = None
     """The whole output when ``content`` is a cut of it, to keep in the blob store."""
+    ends_turn: bool = False
+    """The user stopped the turn here (they denied the call): the loop hands the prompt back to them."""
 
 
 @dataclass
@@ -38,6 +41,10 @@ class ToolContext:
     """Send live output: ``await output("stdout", text)``."""
     read_paths: set[str] = field(default_factory=set)
     """Sandbox paths the model has Read in this session (Write refuses to clobber others)."""
+    emit: Callable[[Any], Awaitable[None]] | None = None
+    """Send an event to the driver (a question for the user); None where nobody drives."""
+    set_permission_mode: Callable[[str], None] | None = None
+    """Change the session's permission mode (leaving plan mode); None where there is no gate."""
 
 
 class Tool(abc.ABC):
@@ -47,13 +54,60 @@ class Tool(abc.ABC):
     description: str
     input_schema: dict[str, Any]
     read_only: bool = False
-    """Read-only tools may run concurrently and need no permission."""
+    """Changes nothing in the sandbox: runs concurrently with other read-only calls, needs no
+    permission, and is what plan mode allows."""
     changes_files: bool = False
     """Whether a call may change the workspace (a checkpoint follows each one)."""
+    family: str = ""
+    """The permission family whose rules cover this tool (``Edit`` for Write, ``Read`` for Grep); empty: its name."""
+    subject: str = ""
+    """The input key a rule's ``(spec)`` matches: ``command`` (a command or ``prefix:*``), ``file_path``
+    or ``path`` (a path glob); empty: a rule on this tool has no spec."""
+    subject_is_directory: bool = False
+    """The subject is a directory the tool reads below (Grep, Glob): a rule on ``dir/**`` covers ``dir``."""
+
+    @property
+    def permission_family(self) -> str:
+        """The rule name that covers this tool: ``Bash``, ``Read``, ``Edit``..."""
+        return self.family or self.name
 
     def schema(self) -> dict[str, Any]:
         """The tool's definition as the Messages API takes it."""
         return {"name": self.name, "description": self.description, "input_schema": self.input_schema}
+
+    def offered_in(self, mode: str) -> bool:
+        """Whether the model is offered this tool in permission mode ``mode``."""
+        return True
+
+    def rule_subject(self, args: dict[str, Any]) -> str | None:
+        """What a rule's spec is matched against in this call (the command, the path); None: nothing."""
+        value = args.get(self.subject) if self.subject else None
+        return value if isinstance(value, str) and value else None
+
+    def suggested_rule(self, args: dict[str, Any], workdir: str) -> str:
+        """The allow rule "allow always" offers for this call (the user may edit it)."""
+        subject = self.rule_subject(args)
+        if subject is None:
+            return self.permission_family
+        root = workdir.rstrip("/") + "/"
+        return f"{self.permission_family}({subject[len(root) :] if subject.startswith(root) else subject})"
+
+    def summary(self, args: dict[str, Any]) -> str:
+        """One line that says what the call does, e.g. ``Read  /workspace/app.py``."""
+        subject = self.rule_subject(args)
+        if subject is None:
+            import json
+
+            return one_line(self.name, json.dumps(args, ensure_ascii=False) if args else "")
+        return one_line(self.name, subject)
+
+    def call_view(self, args: dict[str, Any]) -> CallView:
+        """How this call is shown before and while it runs."""
+        return CallView("text", self.summary(args), path=str(args.get("file_path") or args.get("path") or ""))
+
+    def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
+        """How this call's result is shown."""
+        return ResultView("text", result.content)
 
     @abc.abstractmethod
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:

@@ -3,14 +3,47 @@
 from __future__ import annotations
 
 import codecs
+import re
+import shlex
 from typing import Any
 
 from agent.sandbox_client import SandboxError
 from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult, cap_for_model, require
+from agent.tools.views import CallView, ResultView, one_line
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
 DEFAULT_TIMEOUT_MS = 120_000
 MAX_TIMEOUT_MS = 600_000
+
+SHELL_CONTROL = re.compile(r"[;&|`\n<>]|\$\(")
+"""What lets a second command ride along a first: a prefix rule never covers a command with it."""
+
+_SUBCOMMAND = re.compile(r"^[a-z][a-z0-9_-]*$")
+"""A word that reads as a subcommand (``test``, ``run``, ``status``), not an argument (``-x``, ``1``, ``src/``)."""
+
+TAKES_SUBCOMMANDS = frozenset(
+    "apt apt-get brew bun bundle cargo composer deno docker dotnet gh git go gradle helm just kubectl make mvn "
+    "nix npm npx pip pip3 pnpm poetry rake systemctl terraform uv yarn".split()
+)
+"""Programs whose second word says what they do (``npm test``, ``git status``): a rule keeps it."""
+
+
+def command_prefix(command: str) -> str | None:
+    """The prefix a rule for ``command`` should allow: ``npm test`` for ``npm test -- --watch``,
+    ``seq`` for ``seq 1 300000``; None when only the exact command should be allowed (shell control,
+    unparsable quoting)."""
+    if SHELL_CONTROL.search(command):
+        return None
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if not words or "=" in words[0]:
+        return None
+    prefix = [words[0]]
+    if len(words) > 1 and words[0] in TAKES_SUBCOMMANDS and _SUBCOMMAND.match(words[1]):
+        prefix.append(words[1])
+    return " ".join(prefix)
 
 
 class BashTool(Tool):
@@ -18,6 +51,7 @@ class BashTool(Tool):
 
     name = "Bash"
     changes_files = True
+    subject = "command"
     description = (
         "Executes a shell command in the sandbox and returns its output. The working "
         "directory persists between calls; environment changes do not. Output past "
@@ -40,6 +74,32 @@ class BashTool(Tool):
         "required": ["command"],
         "additionalProperties": False,
     }
+
+    def summary(self, args: dict[str, Any]) -> str:
+        """``Bash  the command``."""
+        return one_line(self.name, str(args.get("command", "")))
+
+    def call_view(self, args: dict[str, Any]) -> CallView:
+        """The command, with the model's description of it."""
+        description = args.get("description")
+        return CallView(
+            "command",
+            self.summary(args),
+            text=str(args.get("command", "")),
+            description=description if isinstance(description, str) else "",
+        )
+
+    def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
+        """The output as the model saw it."""
+        return ResultView("text", result.content)
+
+    def suggested_rule(self, args: dict[str, Any], workdir: str) -> str:
+        """A prefix rule (``Bash(npm test:*)``) where the command has one, else the exact command."""
+        command = str(args.get("command", "")).strip()
+        prefix = command_prefix(command)
+        if prefix is None:
+            return f"Bash({command})" if command else "Bash"
+        return f"Bash({prefix}:*)"
 
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         """Run the command, streaming its output live, and report what the model needs."""
@@ -82,7 +142,7 @@ async def _exec(ctx: ToolContext, command: str, cwd: str, timeout_ms: int) -> tu
         pb.Output.STDERR: codecs.getincrementaldecoder("utf-8")("replace"),
     }
     exited: pb.Exited | None = None
-    stream = lease.client.exec_stream(lease.sandbox_id, shell=command, cwd=cwd, timeout_ms=timeout_ms, report_cwd=True)
+    stream = lease.exec_stream(shell=command, cwd=cwd, timeout_ms=timeout_ms, report_cwd=True)
     async for event in stream:
         which = event.WhichOneof("event")
         if which == "output":

@@ -7,6 +7,7 @@ from typing import Any
 
 from agent.sandbox_client import SandboxInvalidRequest
 from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult, require
+from agent.tools.views import CallView, ResultView, text_diff
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
 READ_DEFAULT_LINES = 2000
@@ -24,7 +25,7 @@ def sandbox_path(ctx: ToolContext, raw: str) -> str:
 
 
 async def _stat(ctx: ToolContext, path: str) -> pb.FileInfo:
-    return await ctx.lease.client.stat(ctx.lease.sandbox_id, path)
+    return await ctx.lease.stat(path)
 
 
 class ReadTool(Tool):
@@ -32,6 +33,7 @@ class ReadTool(Tool):
 
     name = "Read"
     read_only = True
+    subject = "file_path"
     description = (
         "Reads a file from the sandbox. Returns lines numbered like `cat -n`, "
         f"{READ_DEFAULT_LINES} lines from the start by default; use `offset` (1-based line) "
@@ -49,6 +51,10 @@ class ReadTool(Tool):
         "additionalProperties": False,
     }
 
+    def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
+        """The lines read, folded: the user rarely wants to read them again."""
+        return ResultView("text", result.content, collapsed=not result.is_error)
+
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         """Number and return the requested lines."""
         path = sandbox_path(ctx, require(args, "file_path", str))
@@ -60,7 +66,7 @@ class ReadTool(Tool):
             return ToolResult(f"File does not exist: {path}", is_error=True)
         if info.kind == pb.FileInfo.DIRECTORY:
             return ToolResult(f"{path} is a directory, not a file. Use Bash `ls` to list it.", is_error=True)
-        data = await ctx.lease.client.read_file(ctx.lease.sandbox_id, path, length=READ_MAX_BYTES)
+        data = await ctx.lease.read_file(path, length=READ_MAX_BYTES)
         ctx.read_paths.add(path)
         if b"\0" in data[:8192]:
             return ToolResult(
@@ -97,6 +103,8 @@ class WriteTool(Tool):
 
     name = "Write"
     changes_files = True
+    family = "Edit"
+    subject = "file_path"
     description = (
         "Writes a file in the sandbox, replacing it if it exists. An existing file must "
         "have been Read in this session first. Parent directories are created."
@@ -110,6 +118,18 @@ class WriteTool(Tool):
         "required": ["file_path", "content"],
         "additionalProperties": False,
     }
+
+    def call_view(self, args: dict[str, Any]) -> CallView:
+        """The new content, as a diff that adds every line."""
+        path = str(args.get("file_path", ""))
+        content = args.get("content")
+        return CallView(
+            "diff", self.summary(args), text=text_diff(path, "", content if isinstance(content, str) else ""), path=path
+        )
+
+    def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
+        """Only what went wrong: the diff shows what was written."""
+        return ResultView("text" if result.is_error else "none", result.content, collapsed=not result.is_error)
 
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         """Write the content, after the read-before-overwrite check."""
@@ -132,7 +152,7 @@ class WriteTool(Tool):
             )
         # Replacing a file keeps its mode (an executable script stays executable).
         mode = info.mode & 0o7777 if info.exists and info.mode & 0o7777 else 0o644
-        await ctx.lease.client.write_file(ctx.lease.sandbox_id, path, content.encode("utf-8"), mode=mode)
+        await ctx.lease.write_file(path, content.encode("utf-8"), mode=mode)
         ctx.read_paths.add(path)
         verb = "updated" if info.exists else "created"
         return ToolResult(f"File {verb} successfully at: {path}")
@@ -143,6 +163,8 @@ class EditTool(Tool):
 
     name = "Edit"
     changes_files = True
+    family = "Edit"
+    subject = "file_path"
     description = (
         "Performs an exact string replacement in a file. `old_string` must occur exactly once "
         "unless `replace_all` is true. The file must have been Read in this session first."
@@ -163,6 +185,17 @@ class EditTool(Tool):
         "additionalProperties": False,
     }
 
+    def call_view(self, args: dict[str, Any]) -> CallView:
+        """The replacement, as a diff of the old string to the new one."""
+        path = str(args.get("file_path", ""))
+        old, new = args.get("old_string"), args.get("new_string")
+        diff = text_diff(path, old if isinstance(old, str) else "", new if isinstance(new, str) else "")
+        return CallView("diff", self.summary(args), text=diff, path=path)
+
+    def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
+        """Only what went wrong: the diff shows the change."""
+        return ResultView("text" if result.is_error else "none", result.content, collapsed=not result.is_error)
+
     async def run(self, ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         """Apply the replacement, or say precisely why not."""
         path = sandbox_path(ctx, require(args, "file_path", str))
@@ -180,7 +213,7 @@ class EditTool(Tool):
         if path not in ctx.read_paths:
             return ToolResult(f"{path} has not been Read in this session. Read it first, then Edit.", is_error=True)
         # Replace bytes, not decoded text: bytes that are not UTF-8 elsewhere in the file stay as they were.
-        data = await ctx.lease.client.read_file(ctx.lease.sandbox_id, path)
+        data = await ctx.lease.read_file(path)
         old_bytes, new_bytes = old.encode("utf-8"), new.encode("utf-8")
         count = data.count(old_bytes)
         if count == 0:
@@ -194,7 +227,7 @@ class EditTool(Tool):
                 is_error=True,
             )
         updated = data.replace(old_bytes, new_bytes) if replace_all else data.replace(old_bytes, new_bytes, 1)
-        await ctx.lease.client.write_file(ctx.lease.sandbox_id, path, updated, mode=info.mode & 0o7777 or 0o644)
+        await ctx.lease.write_file(path, updated, mode=info.mode & 0o7777 or 0o644)
         times = f"{count} occurrences" if replace_all else "1 occurrence"
         return ToolResult(f"The file {path} has been updated ({times} replaced).")
 

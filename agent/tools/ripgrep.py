@@ -20,11 +20,11 @@ _TYPE_NAME = "tetherglob"
 
 async def find_ripgrep(ctx: ToolContext) -> str:
     """The path of ripgrep in the lease's sandbox, "" when it has none; looked for once per sandbox."""
-    key = (ctx.lease.sandbox_id, "rg")
-    path = ctx.lease.programs.get(key)
+    path = ctx.lease.program("rg")
     if path is None:
         _, out, _ = await run_search(ctx, _FIND_RG)
-        path = ctx.lease.programs[key] = out.strip()
+        path = out.strip()
+        ctx.lease.remember_program("rg", path)
     return path
 
 

@@ -16,6 +16,7 @@ from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult, cap_
 from agent.tools.files import sandbox_path
 from agent.tools.ripgrep import base_flags, find_ripgrep, ignore_file, parse_rg_output, rg_list_files
 from agent.tools.search_scope import SearchScope, list_files, run_search, search_scope
+from agent.tools.views import one_line
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
 GLOB_MAX_RESULTS = 100
@@ -62,6 +63,17 @@ class GlobTool(Tool):
 
     name = "Glob"
     read_only = True
+    family = "Read"
+    subject = "path"
+    subject_is_directory = True
+
+    def summary(self, args: dict[str, Any]) -> str:
+        """The pattern, and where it is looked for."""
+        where = args.get("path")
+        return one_line(
+            self.name, str(args.get("pattern", "")) + (f"  in {where}" if isinstance(where, str) and where else "")
+        )
+
     description = (
         'Fast file pattern matching. Supports patterns like "**/*.js" or "src/**/*.{ts,tsx}". '
         f"Returns matching file paths sorted by modification time, newest first (at most {GLOB_MAX_RESULTS})."
@@ -84,7 +96,7 @@ class GlobTool(Tool):
         await ctx.lease.ready()
         base = sandbox_path(ctx, require(args, "path", str, optional=True) or ctx.lease.cwd or ctx.lease.workdir)
         # Stat first, as Grep does: a path outside the workspace is refused the same way, a missing one said plainly.
-        info = await ctx.lease.client.stat(ctx.lease.sandbox_id, base)
+        info = await ctx.lease.stat(base)
         if not info.exists:
             return ToolResult(f"Path does not exist: {base}", is_error=True)
         if info.kind != pb.FileInfo.DIRECTORY:
@@ -111,6 +123,17 @@ class GrepTool(Tool):
 
     name = "Grep"
     read_only = True
+    family = "Read"
+    subject = "path"
+    subject_is_directory = True
+
+    def summary(self, args: dict[str, Any]) -> str:
+        """The pattern, and where it is looked for."""
+        where = args.get("path")
+        return one_line(
+            self.name, str(args.get("pattern", "")) + (f"  in {where}" if isinstance(where, str) and where else "")
+        )
+
     description = (
         "Searches file contents for a regular expression (ripgrep syntax, or POSIX extended where the sandbox lacks "
         "ripgrep; \\d, \\w, \\s and \\b work in both). Files the project ignores (.gitignore, node_modules, build "
@@ -161,7 +184,7 @@ class GrepTool(Tool):
         multiline = bool(require(args, "multiline", bool, optional=True))
         await ctx.lease.ready()
         base = sandbox_path(ctx, require(args, "path", str, optional=True) or ctx.lease.cwd or ctx.lease.workdir)
-        info = await ctx.lease.client.stat(ctx.lease.sandbox_id, base)
+        info = await ctx.lease.stat(base)
         if not info.exists:
             return ToolResult(f"Path does not exist: {base}", is_error=True)
         is_dir = info.kind == pb.FileInfo.DIRECTORY

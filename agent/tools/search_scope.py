@@ -37,8 +37,7 @@ _CAT_FILES = 'for f in "$@"; do [ -f "$f" ] && { printf "%s\\0" "$f"; cat "$f"; 
 
 async def run_search(ctx: ToolContext, script: str, *args: str, stdin: bytes = b"") -> tuple[int, str, str]:
     """Run ``script`` under ``/bin/sh`` with ``args`` as $1...; (exit code, stdout, stderr), or a readable error."""
-    result = await ctx.lease.client.exec(
-        ctx.lease.sandbox_id,
+    result = await ctx.lease.exec(
         argv=["/bin/sh", "-c", script, "sh", *args],
         stdin=stdin,
         timeout_ms=SEARCH_TIMEOUT_MS,

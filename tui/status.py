@@ -1,0 +1,155 @@
+"""The status bar: model, context used, tokens and cost, permission mode, workspace, sandbox host and state.
+
+It only listens: ``SessionStatus.apply`` takes the harness's events, the bar draws what it holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rich.text import Text
+from textual.widgets import Static
+
+from agent import events as ev
+
+CONTEXT_WINDOW = 200_000
+"""Tokens of context the Claude models take (the percentage shown is of this)."""
+
+MODE_NAMES = {
+    "default": "ask before edits",
+    "acceptEdits": "⏵⏵ accept edits",
+    "plan": "⏸ plan mode",
+    "bypassPermissions": "bypass permissions",
+}
+"""How each permission mode reads in the bar."""
+
+STATE_STYLES = {
+    "starting": "yellow",
+    "restoring": "yellow",
+    "ready": "green",
+    "lost": "red",
+    "unreachable": "bold red",
+    "unavailable": "bold red",
+}
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+
+@dataclass
+class SessionStatus:
+    """What the status bar shows, kept up to date from the harness's events."""
+
+    model: str
+    cost: float | None = 0.0
+    """The session's cost in USD; None once a price was unknown."""
+    tokens: int = 0
+    """Tokens used by the session (input, output and cache)."""
+    context_tokens: int = 0
+    """The context the last response used (its input, cache and output tokens)."""
+    permission_mode: str = "default"
+    workspace_mode: str = ""
+    host: str = "embedded"
+    sandbox_state: str = "starting"
+    rtt_ms: float | None = None
+    """The last round trip to the sandbox host."""
+
+    def apply(self, event: ev.AgentEvent) -> bool:
+        """Take one event into account; True if the bar changed."""
+        if isinstance(event, ev.UsageUpdate):
+            used = (
+                event.input_tokens
+                + event.output_tokens
+                + event.cache_read_input_tokens
+                + event.cache_creation_input_tokens
+            )
+            self.tokens += used
+            self.context_tokens = used
+            self.cost = event.session_cost_usd
+            return True
+        if isinstance(event, ev.SandboxState):
+            self.sandbox_state = event.state
+            self.host = event.host
+            if event.rtt_ms is not None:
+                self.rtt_ms = event.rtt_ms
+            return True
+        if isinstance(event, ev.PermissionModeChanged):
+            self.permission_mode = event.mode
+            return True
+        return False
+
+    @property
+    def context_percent(self) -> int:
+        """Context used, in percent of the model's window."""
+        return round(100 * self.context_tokens / CONTEXT_WINDOW)
+
+    def render(self, width: int = 200) -> Text:
+        """The bar's line; shorter wording when ``width`` is narrow."""
+        wide = width >= 110
+        cost = "cost unknown" if self.cost is None else f"${self.cost:.4f}"
+        tokens = f"{self.tokens:,} tokens" if wide else f"{_short(self.tokens)} tok"
+        mode = MODE_NAMES.get(self.permission_mode, self.permission_mode)
+        parts: list[Text | str] = [self.model if wide else self.model.removeprefix("claude-")]
+        parts.append(f"ctx {self.context_percent}%")
+        parts.append(f"{tokens} {cost}" if not wide else f"{tokens} · {cost}")
+        parts.append(Text(mode, style="bold" if self.permission_mode != "default" else ""))
+        if self.workspace_mode:
+            parts.append(f"workspace {self.workspace_mode}" if wide else self.workspace_mode)
+        state = Text(self.sandbox_state, style=STATE_STYLES.get(self.sandbox_state, ""))
+        rtt = f" {self.rtt_ms:.0f} ms" if self.rtt_ms is not None and self.sandbox_state == "ready" else ""
+        parts.append(Text.assemble(f"sandbox {self.host}: " if wide else f"{self.host}: ", state, rtt))
+        return Text(" · ").join(Text(p) if isinstance(p, str) else p for p in parts)
+
+
+def _short(n: int) -> str:
+    return f"{n / 1000:.1f}k" if n >= 1000 else str(n)
+
+
+class StatusLine(Static):
+    """The status bar at the bottom of the screen, with a spinner while the model thinks."""
+
+    DEFAULT_CSS = """
+    StatusLine {
+        height: 1;
+        background: $panel;
+        color: $text-muted;
+        padding: 0 1;
+    }
+    """
+
+    def __init__(self, status: SessionStatus, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.status = status
+        """What the bar shows."""
+        self.thinking = False
+        """Whether the model is working (a spinner turns before the line)."""
+        self._frame = 0
+        self._timer = None
+
+    def on_mount(self) -> None:
+        self.refresh_status()
+
+    def on_resize(self) -> None:
+        self.refresh_status()
+
+    def set_thinking(self, thinking: bool) -> None:
+        """Start or stop the spinner."""
+        if thinking == self.thinking:
+            return
+        self.thinking = thinking
+        if thinking:
+            self._timer = self.set_interval(0.1, self._spin)
+        elif self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        self.refresh_status()
+
+    def _spin(self) -> None:
+        self._frame = (self._frame + 1) % len(SPINNER)
+        self.refresh_status()
+
+    def refresh_status(self) -> None:
+        """Redraw from ``status``."""
+        line = self.status.render(self.size.width or 200)
+        if self.thinking:
+            line = Text.assemble((SPINNER[self._frame] + " thinking… ", "bold"), line)
+        self.update(line)

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from textual import work
 from textual.app import App, ComposeResult
-from textual.containers import VerticalScroll
-from textual.widgets import Markdown
-from textual.widgets._markdown import MarkdownStream
+from textual.binding import Binding
 
 from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
@@ -19,7 +17,9 @@ from agent.workspace.changes import WorkspaceChangeError, prompts
 from session.errors import SessionStoreError
 from tui.permission import PermissionScreen
 from tui.rewind import RewindChoice, RewindScreen
-from tui.widgets import DiffView, ErrorMessage, Notice, PromptArea, StatusBar, ToolCallPanel, UserMessage
+from tui.tool_panels import EXPAND_KEY
+from tui.transcript import Transcript, session_usage
+from tui.widgets import DiffView, ErrorMessage, Notice, PromptArea, StatusBar, UserMessage
 
 WORKSPACE_COMMANDS = ("/diff", "/apply", "/rewind")
 """Slash commands the app answers itself (the rest go to the harness)."""
@@ -30,7 +30,14 @@ class TetherApp(App[int]):
 
     CSS_PATH = "tether.tcss"
     TITLE = "tether"
-    BINDINGS = [("ctrl+q", "quit", "Quit"), ("escape", "interrupt", "Interrupt")]
+    BINDINGS = [
+        ("ctrl+q", "quit", "Quit"),
+        ("escape", "interrupt", "Interrupt"),
+        # priority: they scroll the transcript even while the prompt (a TextArea, which has its own) has focus.
+        Binding("pageup", "transcript_page(-1)", "Page up", show=False, priority=True),
+        Binding("pagedown", "transcript_page(1)", "Page down", show=False, priority=True),
+        Binding(EXPAND_KEY, "transcript_expand", "Expand output", show=False, priority=True),
+    ]
 
     def __init__(self, options: HarnessOptions, harness: Harness | None = None, *, initial_prompt: str = "") -> None:
         super().__init__()
@@ -40,21 +47,17 @@ class TetherApp(App[int]):
         """Sent as the first prompt once the session is ready (``tether "prompt"``); empty: none."""
         self.harness = harness or Harness(options, self.on_agent_event)
         """The session this app drives."""
-        self._answer: Markdown | None = None
-        self._stream: MarkdownStream | None = None
-        self._tools: dict[str, ToolCallPanel] = {}
         self._tokens = 0
         # An unpriced model says so from the start, not "$0.0000" until its first answer.
         self._cost: float | None = 0.0 if price_of(self.harness.model.model) is not None else None
         self._sandbox_state = "starting"
 
     def compose(self) -> ComposeResult:
-        yield VerticalScroll(id="transcript")
+        yield Transcript(id="transcript")
         yield PromptArea(id="prompt", soft_wrap=True, show_line_numbers=False, disabled=True)
         yield StatusBar(id="status")
 
     def on_mount(self) -> None:
-        self.query_one("#transcript", VerticalScroll).anchor()
         self._refresh_status()
         self.start_harness()
 
@@ -72,6 +75,12 @@ class TetherApp(App[int]):
             await self._mount(ErrorMessage(message))
             self._refresh_status()
             return
+        if self.harness.log is not None and (self.options.resume or self.options.continue_latest):
+            live_path = self.harness.log.live_path()
+            await self.query_one(Transcript).show_history(live_path)
+            self._tokens, self._cost = session_usage(live_path)
+            if self.harness.loop is not None:  # the session's cost goes on from where it was
+                self.harness.loop.totals.cost_usd = self._cost
         self._sandbox_state = "ready"
         self._refresh_status()
         prompt = self.query_one("#prompt", PromptArea)
@@ -159,40 +168,16 @@ class TetherApp(App[int]):
         try:
             await self.harness.run(text)
         finally:
-            await self._end_answer()
+            await self.query_one(Transcript).end_answer()
             prompt = self.query_one("#prompt", PromptArea)
             prompt.disabled = False
             prompt.focus()
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
-        if isinstance(event, ev.TextDelta):
-            if self._stream is None:
-                self._answer = Markdown(classes="assistant")
-                await self._mount(self._answer)
-                self._stream = Markdown.get_stream(self._answer)
-            await self._stream.write(event.text)
-        elif isinstance(event, ev.StreamRestarted):
-            answer = self._answer
-            await self._end_answer()
-            if answer is not None:
-                await answer.remove()
-        elif isinstance(event, ev.AssistantMessage):
-            await self._end_answer()
-        elif isinstance(event, ev.ToolStarted):
-            await self._end_answer()
-            panel = ToolCallPanel(event.tool_use_id, event.name, event.input)
-            self._tools[event.tool_use_id] = panel
-            await self._mount(panel)
-        elif isinstance(event, ev.ToolOutput):
-            panel = self._tools.get(event.tool_use_id)
-            if panel is not None:
-                panel.write_output(event.text)
-        elif isinstance(event, ev.ToolFinished):
-            panel = self._tools.pop(event.tool_use_id, None)
-            if panel is not None:
-                panel.finish(event.content, event.is_error)
-        elif isinstance(event, ev.UsageUpdate):
+        if await self.query_one(Transcript).show(event):
+            return
+        if isinstance(event, ev.UsageUpdate):
             self._tokens += (
                 event.input_tokens
                 + event.output_tokens
@@ -201,11 +186,6 @@ class TetherApp(App[int]):
             )
             self._cost = event.session_cost_usd
             self._refresh_status()
-        elif isinstance(event, ev.Status):
-            await self._mount(Notice(event.message))
-        elif isinstance(event, ev.ErrorEvent):
-            await self._end_answer()
-            await self._mount(ErrorMessage(event.message))
         elif isinstance(event, ev.PermissionRequest):
             self.ask_permission(event)
 
@@ -219,14 +199,8 @@ class TetherApp(App[int]):
             if not request.future.done():
                 request.future.set_result(decision)
 
-    async def _end_answer(self) -> None:
-        if self._stream is not None:
-            await self._stream.stop()
-        self._stream = None
-        self._answer = None
-
     async def _mount(self, widget) -> None:
-        await self.query_one("#transcript", VerticalScroll).mount(widget)
+        await self.query_one(Transcript).add(widget)
 
     def _refresh_status(self) -> None:
         cost = "cost unknown" if self._cost is None else f"${self._cost:.4f}"
@@ -235,6 +209,18 @@ class TetherApp(App[int]):
         self.query_one("#status", StatusBar).update(
             f"{self.harness.model.model} · {self._tokens:,} tokens · {cost}{mode} · sandbox {self.harness.host_label}: {self._sandbox_state}"
         )
+
+    def action_transcript_page(self, direction: int) -> None:
+        """Scroll the transcript a page up (-1) or down (1), wherever the focus is."""
+        transcript = self.query_one(Transcript)
+        if direction < 0:
+            transcript.scroll_page_up()
+        else:
+            transcript.scroll_page_down()
+
+    def action_transcript_expand(self) -> None:
+        """Unfold long tool output and thinking, or fold them again."""
+        self.query_one(Transcript).toggle_expanded()
 
     def action_interrupt(self) -> None:
         """Stop the running turn: the model stream and any running tool."""

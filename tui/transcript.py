@@ -7,6 +7,8 @@ It shows the harness's events (``show``) and a resumed session's live path
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -25,6 +27,8 @@ HIGH_WATER = 240
 """Entries kept in the DOM before the oldest are pruned."""
 LOW_WATER = 160
 """Entries left after pruning."""
+YIELD_EVERY = 1 / 30
+"""Longest time (seconds) a stream keeps the event loop from keys and frames."""
 
 
 class Transcript(VerticalScroll):
@@ -56,6 +60,7 @@ class Transcript(VerticalScroll):
         """How many entries were pruned from the top."""
         self.expanded = False
         """Whether folded output and thinking are shown whole (the expand key)."""
+        self._yielded = 0.0
 
     def on_mount(self) -> None:
         """Stay at the bottom while the user has not scrolled up."""
@@ -97,6 +102,7 @@ class Transcript(VerticalScroll):
                 self.answer = MarkdownView(classes="assistant")
                 await self.add(self.answer)
             self.answer.append(event.text)
+            await self._let_the_screen_in()
         elif isinstance(event, ev.ThinkingDelta):
             if self.thinking is None:
                 self.thinking = ThinkingBlock()
@@ -132,6 +138,17 @@ class Transcript(VerticalScroll):
         else:
             return False
         return True
+
+    async def _let_the_screen_in(self) -> None:
+        """Yield to the event loop if the stream has kept it for a while.
+
+        The stream's socket often has the next events buffered, so reading them never waits
+        and nothing else runs: every ``YIELD_EVERY`` seconds keys and a frame get their turn.
+        """
+        now = time.monotonic()
+        if now - self._yielded >= YIELD_EVERY:
+            self._yielded = now
+            await asyncio.sleep(0)
 
     async def show_history(self, events: Iterable[Event]) -> None:
         """Show a resumed session's live path: only its newest ``LOW_WATER`` entries are built."""

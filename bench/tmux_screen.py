@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 _serial = itertools.count()
+_server_started = False
 
 SOCKET = f"tether-bench-{os.getpid()}"
 """A tmux server of this process's own (``tmux -L``), so no one else's sessions are touched."""
@@ -22,6 +23,13 @@ class TmuxScreen:
     def __init__(self, name: str, command: list[str], env: dict[str, str], cwd: Path, size: tuple[int, int]) -> None:
         self.name = f"{name}-{next(_serial)}"
         """The tmux session's name."""
+        global _server_started
+        if not _server_started:
+            # Keep the server up between sessions: one starting as the last ends would race its exit.
+            subprocess.run(
+                ["tmux", "-L", SOCKET, "start-server", ";", "set-option", "-g", "exit-empty", "off"], check=True
+            )
+            _server_started = True
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         line = f"cd {shlex.quote(str(cwd))} && exec env -i {exports} {shlex.join(command)}"
         subprocess.run(
@@ -60,4 +68,6 @@ class TmuxScreen:
 
 def stop_server() -> None:
     """Stop this process's tmux server (every session it still has)."""
+    global _server_started
     subprocess.run(["tmux", "-L", SOCKET, "kill-server"], capture_output=True, check=False)
+    _server_started = False

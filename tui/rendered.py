@@ -47,6 +47,7 @@ class RenderedLines(Widget):
         super().__init__(id=id, classes=classes)
         self._lines: list[Strip] = []
         self._lines_width = -1
+        self._refresh_pending = False
 
     def build(self, width: int) -> list[Strip]:
         """The content rendered at ``width`` cells."""
@@ -57,12 +58,16 @@ class RenderedLines(Widget):
         if width != self._lines_width:
             self._lines = self.build(width) if width > 0 else []
             self._lines_width = width
+            self._refresh_pending = False
         return self._lines
 
     def invalidate(self) -> None:
         """The content changed: build its lines again at the next paint."""
-        self._lines_width = -1
-        self.refresh(layout=True)
+        if self._lines_width != -1 or not self._refresh_pending:
+            # Once is enough until the next paint: a stream invalidates thousands of times between two.
+            self._lines_width = -1
+            self._refresh_pending = True
+            self.refresh(layout=True)
 
     def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
         """As many rows as there are lines."""

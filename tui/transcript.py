@@ -27,8 +27,8 @@ HIGH_WATER = 240
 """Entries kept in the DOM before the oldest are pruned."""
 LOW_WATER = 160
 """Entries left after pruning."""
-YIELD_EVERY = 1 / 30
-"""Longest time (seconds) a stream keeps the event loop from keys and frames."""
+YIELD_EVERY = 1 / 20
+"""Longest time (seconds) a stream keeps the event loop from keys and frames (a frame costs ~10 ms)."""
 
 
 class Transcript(VerticalScroll):

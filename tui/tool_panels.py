@@ -30,6 +30,8 @@ FOLD_HEAD = 4
 """Lines shown before the fold."""
 FOLD_TAIL = 6
 """Lines shown after the fold."""
+clock = time.monotonic
+"""Where durations are read from (a test may stop it)."""
 EXPAND_KEY = "ctrl+o"
 """The app's key that unfolds (and folds again) tool output and thinking."""
 
@@ -180,7 +182,7 @@ class ToolPanel(Widget, can_focus=True):
         """The call's input, as the model sent it."""
         self.output = ""
         """The output streamed so far."""
-        self.started = time.monotonic()
+        self.started = clock()
         """When the call started (monotonic seconds)."""
         self.ending = ""
         """How it ended, once it has: ``exit 0 · 1.2 s``, ``Exit code 2 · 0.1 s``."""
@@ -236,7 +238,7 @@ class ToolPanel(Widget, can_focus=True):
 
         ``timed``: show how long it took (not for calls replayed from the log).
         """
-        seconds = time.monotonic() - self.started
+        seconds = clock() - self.started
         self.remove_class("running")
         self.add_class("error" if is_error else "ok")
         ending = _ENDING.search(content) if self.tool_name == "Bash" else None

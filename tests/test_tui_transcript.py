@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.harness import HarnessOptions
+from bench.bench_transcript_session import write_session
 from bench.markdown_answer import markdown_answer
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
 from tests.fixtures.tui import screen_text, type_prompt
 from tui.app import TetherApp
 from tui.streaming_markdown import MarkdownView
 from tui.tool_panels import ToolPanel
-from tui.transcript import Transcript
+from tui.transcript import RESUME_ENTRIES, Transcript
 from tui.widgets import PromptArea, UserMessage
 
 LONG_OUTPUT = "seq 1 2500; printf 'W%.0s' $(seq 1 250); echo LONGEND"
@@ -110,3 +111,26 @@ async def test_a_resumed_session_shows_its_conversation_and_its_tokens(
         assert f"{tokens_before:,} tokens" in screen
         assert not resumed.query_one("#prompt", PromptArea).disabled
         await resumed.action_quit()
+
+
+async def test_a_long_resumed_session_shows_its_newest_entries_and_earlier_ones_on_page_up(tui_env: Path) -> None:
+    session_id = write_session(tui_env.parent / "tether-home", tui_env, 400)
+    app = TetherApp(HarnessOptions(project_dir=tui_env, resume=session_id))
+    async with app.run_test(size=(120, 34)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        transcript = app.query_one(Transcript)
+        shown = len(transcript.children)
+        assert shown == RESUME_ENTRIES + 1  # and the note saying how many are earlier
+        assert "LAST LINE OF THE ANSWER" in screen_text(app), "the newest entries, at the bottom"
+        assert transcript.children[-1].source.startswith("Answer 199.")
+        while transcript.scroll_y > 0:
+            await pilot.press("pageup")
+            await pilot.pause()
+        assert len(transcript.children) == shown
+        assert "… 460 earlier entries (PageUp here shows more)" in screen_text(app)  # 500 entries, 40 shown
+        await pilot.press("pageup")
+        await pilot.pause()
+        assert len(transcript.children) == shown + RESUME_ENTRIES
+        assert app.focused is app.query_one("#prompt", PromptArea)
+        await app.action_quit()

@@ -210,13 +210,9 @@ class TetherApp(App[int]):
             f"{self.harness.model.model} · {self._tokens:,} tokens · {cost}{mode} · sandbox {self.harness.host_label}: {self._sandbox_state}"
         )
 
-    def action_transcript_page(self, direction: int) -> None:
+    async def action_transcript_page(self, direction: int) -> None:
         """Scroll the transcript a page up (-1) or down (1), wherever the focus is."""
-        transcript = self.query_one(Transcript)
-        if direction < 0:
-            transcript.scroll_page_up()
-        else:
-            transcript.scroll_page_down()
+        await self.query_one(Transcript).page(direction)
 
     def action_transcript_expand(self) -> None:
         """Unfold long tool output and thinking, or fold them again."""

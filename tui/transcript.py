@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
@@ -27,6 +27,8 @@ HIGH_WATER = 240
 """Entries kept in the DOM before the oldest are pruned."""
 LOW_WATER = 160
 """Entries left after pruning."""
+RESUME_ENTRIES = 40
+"""Entries of a resumed session built at start (several screens); PageUp at the top builds the next ones."""
 YIELD_EVERY = 1 / 20
 """Longest time (seconds) a stream keeps the event loop from keys and frames (a frame costs ~10 ms)."""
 
@@ -61,6 +63,7 @@ class Transcript(VerticalScroll):
         self.expanded = False
         """Whether folded output and thinking are shown whole (the expand key)."""
         self._yielded = 0.0
+        self._earlier: list[Callable[[], Widget]] = []
 
     def on_mount(self) -> None:
         """Stay at the bottom while the user has not scrolled up."""
@@ -151,16 +154,38 @@ class Transcript(VerticalScroll):
             await asyncio.sleep(0)
 
     async def show_history(self, events: Iterable[Event]) -> None:
-        """Show a resumed session's live path: only its newest ``LOW_WATER`` entries are built."""
-        entries = list(history_entries(events))
-        skipped = max(0, len(entries) - LOW_WATER)
-        widgets = [build() for build in entries[skipped:]]
-        if skipped:
-            self.pruned = skipped
-            text = f"… {skipped:,} earlier entries are in the session log (`tether sessions show`)."
-            widgets.insert(0, Notice(text, classes="pruned"))
+        """Show a resumed session's live path: its newest ``RESUME_ENTRIES`` entries; the rest on PageUp."""
+        entries = history_entries(events)
+        self._earlier = entries[:-RESUME_ENTRIES]
+        widgets = [build() for build in entries[-RESUME_ENTRIES:]]
+        if self._earlier:
+            widgets.insert(0, Notice(self._earlier_note(), classes="pruned earlier"))
         await self.mount_all(widgets)
         self.scroll_end(animate=False, immediate=True)
+
+    def _earlier_note(self) -> str:
+        return f"… {len(self._earlier):,} earlier entries (PageUp here shows more)"
+
+    async def page(self, direction: int) -> None:
+        """Scroll a page up (-1) or down (1); at the top of a resumed session, show earlier entries first."""
+        if direction < 0 and self.scroll_y == 0 and self._earlier:
+            await self.show_earlier()
+        # Not animated: a page at once, as terminals scroll, and nothing left running on the next key.
+        if direction < 0:
+            self.scroll_page_up(animate=False)
+        else:
+            self.scroll_page_down(animate=False)
+
+    async def show_earlier(self) -> None:
+        """Build the next ``RESUME_ENTRIES`` older entries of a resumed session, above the ones shown."""
+        batch = self._earlier[-RESUME_ENTRIES:]
+        del self._earlier[-RESUME_ENTRIES:]
+        note = self.query_children(".earlier").first(Notice)
+        await self.mount_all([build() for build in batch], after=note)
+        if self._earlier:
+            note.update(self._earlier_note())
+        else:
+            await note.remove()
 
 
 def history_entries(events: Iterable[Event]) -> list[Any]:

@@ -3,9 +3,12 @@
 The same measures on a 20-message session are the baseline, alternating big and small:
 A. ``tether -r ID`` → prompt ready (status bar says ready), whole process; 20 messages vs 2,000.
    Target: ≤ 0.5 s for 2,000 messages; the difference to 20 messages is what the history costs.
-B. PageUp / PageDown pressed while scrolling the resumed 2,000-message transcript → the
+B. PageUp ×3 / PageDown ×3 … pressed while scrolling the resumed 2,000-message transcript → the
    screen changed (capture-pane), per key. Target: p95 ≤ 50 ms.
 C. RSS of the tether process once ready (after B): 2,000 messages vs 20. Target: ≤ 2×.
+D. In process (headless app, no sandbox): the transcript showing a resumed live path of 2,000
+   vs 20 messages, through the first paint; and RSS after a live session of 2,000 messages
+   (prompts, streamed answers, tool calls with output) vs after its first 20.
 
 Run: .venv/bin/python bench/bench_transcript_session.py [--runs N]
 """
@@ -102,7 +105,7 @@ def one_run(env: dict, project: Path, session_id: str, keys: int) -> tuple[float
         latencies: list[float] = []
         before = screen.text()
         for i in range(keys):
-            key = "PageUp" if (i // 10) % 2 == 0 else "PageDown"
+            key = "PageUp" if (i // 3) % 2 == 0 else "PageDown"  # never at the top or bottom: every key scrolls
             sent = time.perf_counter()
             screen.send(key)
             seen = screen.wait_for(lambda s, b=before: s != b, timeout=10)
@@ -116,12 +119,91 @@ def one_run(env: dict, project: Path, session_id: str, keys: int) -> tuple[float
         screen.close()
 
 
+async def _live_rss(messages: int, report_at: int) -> tuple[int, int]:
+    """RSS (KiB) after ``report_at`` and after ``messages`` messages streamed into a headless transcript."""
+    import os
+
+    from agent import events as ev
+    from tests.fixtures.transcript_screen import TranscriptScreenApp, user
+
+    answer = markdown_answer(1_200)
+    rss: list[int] = []
+
+    async def scenario(transcript) -> None:  # type: ignore[no-untyped-def]
+        for turn in range(messages // 2):
+            await user(transcript, f"prompt number {turn}")
+            for i in range(0, len(answer), 64):
+                await transcript.show(ev.TextDelta(answer[i : i + 64]))
+            await transcript.show(ev.AssistantMessage([], "end_turn"))
+            tool_id = f"toolu_{turn}"
+            await transcript.show(ev.ToolStarted(tool_id, "Bash", {"command": f"seq 1 {turn}"}))
+            output = "".join(f"{n}\n" for n in range(1, turn % 50 + 2))
+            await transcript.show(ev.ToolOutput(tool_id, "stdout", output))
+            await transcript.show(ev.ToolFinished(tool_id, "Bash", output, False))
+            if (turn + 1) * 2 == report_at:
+                rss.append(rss_kib(os.getpid()))
+
+    app = TranscriptScreenApp(scenario)
+    async with app.run_test(size=(120, 34)) as pilot:
+        await app.play(pilot)
+        rss.append(rss_kib(os.getpid()))
+    return rss[0], rss[1]
+
+
+async def _history_seconds(events: list, runs: int) -> list[float]:  # type: ignore[type-arg]
+    """Seconds to show ``events`` as a resumed transcript, through the first paint."""
+    from tests.fixtures.transcript_screen import TranscriptScreenApp
+
+    times = []
+    for _ in range(runs):
+
+        async def scenario(transcript) -> None:  # type: ignore[no-untyped-def]
+            await transcript.show_history(events)
+
+        app = TranscriptScreenApp(scenario)
+        async with app.run_test(size=(120, 34)) as pilot:
+            start = time.perf_counter()
+            await app.play(pilot)
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def in_process(runs: int) -> None:
+    """Part D."""
+    import asyncio
+    import json
+
+    from session.store import SessionStore
+
+    home = scratch("home-d")
+    project = scratch("project-d")
+    logs = {n: SessionStore(home).open(write_session(home, project, n)) for n in (20, 2000)}
+    for n, log in logs.items():
+        print(
+            summary(f"in process: history of {n} messages shown", asyncio.run(_history_seconds(log.live_path(), runs)))
+        )
+    out = subprocess.run(
+        [sys.executable, __file__, "--live-rss", "2000"], capture_output=True, text=True, check=True
+    ).stdout
+    after_20, after_2000 = json.loads(out.strip().splitlines()[-1])
+    print(f"in process: RSS after 20 messages {after_20 / 1024:.1f} MiB, after 2,000 {after_2000 / 1024:.1f} MiB")
+    print(f"ratio RSS live 2,000 / 20 messages: {after_2000 / after_20:.2f}x  (target ≤ 2x)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--keys", type=int, default=40)
     parser.add_argument("-v", action="store_true", help="print every key's latency")
+    parser.add_argument("--live-rss", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.live_rss:
+        import asyncio
+        import json
+
+        print(json.dumps(asyncio.run(_live_rss(args.live_rss, 20))))
+        return 0
+    in_process(args.runs)
     project = scratch("project").resolve()
     (project / "README.md").write_text("bench project\n")
     with FakeMessagesAPI(validate=False) as api:

@@ -95,7 +95,7 @@ class MarkdownView(RenderedLines):
     def __init__(self, source: str = "", *, classes: str | None = None) -> None:
         super().__init__(classes=classes)
         self._blocks: list[str] = []
-        self._tokens: list[list[Token]] = []
+        self._tokens: list[list[Token] | None] = []
         self._tail = ""
         self._rendered: list[list[Strip]] = []
         self._rendered_width = -1
@@ -135,6 +135,7 @@ class MarkdownView(RenderedLines):
         console = self.app.console
         for index in range(len(self._rendered), len(self._blocks)):
             self._rendered.append(self._render(console, self._blocks[index], width, self._tokens[index]))
+            self._tokens[index] = None  # the parse is only needed once; a new width parses again
         lines: list[Strip] = []
         for block_lines in self._rendered:
             if block_lines:

@@ -23,9 +23,9 @@ from tui.streaming_markdown import MarkdownView
 from tui.tool_panels import FoldedText, ThinkingBlock, ToolPanel
 from tui.widgets import ErrorMessage, Notice, UserMessage
 
-HIGH_WATER = 240
+HIGH_WATER = 150
 """Entries kept in the DOM before the oldest are pruned."""
-LOW_WATER = 160
+LOW_WATER = 100
 """Entries left after pruning."""
 RESUME_ENTRIES = 40
 """Entries of a resumed session built at start (several screens); PageUp at the top builds the next ones."""

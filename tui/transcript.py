@@ -40,6 +40,8 @@ class Transcript(VerticalScroll):
     Transcript {
         height: 1fr;
         padding: 0 1;
+        /* The width stays the same when the scrollbar appears: every line is rendered at one width. */
+        scrollbar-gutter: stable;
     }
     Transcript > MarkdownView.assistant {
         margin: 1 0 0 0;

@@ -14,7 +14,8 @@ from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
 from tests.fixtures.tui import screen_text, type_prompt
 from tui.app import TetherApp
 from tui.permission import PermissionScreen
-from tui.widgets import PromptArea, ToolCallPanel
+from tui.tool_panels import ToolPanel
+from tui.widgets import PromptArea
 
 
 async def test_prompt_streams_answer_and_shows_tool_output(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
@@ -28,10 +29,10 @@ async def test_prompt_streams_answer_and_shows_tool_output(fake_api: FakeMessage
         await app.workers.wait_for_complete()
         await pilot.pause()
 
-        panel = app.query_one(ToolCallPanel)
-        assert "tool-output-xyz" in "\n".join(panel.output.lines)
+        panel = app.query_one(ToolPanel)
+        assert "tool-output-xyz" in panel.output
         assert panel.has_class("ok")
-        answers = [m.source for m in app.query("Markdown.assistant")]
+        answers = [m.source for m in app.query("MarkdownView.assistant")]
         assert answers == ["Let me run it.", "All **done** here, the tool said tool-output-xyz."]
         screen = screen_text(app)
         assert "tool-output-xyz" in screen
@@ -63,7 +64,7 @@ async def test_permission_dialog_allows_once(fake_api: FakeMessagesAPI, tui_env:
         await pilot.press("y")
         await app.workers.wait_for_complete()
         await pilot.pause()
-        answers = [m.source for m in app.query("Markdown.assistant")]
+        answers = [m.source for m in app.query("MarkdownView.assistant")]
         assert answers == ["ok: allowed-ran"]
         await app.action_quit()
 
@@ -99,7 +100,7 @@ async def test_an_initial_prompt_is_sent_once_the_session_is_ready(fake_api: Fak
     async with app.run_test(size=(120, 40)) as pilot:
         await app.workers.wait_for_complete()
         await pilot.pause()
-        assert [m.source for m in app.query("Markdown.assistant")] == ["Answer to the first prompt."]
+        assert [m.source for m in app.query("MarkdownView.assistant")] == ["Answer to the first prompt."]
         assert "what is in here?" in screen_text(app)
         assert not app.query_one("#prompt", PromptArea).disabled
         await app.action_quit()

@@ -8,9 +8,6 @@ from __future__ import annotations
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
-from textual.widgets import Markdown
-from textual.widgets._markdown import MarkdownStream
 
 from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
@@ -22,7 +19,9 @@ from tui.permission import PermissionScreen
 from tui.plan import PlanScreen
 from tui.prompt import Completion, PromptArea, PromptBox, QueuedPrompts
 from tui.status import SessionStatus, StatusLine
-from tui.widgets import ErrorMessage, Notice, ToolCallPanel, UserMessage
+from tui.tool_panels import EXPAND_KEY
+from tui.transcript import Transcript, session_usage
+from tui.widgets import ErrorMessage, Notice, UserMessage
 
 HINTS = "Enter sends · Shift+Enter new line · / commands · Shift+Tab permission mode · Esc interrupts · Ctrl+Q quits"
 """Shown on the first screen, before the first prompt."""
@@ -37,6 +36,10 @@ class TetherApp(App[int]):
         ("ctrl+q", "quit", "Quit"),
         ("escape", "interrupt", "Interrupt"),
         Binding("shift+tab", "cycle_mode", "Permission mode", priority=True),
+        # priority: they scroll the transcript even while the prompt (a TextArea, which has its own) has focus.
+        Binding("pageup", "transcript_page(-1)", "Page up", show=False, priority=True),
+        Binding("pagedown", "transcript_page(1)", "Page down", show=False, priority=True),
+        Binding(EXPAND_KEY, "transcript_expand", "Expand output", show=False, priority=True),
     ]
     COMMANDS = App.COMMANDS | {SlashCommandProvider}
 
@@ -55,9 +58,6 @@ class TetherApp(App[int]):
         """Sent as the first prompt once the session is ready (``tether "prompt"``); empty: none."""
         self.harness = harness or Harness(options, self.on_agent_event)
         """The session this app drives."""
-        self._answer: Markdown | None = None
-        self._stream: MarkdownStream | None = None
-        self._tools: dict[str, ToolCallPanel] = {}
         self.status = self._fresh_status()
         """What the status bar shows."""
         self.pick_session = pick_session
@@ -70,7 +70,7 @@ class TetherApp(App[int]):
         """The session to resume after the app exits (None: no session was kept)."""
 
     def compose(self) -> ComposeResult:
-        yield VerticalScroll(id="transcript")
+        yield Transcript(id="transcript")
         yield PromptBox(
             history=PromptHistory.for_project(self.options.project_dir),
             commands=COMMANDS.complete,
@@ -88,9 +88,7 @@ class TetherApp(App[int]):
         )
 
     def on_mount(self) -> None:
-        transcript = self.query_one("#transcript", VerticalScroll)
-        transcript.anchor()
-        transcript.mount(Notice(HINTS, id="hints"))
+        self.query_one(Transcript).mount(Notice(HINTS, id="hints"))
         self._refresh_status()
         if self.pick_session:
             self.pick_then_start()
@@ -163,6 +161,12 @@ class TetherApp(App[int]):
             return
         if self.harness.workspace is not None:
             self.status.workspace_mode = self.harness.workspace.mode
+        if self.harness.log is not None and (self.options.resume or self.options.continue_latest):
+            live_path = self.harness.log.live_path()
+            await self.query_one(Transcript).show_history(live_path)
+            self.status.tokens, self.status.cost = session_usage(live_path)
+            if self.harness.loop is not None:  # the session's cost goes on from where it was
+                self.harness.loop.totals.cost_usd = self.status.cost
         self._refresh_status()
         prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = False
@@ -243,7 +247,7 @@ class TetherApp(App[int]):
         self.status = self._fresh_status()
         self.query_one("#status", StatusLine).status = self.status
         self.prompt_area.disabled = True
-        transcript = self.query_one("#transcript", VerticalScroll)
+        transcript = self.query_one(Transcript)
         if clear or not resume:
             await transcript.remove_children()
         self._refresh_status()
@@ -266,7 +270,7 @@ class TetherApp(App[int]):
             await self.harness.run(text)
         finally:
             self._thinking(False)
-            await self._end_answer()
+            await self.query_one(Transcript).end_answer()
             await self._turn_ended()
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
@@ -277,38 +281,9 @@ class TetherApp(App[int]):
             self._thinking(False)
         elif isinstance(event, ev.ToolResults):
             self._thinking(True)
-        if isinstance(event, ev.TextDelta):
-            if self._stream is None:
-                self._answer = Markdown(classes="assistant")
-                await self._mount(self._answer)
-                self._stream = Markdown.get_stream(self._answer)
-            await self._stream.write(event.text)
-        elif isinstance(event, ev.StreamRestarted):
-            answer = self._answer
-            await self._end_answer()
-            if answer is not None:
-                await answer.remove()
-        elif isinstance(event, ev.AssistantMessage):
-            await self._end_answer()
-        elif isinstance(event, ev.ToolStarted):
-            await self._end_answer()
-            panel = ToolCallPanel(event.tool_use_id, event.name, event.input, view=event.view)
-            self._tools[event.tool_use_id] = panel
-            await self._mount(panel)
-        elif isinstance(event, ev.ToolOutput):
-            panel = self._tools.get(event.tool_use_id)
-            if panel is not None:
-                panel.write_output(event.text)
-        elif isinstance(event, ev.ToolFinished):
-            panel = self._tools.pop(event.tool_use_id, None)
-            if panel is not None:
-                panel.finish(event.content, event.is_error, view=event.view)
-        elif isinstance(event, ev.Status):
-            await self._mount(Notice(event.message))
-        elif isinstance(event, ev.ErrorEvent):
-            await self._end_answer()
-            await self._mount(ErrorMessage(event.message))
-        elif isinstance(event, ev.PermissionRequest):
+        if await self.query_one(Transcript).show(event):
+            return
+        if isinstance(event, ev.PermissionRequest):
             self.ask_permission(event)
         elif isinstance(event, ev.PlanApprovalRequest):
             self.ask_plan(event)
@@ -323,14 +298,16 @@ class TetherApp(App[int]):
             if not request.future.done():
                 request.future.set_result(decision)
 
-    async def _end_answer(self) -> None:
-        if self._stream is not None:
-            await self._stream.stop()
-        self._stream = None
-        self._answer = None
-
     async def _mount(self, widget) -> None:
-        await self.query_one("#transcript", VerticalScroll).mount(widget)
+        await self.query_one(Transcript).add(widget)
+
+    async def action_transcript_page(self, direction: int) -> None:
+        """Scroll the transcript a page up (-1) or down (1), wherever the focus is."""
+        await self.query_one(Transcript).page(direction)
+
+    def action_transcript_expand(self) -> None:
+        """Unfold long tool output and thinking, or fold them again."""
+        self.query_one(Transcript).toggle_expanded()
 
     @work(exit_on_error=False)
     async def ask_plan(self, request: ev.PlanApprovalRequest) -> None:

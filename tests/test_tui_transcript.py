@@ -1,0 +1,136 @@
+"""The transcript driven by Pilot: folded tool output, scrolling from the prompt, a resumed session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.harness import HarnessOptions
+from bench.bench_transcript_session import write_session
+from bench.markdown_answer import markdown_answer
+from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
+from tests.fixtures.tui import screen_text, type_prompt
+from tui.app import TetherApp
+from tui.streaming_markdown import MarkdownView
+from tui.tool_panels import ToolPanel
+from tui.transcript import RESUME_ENTRIES, Transcript
+from tui.widgets import PromptArea, UserMessage
+
+LONG_OUTPUT = "seq 1 2500; printf 'W%.0s' $(seq 1 250); echo LONGEND"
+"""2,501 lines, the last one 257 characters: folded, and wrapped when unfolded."""
+
+
+async def test_long_output_folds_and_the_expand_key_unfolds_it_from_the_prompt(
+    fake_api: FakeMessagesAPI, tui_env: Path
+) -> None:
+    fake_api.script(
+        reply(
+            tool_use("Bash", {"command": LONG_OUTPUT, "description": "Count to 2500"}),
+            tool_use("Bash", {"command": "echo once-only; exit 3"}),
+        ),
+        reply(text("Counted.")),
+    )
+    app = TetherApp(HarnessOptions(project_dir=tui_env, permission_mode="bypassPermissions"))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await type_prompt(pilot, app, "count")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        long, failed = app.query(ToolPanel)
+        assert long.output.splitlines()[:3] == ["1", "2", "3"] and long.output.rstrip().endswith("LONGEND")
+        assert long.body.hidden_lines == 2501 - 4 - 6
+        screen = screen_text(app)
+        assert "Count to 2500" in screen and "exit 0 · " in screen
+        assert "2,491 more lines (ctrl+o to expand)" in screen
+        # A failed command: its output once, its exit code in the title.
+        assert failed.has_class("error") and "Exit code 3" in failed.ending
+        assert failed.body.text.plain.count("once-only") == 1
+        assert screen.count("once-only") == 2  # the title's command and the output, not the output twice
+
+        assert app.focused is app.query_one("#prompt", PromptArea)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert long.expanded and long.body.hidden_lines == 0
+        assert len(long.body.lines(long.body.content_size.width)) > 2501, "the long last line is wrapped, not cut"
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert not long.expanded and "more lines" in screen_text(app)
+        await app.action_quit()
+
+
+async def test_page_up_and_down_scroll_the_transcript_while_the_prompt_has_focus(
+    fake_api: FakeMessagesAPI, tui_env: Path
+) -> None:
+    fake_api.script(reply(text(markdown_answer(6_000))))
+    app = TetherApp(HarnessOptions(project_dir=tui_env))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await type_prompt(pilot, app, "long one")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        transcript = app.query_one(Transcript)
+        prompt = app.query_one("#prompt", PromptArea)
+        assert app.focused is prompt
+        assert transcript.max_scroll_y > 0 and transcript.scroll_y == transcript.max_scroll_y, "anchored at the end"
+        assert "LAST LINE OF THE ANSWER" in screen_text(app)
+        await pilot.press("pageup")
+        await pilot.pause()
+        assert transcript.scroll_y < transcript.max_scroll_y
+        assert "LAST LINE OF THE ANSWER" not in screen_text(app)
+        await pilot.press("pagedown")
+        await pilot.pause()
+        assert transcript.scroll_y == transcript.max_scroll_y
+        assert app.focused is prompt and prompt.text == ""
+        await app.action_quit()
+
+
+async def test_a_resumed_session_shows_its_conversation_and_its_tokens(
+    fake_api: FakeMessagesAPI, tui_env: Path
+) -> None:
+    fake_api.script(
+        reply(text("Let me look."), tool_use("Bash", {"command": "echo resumed-output-42"})),
+        reply(text("The answer is **42**."), usage={"input_tokens": 1000, "output_tokens": 234}),
+    )
+    first = TetherApp(HarnessOptions(project_dir=tui_env, permission_mode="bypassPermissions"))
+    async with first.run_test(size=(120, 40)) as pilot:
+        await type_prompt(pilot, first, "what is it")
+        await first.workers.wait_for_complete()
+        await pilot.pause()
+        session_id = first.harness.session_id
+        tokens_before = first._tokens
+        await first.action_quit()
+    assert tokens_before > 1234
+
+    resumed = TetherApp(HarnessOptions(project_dir=tui_env, resume=session_id))
+    async with resumed.run_test(size=(120, 40)) as pilot:
+        await resumed.workers.wait_for_complete()
+        await pilot.pause()
+        assert [str(m.render()) for m in resumed.query(UserMessage)] == ["what is it"]
+        assert [m.source for m in resumed.query(MarkdownView)] == ["Let me look.", "The answer is **42**."]
+        (panel,) = resumed.query(ToolPanel)
+        assert panel.has_class("ok") and "resumed-output-42" in panel.body.text.plain
+        screen = screen_text(resumed)
+        assert "resumed-output-42" in screen and "The answer is" in screen, screen[-6000:]
+        assert f"{tokens_before:,} tokens" in screen
+        assert not resumed.query_one("#prompt", PromptArea).disabled
+        await resumed.action_quit()
+
+
+async def test_a_long_resumed_session_shows_its_newest_entries_and_earlier_ones_on_page_up(tui_env: Path) -> None:
+    session_id = write_session(tui_env.parent / "tether-home", tui_env, 400)
+    app = TetherApp(HarnessOptions(project_dir=tui_env, resume=session_id))
+    async with app.run_test(size=(120, 34)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        transcript = app.query_one(Transcript)
+        shown = len(transcript.children)
+        assert shown == RESUME_ENTRIES + 1  # and the note saying how many are earlier
+        assert "LAST LINE OF THE ANSWER" in screen_text(app), "the newest entries, at the bottom"
+        assert transcript.children[-1].source.startswith("Answer 199.")
+        while transcript.scroll_y > 0:
+            await pilot.press("pageup")
+            await pilot.pause()
+        assert len(transcript.children) == shown
+        assert "… 460 earlier entries (PageUp here shows more)" in screen_text(app)  # 500 entries, 40 shown
+        await pilot.press("pageup")
+        await pilot.pause()
+        assert len(transcript.children) == shown + RESUME_ENTRIES
+        assert app.focused is app.query_one("#prompt", PromptArea)
+        await app.action_quit()

@@ -1,0 +1,81 @@
+"""Widgets drawn from lines rendered once per width, not re-rendered on every refresh.
+
+A transcript holds thousands of lines; Textual's ``Static`` and ``Markdown`` re-render
+their whole content whenever it changes. These widgets keep the rendered lines
+(Textual ``Strip``\\ s) and render again only what changed or when the width does.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console, RenderableType
+from rich.segment import Segment
+from textual.strip import Strip
+from textual.widget import Widget
+
+
+def render_strips(console: Console, renderable: RenderableType, width: int) -> list[Strip]:
+    """``renderable`` rendered at ``width`` cells, one Strip per line."""
+    options = console.options.update(width=width, min_width=width, max_width=width, highlight=False)
+    lines = console.render_lines(renderable, options, pad=False)
+    return [Strip(line) for line in lines]
+
+
+def trim_blank(strips: list[Strip]) -> list[Strip]:
+    """``strips`` without the blank lines that lead or trail them."""
+    start, end = 0, len(strips)
+    while start < end and not strips[start].text.strip():
+        start += 1
+    while end > start and not strips[end - 1].text.strip():
+        end -= 1
+    return strips[start:end]
+
+
+BLANK_LINE = Strip([Segment("")])
+"""An empty line, between blocks."""
+
+
+class RenderedLines(Widget):
+    """A widget whose content is a list of lines, built by ``build`` and kept until ``invalidate``."""
+
+    DEFAULT_CSS = """
+    RenderedLines {
+        height: auto;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self._lines: list[Strip] = []
+        self._lines_width = -1
+        self._refresh_pending = False
+
+    def build(self, width: int) -> list[Strip]:
+        """The content rendered at ``width`` cells."""
+        raise NotImplementedError
+
+    def lines(self, width: int) -> list[Strip]:
+        """The content's lines at ``width``, built only if the width changed or they were invalidated."""
+        if width != self._lines_width:
+            self._lines = self.build(width) if width > 0 else []
+            self._lines_width = width
+            self._refresh_pending = False
+        return self._lines
+
+    def invalidate(self) -> None:
+        """The content changed: build its lines again at the next paint."""
+        if self._lines_width != -1 or not self._refresh_pending:
+            # Once is enough until the next paint: a stream invalidates thousands of times between two.
+            self._lines_width = -1
+            self._refresh_pending = True
+            self.refresh(layout=True)
+
+    def get_content_height(self, container, viewport, width: int) -> int:  # type: ignore[no-untyped-def]
+        """As many rows as there are lines."""
+        return len(self.lines(width))
+
+    def render_line(self, y: int) -> Strip:
+        """Line ``y`` of the content, in the widget's style."""
+        width = self.content_size.width
+        lines = self.lines(width)
+        line = lines[y] if 0 <= y < len(lines) else BLANK_LINE
+        return line.crop_extend(0, width, None).apply_style(self.rich_style)

@@ -1,0 +1,152 @@
+"""Assistant text as Markdown that streams in: finished blocks rendered once, only the last one again.
+
+A block (paragraph, list, code block, heading, table…) is finished once the next
+one has started; its lines are kept. Each new piece of text re-parses and re-renders
+only the block still growing, so the cost of a delta does not grow with the answer.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
+from pygments.lexer import Lexer
+from pygments.lexers import get_lexer_by_name
+from pygments.lexers.special import TextLexer
+from pygments.util import ClassNotFound
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.markdown import CodeBlock, Markdown
+from rich.syntax import Syntax, SyntaxTheme
+from textual.strip import Strip
+
+from tui.rendered import BLANK_LINE, RenderedLines, render_strips, trim_blank
+
+CODE_THEME = "ansi_dark"
+"""Code blocks in the terminal's own colours, so they read in light and dark themes."""
+
+
+@lru_cache(maxsize=1)
+def _parser() -> MarkdownIt:
+    """The parser Rich's Markdown uses, built once (building one costs milliseconds)."""
+    return MarkdownIt().enable("strikethrough").enable("table")
+
+
+def split_blocks(text: str) -> list[tuple[int, list[Token]]]:
+    """``text``'s top-level Markdown blocks: the line each starts on, and its tokens."""
+    blocks: list[tuple[int, list[Token]]] = []
+    for token in _parser().parse(text):
+        if token.level == 0 and token.nesting >= 0 and token.map:
+            blocks.append((token.map[0], []))
+        if blocks:
+            blocks[-1][1].append(token)
+    return blocks
+
+
+@lru_cache(maxsize=64)
+def _lexer(name: str) -> Lexer:
+    """A Pygments lexer by name, looked up once (the lookup costs more than highlighting a short block)."""
+    try:
+        return get_lexer_by_name(name)
+    except ClassNotFound:
+        return TextLexer()
+
+
+@lru_cache(maxsize=1)
+def _code_theme() -> SyntaxTheme:
+    return Syntax.get_theme(CODE_THEME)
+
+
+class _CodeBlock(CodeBlock):
+    """Rich's code block, with the lexer and theme looked up once per process, not once per block."""
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        code = str(self.text).rstrip()
+        yield Syntax(code, _lexer(self.lexer_name), theme=_code_theme(), word_wrap=True, padding=1)
+
+
+class BlockMarkdown(Markdown):
+    """Rich's Markdown, from tokens already parsed or with the shared parser."""
+
+    elements: Any = {**Markdown.elements, "fence": _CodeBlock, "code_block": _CodeBlock}
+
+    def __init__(self, markup: str, tokens: list[Token] | None = None) -> None:
+        # Not Markdown.__init__: it builds a new parser each time.
+        self.markup = markup
+        self.parsed = tokens if tokens is not None else _parser().parse(markup)
+        self.code_theme = CODE_THEME
+        self.justify = None
+        self.style = "none"
+        self.hyperlinks = True
+        self.inline_code_lexer = None
+        self.inline_code_theme = CODE_THEME
+
+
+class MarkdownView(RenderedLines):
+    """Markdown that can grow: ``append`` a piece, and only the unfinished block is rendered again."""
+
+    DEFAULT_CSS = """
+    MarkdownView {
+        height: auto;
+    }
+    """
+
+    def __init__(self, source: str = "", *, classes: str | None = None) -> None:
+        super().__init__(classes=classes)
+        self._blocks: list[str] = []
+        self._tokens: list[list[Token] | None] = []
+        self._tail = ""
+        self._rendered: list[list[Strip]] = []
+        self._rendered_width = -1
+        if source:
+            self.append(source)
+
+    @property
+    def source(self) -> str:
+        """The Markdown received so far."""
+        return "".join(self._blocks) + self._tail
+
+    def append(self, text: str) -> None:
+        """Add a piece of text to the end."""
+        # A block ends where another starts, which a blank line reveals: parse only when one arrives.
+        before = self._tail[-1:]
+        self._tail += text
+        if "\n\n" in before + text:
+            self._split_finished()
+        self.invalidate()
+
+    def _split_finished(self) -> None:
+        """Move the blocks of the tail that are followed by another block into the finished ones."""
+        blocks = split_blocks(self._tail)
+        if len(blocks) < 2:
+            return
+        lines = self._tail.splitlines(keepends=True)
+        for (first, tokens), (after, _) in zip(blocks, blocks[1:], strict=False):
+            self._blocks.append("".join(lines[first:after]))
+            self._tokens.append(tokens)
+        self._tail = "".join(lines[blocks[-1][0] :])
+
+    def build(self, width: int) -> list[Strip]:
+        """Finished blocks from the cache (rendered at most once per width), the tail rendered now."""
+        if width != self._rendered_width:
+            self._rendered = []
+            self._rendered_width = width
+        console = self.app.console
+        for index in range(len(self._rendered), len(self._blocks)):
+            self._rendered.append(self._render(console, self._blocks[index], width, self._tokens[index]))
+            self._tokens[index] = None  # the parse is only needed once; a new width parses again
+        lines: list[Strip] = []
+        for block_lines in self._rendered:
+            if block_lines:
+                if lines:
+                    lines.append(BLANK_LINE)
+                lines.extend(block_lines)
+        tail = self._render(console, self._tail, width) if self._tail.strip() else []
+        if tail and lines:
+            lines.append(BLANK_LINE)
+        return lines + tail
+
+    @staticmethod
+    def _render(console: Console, text: str, width: int, tokens: list[Token] | None = None) -> list[Strip]:
+        return trim_blank(render_strips(console, BlockMarkdown(text, tokens), width))

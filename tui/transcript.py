@@ -1,0 +1,277 @@
+"""The transcript: prompts, answers, tool calls and notices, anchored to the bottom as they stream.
+
+It shows the harness's events (``show``) and a resumed session's live path
+(``show_history``). Past ``HIGH_WATER`` entries the oldest are pruned from the DOM
+(they stay in the session log), so a long session stays fluid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from textual.containers import VerticalScroll
+from textual.widget import Widget
+
+from agent import events as ev
+from session.events import Event, EventType
+from session.plaintext import content_text
+from tui.streaming_markdown import MarkdownView
+from tui.tool_panels import FoldedText, ThinkingBlock, ToolPanel
+from tui.widgets import ErrorMessage, Notice, UserMessage
+
+HIGH_WATER = 150
+"""Entries kept in the DOM before the oldest are pruned."""
+LOW_WATER = 100
+"""Entries left after pruning."""
+RESUME_ENTRIES = 40
+"""Entries of a resumed session built at start (several screens); PageUp at the top builds the next ones."""
+YIELD_EVERY = 1 / 20
+"""Longest time (seconds) a stream keeps the event loop from keys and frames (a frame costs ~10 ms)."""
+
+
+class Transcript(VerticalScroll):
+    """The conversation so far, streaming in at the bottom."""
+
+    DEFAULT_CSS = """
+    Transcript {
+        height: 1fr;
+        padding: 0 1;
+        /* The width stays the same when the scrollbar appears: every line is rendered at one width. */
+        scrollbar-gutter: stable;
+    }
+    Transcript > MarkdownView.assistant {
+        margin: 1 0 0 0;
+        padding: 0 1;
+    }
+    Transcript > Notice.pruned {
+        text-style: italic;
+    }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.answer: MarkdownView | None = None
+        """The assistant text still streaming, if any."""
+        self.thinking: ThinkingBlock | None = None
+        """The thinking still streaming, if any."""
+        self.tools: dict[str, ToolPanel] = {}
+        """Tool calls still running, by tool_use id."""
+        self.pruned = 0
+        """How many entries were pruned from the top."""
+        self.expanded = False
+        """Whether folded output and thinking are shown whole (the expand key)."""
+        self._yielded = 0.0
+        self._earlier: list[Callable[[], Widget]] = []
+
+    def on_mount(self) -> None:
+        """Stay at the bottom while the user has not scrolled up."""
+        self.anchor()
+
+    async def add(self, *widgets: Widget) -> None:
+        """Append entries at the bottom, pruning the oldest past the high-water mark."""
+        await self.mount_all(widgets)
+        if len(self.children) > HIGH_WATER:
+            await self.prune(len(self.children) - LOW_WATER)
+
+    async def prune(self, count: int) -> None:
+        """Remove the ``count`` oldest entries from the DOM (they stay in the log)."""
+        old = [child for child in self.children if not child.has_class("pruned")][:count]
+        self.pruned += len(old)
+        await self.remove_children(old)
+        note = self.query_children(".pruned").first() if self.query_children(".pruned") else None
+        text = f"… {self.pruned:,} earlier entries are in the session log (`tether sessions show`)."
+        if isinstance(note, Notice):
+            note.update(text)
+        else:
+            await self.mount(Notice(text, classes="pruned"), before=0)
+
+    def toggle_expanded(self) -> None:
+        """Unfold every folded output and thinking block, or fold them again."""
+        self.expanded = not self.expanded
+        for widget in self.query(FoldedText):
+            widget.expanded = self.expanded
+
+    async def end_answer(self) -> None:
+        """The streaming answer (and thinking) is complete."""
+        self.answer = None
+        self.thinking = None
+
+    async def show(self, event: ev.AgentEvent) -> bool:
+        """Show one harness event; False if it is not the transcript's to show."""
+        if isinstance(event, ev.TextDelta):
+            if self.answer is None:
+                self.answer = MarkdownView(classes="assistant")
+                await self.add(self.answer)
+            self.answer.append(event.text)
+            await self._let_the_screen_in()
+        elif isinstance(event, ev.ThinkingDelta):
+            if self.thinking is None:
+                self.thinking = ThinkingBlock()
+                self.thinking.expanded = self.expanded
+                await self.add(self.thinking)
+            self.thinking.append(event.text)
+        elif isinstance(event, ev.StreamRestarted):
+            partial = [w for w in (self.answer, self.thinking) if w is not None]
+            await self.end_answer()
+            for widget in partial:
+                await widget.remove()
+        elif isinstance(event, ev.AssistantMessage):
+            await self.end_answer()
+        elif isinstance(event, ev.ToolStarted):
+            await self.end_answer()
+            panel = ToolPanel(event.tool_use_id, event.name, event.input)
+            panel.body.expanded = self.expanded
+            self.tools[event.tool_use_id] = panel
+            await self.add(panel)
+        elif isinstance(event, ev.ToolOutput):
+            panel = self.tools.get(event.tool_use_id)
+            if panel is not None:
+                panel.write_output(event.text)
+        elif isinstance(event, ev.ToolFinished):
+            panel = self.tools.pop(event.tool_use_id, None)
+            if panel is not None:
+                panel.finish(event.content, event.is_error)
+        elif isinstance(event, ev.Status):
+            await self.add(Notice(event.message))
+        elif isinstance(event, ev.ErrorEvent):
+            await self.end_answer()
+            await self.add(ErrorMessage(event.message))
+        else:
+            return False
+        return True
+
+    async def _let_the_screen_in(self) -> None:
+        """Yield to the event loop if the stream has kept it for a while.
+
+        The stream's socket often has the next events buffered, so reading them never waits
+        and nothing else runs: every ``YIELD_EVERY`` seconds keys and a frame get their turn.
+        """
+        now = time.monotonic()
+        if now - self._yielded >= YIELD_EVERY:
+            self._yielded = now
+            await asyncio.sleep(0)
+
+    async def show_history(self, events: Iterable[Event]) -> None:
+        """Show a resumed session's live path: its newest ``RESUME_ENTRIES`` entries; the rest on PageUp."""
+        entries = history_entries(events)
+        self._earlier = entries[:-RESUME_ENTRIES]
+        widgets = [build() for build in entries[-RESUME_ENTRIES:]]
+        if self._earlier:
+            widgets.insert(0, Notice(self._earlier_note(), classes="pruned earlier"))
+        await self.mount_all(widgets)
+        self.scroll_end(animate=False, immediate=True)
+
+    def _earlier_note(self) -> str:
+        return f"… {len(self._earlier):,} earlier entries (PageUp here shows more)"
+
+    async def page(self, direction: int) -> None:
+        """Scroll a page up (-1) or down (1); at the top of a resumed session, show earlier entries first."""
+        if direction < 0 and self.scroll_y == 0 and self._earlier:
+            await self.show_earlier()
+        # Not animated: a page at once, as terminals scroll, and nothing left running on the next key.
+        if direction < 0:
+            self.scroll_page_up(animate=False)
+        else:
+            self.scroll_page_down(animate=False)
+
+    async def show_earlier(self) -> None:
+        """Build the next ``RESUME_ENTRIES`` older entries of a resumed session, above the ones shown."""
+        batch = self._earlier[-RESUME_ENTRIES:]
+        del self._earlier[-RESUME_ENTRIES:]
+        note = self.query_children(".earlier").first(Notice)
+        await self.mount_all([build() for build in batch], after=note)
+        if self._earlier:
+            note.update(self._earlier_note())
+        else:
+            await note.remove()
+
+
+def history_entries(events: Iterable[Event]) -> list[Any]:
+    """One widget factory per entry of a live path (factories: only the ones shown are built)."""
+    entries: list[Any] = []
+    panels: dict[str, ToolPanel] = {}
+    for event in events:
+        payload = event.payload
+        kind = event.type
+        if kind == EventType.USER:
+            text = content_text(payload.get("content")).strip()
+            if text and not _is_tool_results(payload.get("content")):
+                entries.append(lambda text=text: UserMessage(text))
+        elif kind == EventType.ASSISTANT:
+            message = payload.get("message")
+            blocks = message.get("content") if isinstance(message, dict) else None
+            for block in blocks if isinstance(blocks, list) else []:
+                if not isinstance(block, dict):
+                    continue
+                if block.get("type") == "text" and str(block.get("text", "")).strip():
+                    entries.append(lambda text=block["text"]: MarkdownView(text, classes="assistant"))
+                elif block.get("type") == "thinking" and block.get("thinking"):
+                    entries.append(lambda text=block["thinking"]: _thinking(text))
+                elif block.get("type") == "tool_use":
+                    panel_args = (str(block.get("id")), str(block.get("name", "tool")), block.get("input") or {})
+                    entries.append(_PanelEntry(panel_args, panels))
+        elif kind == EventType.TOOL_RESULT:
+            tool_use_id = str(payload.get("tool_use_id"))
+            for entry in reversed(entries):
+                if isinstance(entry, _PanelEntry) and entry.args[0] == tool_use_id:
+                    entry.result = (str(payload.get("content") or ""), bool(payload.get("is_error")))
+                    break
+        elif kind == EventType.COMPACTION:
+            entries.append(lambda: Notice("The conversation was compacted; it continues from a summary."))
+        elif kind == EventType.INTERRUPTION:
+            entries.append(partial(Notice, f"Interrupted: {payload.get('reason', 'unknown reason')}"))
+        elif kind == EventType.SANDBOX and payload.get("event") in ("lost", "reprovisioned"):
+            entries.append(partial(Notice, f"Sandbox {payload.get('event')}."))
+    return entries
+
+
+def session_usage(events: Iterable[Event]) -> tuple[int, float | None]:
+    """Tokens (input, output and cache) and cost of every answer in ``events``; cost None if any is unknown."""
+    tokens, cost = 0, 0.0
+    known = True
+    for event in events:
+        if event.type != EventType.ASSISTANT:
+            continue
+        message = event.payload.get("message")
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if isinstance(usage, dict):
+            tokens += sum(
+                value
+                for key, value in usage.items()
+                if key.endswith("tokens") and isinstance(value, int) and not isinstance(value, bool)
+            )
+        price = event.payload.get("cost_usd")
+        if isinstance(price, (int, float)):
+            cost += price
+        else:
+            known = False
+    return tokens, cost if known else None
+
+
+class _PanelEntry:
+    """A tool call of the history, and its result once the log has shown it."""
+
+    def __init__(self, args: tuple[str, str, dict[str, Any]], panels: dict[str, ToolPanel]) -> None:
+        self.args = args
+        self.result: tuple[str, bool] | None = None
+
+    def __call__(self) -> ToolPanel:
+        panel = ToolPanel(*self.args)
+        if self.result is not None:
+            content, is_error = self.result
+            panel.finish(content, is_error, timed=False)
+        return panel
+
+
+def _thinking(text: str) -> ThinkingBlock:
+    block = ThinkingBlock()
+    block.text.append(text)
+    return block
+
+
+def _is_tool_results(content: Any) -> bool:
+    return isinstance(content, list) and all(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)

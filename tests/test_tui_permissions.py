@@ -100,7 +100,7 @@ async def test_y_allows_once_and_a_saves_the_offered_prefix_rule(fake_api: FakeM
         assert len(asked) == 2, "the saved rule allowed the third call without asking"
         saved = tomllib.loads(project_settings_path(tui_env).read_text())
         assert saved["permissions"]["allow"] == ["Bash(echo:*)"]
-        assert [m.source for m in app.query("Markdown.assistant")] == ["all ran"]
+        assert [m.source for m in app.query("MarkdownView.assistant")] == ["all ran"]
         await app.action_quit()
 
 

@@ -94,7 +94,7 @@ async def test_a_resumed_session_shows_its_conversation_and_its_tokens(
         await first.workers.wait_for_complete()
         await pilot.pause()
         session_id = first.harness.session_id
-        tokens_before = first._tokens
+        tokens_before = first.tokens
         await first.action_quit()
     assert tokens_before > 1234
 

@@ -163,6 +163,8 @@ class TetherApp(App[int]):
             self.status.workspace_mode = self.harness.workspace.mode
         if self.harness.log is not None and (self.options.resume or self.options.continue_latest):
             live_path = self.harness.log.live_path()
+            for hints in self.query("#hints"):
+                await hints.remove()  # a resumed session's own conversation takes their place
             await self.query_one(Transcript).show_history(live_path)
             self.status.tokens, self.status.cost = session_usage(live_path)
             if self.harness.loop is not None:  # the session's cost goes on from where it was

@@ -58,10 +58,9 @@ def _relative(path: str, base: str) -> str:
     return path[len(base.rstrip("/")) + 1 :] if path.startswith(base.rstrip("/") + "/") else path
 
 
-class GlobTool(Tool):
-    """Finds files by name pattern, newest first."""
+class _SearchTool(Tool):
+    """What Glob and Grep share: read-only, asked about as Read of the directory searched."""
 
-    name = "Glob"
     read_only = True
     family = "Read"
     subject = "path"
@@ -73,6 +72,12 @@ class GlobTool(Tool):
         return one_line(
             self.name, str(args.get("pattern", "")) + (f"  in {where}" if isinstance(where, str) and where else "")
         )
+
+
+class GlobTool(_SearchTool):
+    """Finds files by name pattern, newest first."""
+
+    name = "Glob"
 
     description = (
         'Fast file pattern matching. Supports patterns like "**/*.js" or "src/**/*.{ts,tsx}". '
@@ -118,21 +123,10 @@ class GlobTool(Tool):
         return ToolResult("\n".join(lines))
 
 
-class GrepTool(Tool):
+class GrepTool(_SearchTool):
     """Searches file contents with regular expressions."""
 
     name = "Grep"
-    read_only = True
-    family = "Read"
-    subject = "path"
-    subject_is_directory = True
-
-    def summary(self, args: dict[str, Any]) -> str:
-        """The pattern, and where it is looked for."""
-        where = args.get("path")
-        return one_line(
-            self.name, str(args.get("pattern", "")) + (f"  in {where}" if isinstance(where, str) and where else "")
-        )
 
     description = (
         "Searches file contents for a regular expression (ripgrep syntax, or POSIX extended where the sandbox lacks "

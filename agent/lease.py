@@ -209,6 +209,10 @@ class SandboxLease:
         task, self._provisioning = self._provisioning, None
         if task is None:
             return
+        if not task.done():
+            # Closing while the sandbox is still being made (quit during start-up): stop waiting for it.
+            # The host's own clean-up (shutdown, idle TTL) takes what the cancelled Provision made.
+            task.cancel()
         try:
             info = await task
             await self.client.destroy(info.sandbox_id)

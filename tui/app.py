@@ -5,9 +5,14 @@ It subscribes to the harness's events and sends it the user's prompts; nothing e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.worker import WorkerCancelled
 
 from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
@@ -19,6 +24,7 @@ from tui.permission import PermissionScreen
 from tui.plan import PlanScreen
 from tui.prompt import Completion, PromptArea, PromptBox, QueuedPrompts
 from tui.status import SessionStatus, StatusLine
+from tui.streaming_markdown import warm_highlighting
 from tui.tool_panels import EXPAND_KEY
 from tui.transcript import Transcript, session_usage
 from tui.widgets import ErrorMessage, Notice, UserMessage
@@ -68,6 +74,7 @@ class TetherApp(App[int]):
         """A turn or a command that changes the session is running."""
         self.exit_session_id: str | None = None
         """The session to resume after the app exits (None: no session was kept)."""
+        self._spinning = False
 
     def compose(self) -> ComposeResult:
         yield Transcript(id="transcript")
@@ -147,34 +154,59 @@ class TetherApp(App[int]):
 
     @work(exclusive=True, group="harness", exit_on_error=False)
     async def start_harness(self) -> None:
-        """Reach the sandbox host and open the session."""
+        """Open the session and reach the sandbox host; the prompt takes input while the sandbox starts.
+
+        A resumed session's conversation is shown first. Prompts sent before the sandbox is ready are
+        queued (shown as such) and sent once it is.
+        """
+        self.busy = True
+        if self.initial_prompt.strip():
+            self.queued.append(self.initial_prompt)
+            self.initial_prompt = ""
+        starting = asyncio.ensure_future(self.harness.start())
         try:
-            await self.harness.start()
-        except Exception as exc:  # noqa: BLE001 - whatever stops start-up must be shown, or the app hangs waiting
-            if isinstance(exc, (HarnessError, SandboxError)):
-                message = str(exc)
-            else:
-                message = f"tether could not start: {type(exc).__name__}: {exc}"
-            self.status.sandbox_state = "unavailable"
-            await self._mount(ErrorMessage(message))
-            self._refresh_status()
-            return
+            opened = asyncio.ensure_future(self.harness.session_opened.wait())
+            await asyncio.wait([starting, opened], return_when=asyncio.FIRST_COMPLETED)
+            opened.cancel()
+            resumed = self.harness.resumed_log
+            if resumed is not None:
+                live_path = resumed.live_path()
+                for hints in self.query("#hints"):
+                    await hints.remove()  # a resumed session's own conversation takes their place
+                await self.query_one(Transcript).show_history(live_path)
+                self.status.tokens, self.status.cost = session_usage(live_path)
+                self._refresh_status()
+            prompt = self.query_one("#prompt", PromptArea)
+            if not starting.done():
+                prompt.disabled = False
+                prompt.focus()
+            # While the sandbox starts the loop mostly waits: a thread readies code highlighting meanwhile.
+            threading.Thread(target=warm_highlighting, name="warm-highlighting", daemon=True).start()
+            try:
+                await starting
+            except Exception as exc:  # noqa: BLE001 - whatever stops start-up must be shown, or the app hangs waiting
+                if isinstance(exc, (HarnessError, SandboxError)):
+                    message = str(exc)
+                else:
+                    message = f"tether could not start: {type(exc).__name__}: {exc}"
+                self.status.sandbox_state = "unavailable"
+                prompt.disabled = True
+                await self._mount(ErrorMessage(message))
+                self._refresh_status()
+                return
+        finally:
+            if not starting.done():  # quit while starting: stop start-up before the harness is closed
+                starting.cancel()
+                await asyncio.wait([starting])
         if self.harness.workspace is not None:
             self.status.workspace_mode = self.harness.workspace.mode
-        if self.harness.log is not None and (self.options.resume or self.options.continue_latest):
-            live_path = self.harness.log.live_path()
-            for hints in self.query("#hints"):
-                await hints.remove()  # a resumed session's own conversation takes their place
-            await self.query_one(Transcript).show_history(live_path)
-            self.status.tokens, self.status.cost = session_usage(live_path)
-            if self.harness.loop is not None:  # the session's cost goes on from where it was
-                self.harness.loop.totals.cost_usd = self.status.cost
+        if resumed is not None and self.harness.loop is not None:
+            self.harness.loop.totals.cost_usd = self.status.cost  # the session's cost goes on from where it was
         self._refresh_status()
-        prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = False
-        prompt.focus()
-        if self.initial_prompt.strip():
-            await self._send(self.initial_prompt)
+        if self.screen is self.screen_stack[0]:
+            prompt.focus()
+        await self._turn_ended()
 
     async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
         """Send the prompt or run the command; while a turn runs, queue it."""
@@ -277,6 +309,12 @@ class TetherApp(App[int]):
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
+        if type(event) is ev.TextDelta:
+            # The stream's hot path (thousands a turn): no lookups beyond the answer being written.
+            transcript = self.query_one(Transcript)
+            if transcript.answer is not None and not self._spinning:
+                await transcript.show(event)
+                return
         if self.status.apply(event):
             self._refresh_status()
         if isinstance(event, (ev.TextDelta, ev.ToolStarted, ev.PermissionRequest, ev.PlanApprovalRequest)):
@@ -322,6 +360,7 @@ class TetherApp(App[int]):
                 request.future.set_result(decision)
 
     def _thinking(self, thinking: bool) -> None:
+        self._spinning = thinking
         self.query_one("#status", StatusLine).set_thinking(thinking)
 
     def _refresh_status(self) -> None:
@@ -344,6 +383,12 @@ class TetherApp(App[int]):
 
     async def action_quit(self) -> None:
         """Close the session cleanly, then exit."""
+        starting = [worker for worker in self.workers if worker.group == "harness"]
+        for worker in starting:
+            worker.cancel()
+        if starting:  # (an empty list would wait for every worker, this one too)
+            with contextlib.suppress(WorkerCancelled):
+                await self.workers.wait_for_complete(starting)
         await self.harness.close()
         # An unused new session is removed on close; only a kept one can be resumed.
         self.exit_session_id = self.harness.log.session_id if self.harness.log is not None else None

@@ -71,14 +71,20 @@ class Layout:
 
 
 @pytest.fixture
-def layout(tmp_path: Path) -> Layout:
+def outside(tmp_path: Path) -> Path:
+    """A host directory outside every workspace, holding ``secret.txt``."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    (directory / "secret.txt").write_bytes(SECRET)
+    return directory
+
+
+@pytest.fixture
+def layout(tmp_path: Path, outside: Path) -> Layout:
     """An empty workspace and a secret outside it."""
     workspace = tmp_path / "sandbox" / "workspace"
     workspace.mkdir(parents=True)
     (tmp_path / "sandbox" / "spill").mkdir()
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "secret.txt").write_bytes(SECRET)
     record = SandboxRecord(
         sandbox_id="s", tenant="t", recipe=pb.Recipe(), workspace=workspace, workdir=WORKDIR, isolation="none"
     )
@@ -109,6 +115,19 @@ def read_all(files: Workspace, raw: str) -> bytes:
         return b"".join(reader.read(1 << 20))
     finally:
         reader.close()
+
+
+def assert_refused(layout: Layout, raw: str, match: str) -> None:
+    """The resolver, Stat, ListDir, ReadFile and WriteFile all refuse ``raw`` with a message matching ``match``."""
+    for operation in (
+        layout.paths.resolve,
+        layout.files.stat,
+        layout.files.list_dir,
+        lambda path: read_all(layout.files, path),
+        lambda path: layout.files.write_file(path, b"overwritten"),
+    ):
+        with pytest.raises(InvalidRequest, match=match):
+            operation(raw)
 
 
 def write(files: Workspace, raw: str) -> None:
@@ -159,15 +178,7 @@ def test_absolute_paths_outside_are_refused(layout: Layout, raw: str) -> None:
     raw = raw.replace("HOST_WORKSPACE", str(layout.workspace)).replace("OUTSIDE", str(layout.outside / "secret.txt"))
     (layout.workspace / "f").write_bytes(INSIDE)
     before = tree_of(layout.outside)
-    for operation in (
-        layout.paths.resolve,
-        layout.files.stat,
-        layout.files.list_dir,
-        lambda path: read_all(layout.files, path),
-        lambda path: layout.files.write_file(path, b"overwritten"),
-    ):
-        with pytest.raises(InvalidRequest, match="outside the workspace"):
-            operation(raw)
+    assert_refused(layout, raw, "outside the workspace")
     assert tree_of(layout.outside) == before
     assert read_all(layout.files, "/workspace/f") == INSIDE
 
@@ -195,24 +206,17 @@ def test_symlinks_leading_outside_are_refused_and_nothing_outside_changes(layout
     for raw in [
         "abs",
         "host",
+        "hostdir",
         "hostdir/secret.txt",
         "hostdir/new.txt",
         "rel",
+        "d/up",
         "d/up/outside/secret.txt",
         "spill",
         "c1",
+        "mount-escape",
     ]:
-        for operation in (
-            layout.paths.resolve,
-            layout.files.stat,
-            lambda path: read_all(layout.files, path),
-            lambda path: layout.files.write_file(path, b"overwritten"),
-        ):
-            with pytest.raises(InvalidRequest, match="outside the workspace"):
-                operation(raw)
-    for raw in ["hostdir", "d/up", "mount-escape"]:
-        with pytest.raises(InvalidRequest, match="outside the workspace"):
-            layout.files.list_dir(raw)
+        assert_refused(layout, raw, "outside the workspace")
     with pytest.raises(InvalidRequest, match="symlink host points to"):
         layout.paths.resolve("c1")
     assert tree_of(layout.outside) == before
@@ -240,15 +244,7 @@ def test_symlinks_that_stay_inside_are_followed(layout: Layout) -> None:
 def test_symlink_loops_are_refused(layout: Layout, links: dict[str, str]) -> None:
     for name, target in links.items():
         os.symlink(target, layout.workspace / name)
-    name = next(iter(links))
-    for operation in (
-        layout.files.stat,
-        layout.files.list_dir,
-        lambda path: read_all(layout.files, path),
-        lambda path: layout.files.write_file(path, b"x"),
-    ):
-        with pytest.raises(InvalidRequest, match="too many levels of symbolic links"):
-            operation(name)
+    assert_refused(layout, next(iter(links)), "too many levels of symbolic links")
 
 
 @pytest.mark.parametrize("count", [MAX_SYMLINK_HOPS, MAX_SYMLINK_HOPS + 1])
@@ -286,13 +282,7 @@ def test_a_name_of_name_max_bytes_is_written_and_read(layout: Layout, name: str)
 
 def test_a_name_longer_than_name_max_is_refused_with_its_length(layout: Layout) -> None:
     for name in ["a" * 256, "é" * 128, "d/" + "b" * 300 + "/f"]:
-        for operation in (
-            layout.files.stat,
-            lambda path: read_all(layout.files, path),
-            lambda path: layout.files.write_file(path, b"x"),
-        ):
-            with pytest.raises(InvalidRequest, match=r"bytes long; a name may be at most 255 bytes"):
-                operation(name)
+        assert_refused(layout, name, "bytes long; a name may be at most 255 bytes")
     assert os.listdir(layout.workspace) == []
 
 
@@ -525,11 +515,8 @@ async def _drain(call: grpc.aio.UnaryStreamCall) -> list[bytes]:
 
 
 async def test_hostile_paths_over_grpc_are_invalid_arguments_with_readable_messages(
-    host_sandbox: HostSandbox, tmp_path: Path
+    host_sandbox: HostSandbox, outside: Path
 ) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "secret.txt").write_bytes(SECRET)
     ws = os.fsencode(host_sandbox.workspace)
     for name, target in {
         b"abs-link": b"/etc/passwd",
@@ -598,15 +585,12 @@ async def test_long_and_non_utf8_names_over_grpc(host_sandbox: HostSandbox) -> N
 
 @pytest.mark.usefixtures("busy_switching")
 async def test_a_directory_swapped_for_a_symlink_during_grpc_reads_never_leads_outside(
-    host_sandbox: HostSandbox, tmp_path: Path
+    host_sandbox: HostSandbox, outside: Path
 ) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "f.txt").write_bytes(SECRET)
     (host_sandbox.workspace / "d").mkdir()
-    (host_sandbox.workspace / "d" / "f.txt").write_bytes(INSIDE)
+    (host_sandbox.workspace / "d" / "secret.txt").write_bytes(INSIDE)
     os.symlink(outside, host_sandbox.workspace / ".swap")
-    request = pb.ReadFileRequest(sandbox_id=host_sandbox.sandbox.sandbox_id, path="d/f.txt")
+    request = pb.ReadFileRequest(sandbox_id=host_sandbox.sandbox.sandbox_id, path="d/secret.txt")
     read, refused = [], 0
     with Swapper(host_sandbox.workspace, "d", ".swap") as swapper:
         for _ in range(GRPC_RACE_ROUNDS):

@@ -25,7 +25,7 @@ from agent.sandbox_client import WRITE_CHUNK, SandboxClient
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from remote_sandbox import server as host_server
-from remote_sandbox import workspace as ws
+from remote_sandbox.file_reader import READ_CHUNK
 from tests.fixtures.sandbox_host import RunningHost, host_workspace, in_process_host
 
 WAIT_S = 15.0
@@ -77,7 +77,7 @@ class DirectoryWatch:
 
 @pytest.mark.parametrize(
     "size",
-    [0, 1, ws.READ_CHUNK, ws.READ_CHUNK + 1, 2 * host_server.WRITE_BATCH_BYTES + 3 * WRITE_CHUNK + 123],
+    [0, 1, READ_CHUNK, READ_CHUNK + 1, 2 * host_server.WRITE_BATCH_BYTES + 3 * WRITE_CHUNK + 123],
     ids=["empty", "one-byte", "one-chunk", "chunk-plus-one", "many-batches"],
 )
 async def test_files_round_trip_across_chunks_and_batches(local_host: RunningHost, size: int) -> None:
@@ -91,8 +91,8 @@ async def test_files_round_trip_across_chunks_and_batches(local_host: RunningHos
         batch = host_server.READ_BATCH_BYTES
         for offset, length in [
             (0, 1),
-            (ws.READ_CHUNK - 7, 20),
-            (batch - 5, ws.READ_CHUNK + 10),
+            (READ_CHUNK - 7, 20),
+            (batch - 5, READ_CHUNK + 10),
             (batch + 3, 0),
             (size - 3, 100),
             (size + 10, 5),

@@ -16,6 +16,16 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import TypeVar
+
+from remote_sandbox.config import (
+    DEFAULT_MAX_EXECS_PER_SANDBOX,
+    DEFAULT_MAX_SANDBOXES_PER_TENANT,
+    DEFAULT_REAP_INTERVAL_S,
+    HostConfig,
+    HostStartError,
+    default_state_dir,
+)
 
 READY_LINE_PREFIX = "tether sandbox host listening on "
 """The start of the one line printed on stdout once the host accepts calls."""
@@ -23,17 +33,10 @@ READY_LINE_PREFIX = "tether sandbox host listening on "
 DEFAULT_LISTEN = "127.0.0.1:50451"
 """Where ``serve`` listens unless told otherwise: loopback only."""
 
-DEFAULT_MAX_SANDBOXES_PER_TENANT = 64
-"""``--max-sandboxes-per-tenant`` unless given (the server's default, repeated so --help stays fast)."""
-
-DEFAULT_MAX_EXECS_PER_SANDBOX = 64
-"""``--max-execs-per-sandbox`` unless given."""
-
 DEFAULT_MAX_WRITE_BYTES = "1G"
-"""``--max-write-bytes`` unless given."""
+"""``--max-write-bytes`` unless given (the host's ``DEFAULT_MAX_WRITE_BYTES``, as a size a user types)."""
 
-DEFAULT_REAP_INTERVAL_S = 30.0
-"""``--reap-interval`` unless given."""
+N = TypeVar("N", int, float)
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -60,23 +63,22 @@ def byte_size(text: str) -> int:
 
 def positive_int(text: str) -> int:
     """An integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
+    return _positive(text, int, "a whole number", "at least 1")
 
 
 def positive_seconds(text: str) -> float:
     """A number of seconds above 0."""
+    return _positive(text, float, "a number of seconds", "more than 0 seconds")
+
+
+def _positive(text: str, kind: type[N], what: str, bound: str) -> N:
+    """``text`` as a ``kind`` above 0; else an argparse error saying it is not ``what`` or must be ``bound``."""
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
     return value
 
 
@@ -170,7 +172,6 @@ def main(argv: list[str]) -> int:
     )
     # Imported here: argument errors and --help stay fast.
     from remote_sandbox.auth import TokenFileError, load_token_file, token_file_is_private
-    from remote_sandbox.server import HostConfig, HostStartError, default_state_dir
 
     if args.token_file is None:
         print(f"tether sandbox serve: {TOKEN_HELP}", file=sys.stderr)
@@ -212,11 +213,11 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _serve(config: object, *, exit_with_parent: bool) -> int:
+async def _serve(config: HostConfig, *, exit_with_parent: bool) -> int:
     """Start the host, announce it, and run until SIGTERM, SIGINT or (optionally) stdin EOF."""
     from remote_sandbox.server import SandboxHost
 
-    host = SandboxHost(config)  # type: ignore[arg-type]
+    host = SandboxHost(config)
     address = await host.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ import pytest
 from agent.sandbox_client import WRITE_CHUNK, SandboxClient
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
-from remote_sandbox import server as host_server
+from remote_sandbox import transfers
 from remote_sandbox import workspace as ws
 from tests.fixtures.sandbox_host import RunningHost, host_workspace, in_process_host
 
@@ -77,7 +77,7 @@ class DirectoryWatch:
 
 @pytest.mark.parametrize(
     "size",
-    [0, 1, ws.READ_CHUNK, ws.READ_CHUNK + 1, 2 * host_server.WRITE_BATCH_BYTES + 3 * WRITE_CHUNK + 123],
+    [0, 1, ws.READ_CHUNK, ws.READ_CHUNK + 1, 2 * transfers.WRITE_BATCH_BYTES + 3 * WRITE_CHUNK + 123],
     ids=["empty", "one-byte", "one-chunk", "chunk-plus-one", "many-batches"],
 )
 async def test_files_round_trip_across_chunks_and_batches(local_host: RunningHost, size: int) -> None:
@@ -88,7 +88,7 @@ async def test_files_round_trip_across_chunks_and_batches(local_host: RunningHos
         assert (info.size, info.mode & 0o777) == (size, 0o640)
         assert await client.read_file(sandbox.sandbox_id, "blob.bin") == data
         # Ranges that start and end inside chunks, across chunk and batch boundaries, and past the end.
-        batch = host_server.READ_BATCH_BYTES
+        batch = transfers.READ_BATCH_BYTES
         for offset, length in [
             (0, 1),
             (ws.READ_CHUNK - 7, 20),
@@ -139,7 +139,7 @@ async def test_a_write_cancelled_while_a_batch_is_written_leaves_no_temp_file(lo
     async def messages() -> AsyncIterator[pb.WriteFileRequest]:
         """A header and more than a batch of data, then nothing: the call hangs until cancelled."""
         yield pb.WriteFileRequest(header=header)
-        for _ in range(host_server.WRITE_BATCH_BYTES // WRITE_CHUNK + 1):
+        for _ in range(transfers.WRITE_BATCH_BYTES // WRITE_CHUNK + 1):
             yield pb.WriteFileRequest(data=b"p" * WRITE_CHUNK)
         await never.wait()
 

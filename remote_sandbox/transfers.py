@@ -225,10 +225,39 @@ async def write_file(
             )
         # Committed here rather than on a thread: a rename and a few calls on one descriptor
         # cost less than the trip, which would also leave a cancellation no time to show.
-        return writer.commit()
+        replaced = _hold_replaced(writer)
+        try:
+            return writer.commit()
+        finally:
+            if replaced is not None:
+                _close_later(replaced)
     finally:
         # Drops the temp file (after a commit: only closes it).
         _release_after_trip(writer, writing, ws.AtomicWrite.abort)
+
+
+def _hold_replaced(writer: ws.AtomicWrite) -> int | None:
+    """A descriptor of the file ``writer``'s commit will replace, or None if there is none.
+
+    The commit unlinks the old file, and freeing a large file's pages there took 40-60 ms
+    per 100 MB here, on the event loop, before the answer. Held open, the old file is
+    freed by its last close instead, which ``_close_later`` does on a worker thread.
+    ``O_PATH``: holding needs no permission to read it, and opens no FIFO.
+    """
+    if writer.resolved.st is None:
+        return None
+    try:
+        return os.open(writer.resolved.name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=writer.resolved.dir_fd)
+    except OSError:
+        return None  # gone meanwhile, or nothing to hold: the commit frees it, as it would anyway
+
+
+def _close_later(fd: int) -> None:
+    """Close ``fd`` on a worker thread, not waiting for it (closing may free a large file)."""
+    try:
+        asyncio.get_running_loop().run_in_executor(None, os.close, fd)
+    except RuntimeError:  # the loop's executor is shutting down
+        os.close(fd)
 
 
 async def export_tar(workspace: ws.Workspace, request: pb.ExportRequest) -> AsyncIterator[pb.TarChunk]:

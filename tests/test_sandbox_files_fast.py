@@ -10,6 +10,7 @@ and check that a call cancelled while a batch is being written leaves nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import select
@@ -127,6 +128,30 @@ async def test_overwrite_swaps_the_file_whole_and_open_readers_keep_the_old_one(
         assert os.readlink(workspace / "link") == "f.bin"
         assert await client.read_file(sandbox.sandbox_id, "f.bin") == b"through the link"
     assert sorted(os.listdir(workspace)) == ["f.bin", "link"], "no temp file and no swapped-out file may stay"
+
+
+def _held_deleted_files(directory: Path) -> list[str]:
+    """Files under ``directory`` that are removed but still open in this process (the in-process host)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{directory}/") and target.endswith(" (deleted)"):
+                held.append(target)
+    return held
+
+
+async def test_a_replaced_file_is_let_go_after_the_overwrite_is_answered(local_host: RunningHost) -> None:
+    """The host frees a replaced file after answering (it may take a while for a large one), but it frees it."""
+    async with SandboxClient(local_host.target, local_host.token) as client:
+        sandbox = await client.provision(local_host.recipe)
+        workspace = host_workspace(local_host, sandbox.sandbox_id)
+        for _ in range(5):
+            await client.write_file(sandbox.sandbox_id, "f.bin", os.urandom(WRITE_CHUNK))
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while held := _held_deleted_files(workspace):
+            assert asyncio.get_running_loop().time() < deadline, f"the host still holds replaced files: {held}"
+            await asyncio.sleep(0.01)  # a bounded poll: the closes run on worker threads, with no event to wait on
 
 
 async def test_a_write_cancelled_while_a_batch_is_written_leaves_no_temp_file(local_host: RunningHost) -> None:

@@ -16,7 +16,7 @@ import secrets
 import shutil
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -34,7 +34,7 @@ from remote_sandbox.providers.base import (
     SandboxRecord,
 )
 
-log = logging.getLogger("remote_sandbox.server")
+log = logging.getLogger("remote_sandbox.server")  # the host's one logger of its own events, as operators know it
 
 DEFAULT_WORKDIR = "/workspace"
 """The workspace path in the sandbox when the recipe names none."""
@@ -131,11 +131,12 @@ class SandboxRegistry:
             entry.active -= 1
             entry.touch()
 
-    async def while_busy(self, entry: SandboxEntry, items: AsyncIterator[T]) -> AsyncIterator[T]:
-        """``items``, with ``entry`` marked busy while they are taken."""
+    async def while_busy(self, entry: SandboxEntry, items: AsyncGenerator[T, None]) -> AsyncGenerator[T, None]:
+        """``items``, with ``entry`` marked busy while they are taken; closes ``items`` when closed."""
         with self.busy(entry):
-            async for item in items:
-                yield item
+            async with contextlib.aclosing(items):
+                async for item in items:
+                    yield item
 
     @contextlib.contextmanager
     def running_command(self, entry: SandboxEntry) -> Iterator[None]:

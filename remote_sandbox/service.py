@@ -9,10 +9,11 @@ the provider, bytes move in ``transfers``. Every RPC writes one log line to the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -28,7 +29,7 @@ from remote_sandbox.providers.base import ExecSpec, InvalidRequest, Provider
 from remote_sandbox.registry import SandboxEntry, SandboxRegistry
 from remote_sandbox.status import status_of
 
-log = logging.getLogger("remote_sandbox.server")
+log = logging.getLogger("remote_sandbox.server")  # the host's one logger of its own events, as operators know it
 rpc_log = logging.getLogger("remote_sandbox.rpc")
 
 T = TypeVar("T")
@@ -103,15 +104,18 @@ def _unary(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any
     return handler
 
 
-def _streaming(method: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
+def _streaming(method: Callable[..., AsyncGenerator[Any, None]]) -> Callable[..., AsyncIterator[Any]]:
     """Like ``_unary``, for handlers that stream their responses."""
 
     @functools.wraps(method)
     async def handler(self: SandboxService, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async with _Call(method.__name__, context) as call:
             call.admit(request)
-            async for response in method(self, call, request, context):
-                yield response
+            # Closed here, not left to the garbage collector, when this generator is: what the
+            # handler holds (a file, a busy mark) is released before the call's log line.
+            async with contextlib.aclosing(method(self, call, request, context)) as responses:
+                async for response in responses:
+                    yield response
 
     return handler
 
@@ -193,7 +197,7 @@ class SandboxService(pb_grpc.SandboxServicer):
     # ----- commands
 
     @_streaming
-    async def Exec(self, call: _Call, request: pb.ExecRequest, context: Any) -> AsyncIterator[pb.ExecEvent]:
+    async def Exec(self, call: _Call, request: pb.ExecRequest, context: Any) -> AsyncGenerator[pb.ExecEvent, None]:
         """Run a command; stream Started, Output..., Exited."""
         entry = self._entry(call, request.sandbox_id)
         which = request.WhichOneof("command")
@@ -216,7 +220,7 @@ class SandboxService(pb_grpc.SandboxServicer):
     # ----- files
 
     @_streaming
-    def ReadFile(self, call: _Call, request: pb.ReadFileRequest, context: Any) -> AsyncIterator[pb.FileChunk]:
+    def ReadFile(self, call: _Call, request: pb.ReadFileRequest, context: Any) -> AsyncGenerator[pb.FileChunk, None]:
         """Stream a file's bytes in ``workspace.READ_CHUNK`` chunks; the first carries the file size."""
         entry = self._entry(call, request.sandbox_id)
         return self.registry.while_busy(entry, transfers.read_file(entry.workspace, request))
@@ -261,7 +265,7 @@ class SandboxService(pb_grpc.SandboxServicer):
         return await self._upload(call, requests, ("sandbox", "name the sandbox"), unpack)
 
     @_streaming
-    def Export(self, call: _Call, request: pb.ExportRequest, context: Any) -> AsyncIterator[pb.TarChunk]:
+    def Export(self, call: _Call, request: pb.ExportRequest, context: Any) -> AsyncGenerator[pb.TarChunk, None]:
         """A tar stream of the paths."""
         entry = self._entry(call, request.sandbox_id)
         return self.registry.while_busy(entry, transfers.export_tar(entry.workspace, request))

@@ -15,7 +15,7 @@ import contextlib
 import functools
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,7 @@ def _read_more(reader: ws.FileReader) -> tuple[ws.FileReader, list[bytes]]:
     return reader, reader.read(READ_BATCH_BYTES)
 
 
-async def read_file(workspace: ws.Workspace, request: pb.ReadFileRequest) -> AsyncIterator[pb.FileChunk]:
+async def read_file(workspace: ws.Workspace, request: pb.ReadFileRequest) -> AsyncGenerator[pb.FileChunk, None]:
     """A file's bytes in ``workspace.READ_CHUNK`` chunks; the first carries the file size."""
     reader: ws.FileReader | None = None
     reading: asyncio.Future[tuple[ws.FileReader, list[bytes]]] | None = asyncio.ensure_future(
@@ -260,7 +260,7 @@ def _close_later(fd: int) -> None:
         os.close(fd)
 
 
-async def export_tar(workspace: ws.Workspace, request: pb.ExportRequest) -> AsyncIterator[pb.TarChunk]:
+async def export_tar(workspace: ws.Workspace, request: pb.ExportRequest) -> AsyncGenerator[pb.TarChunk, None]:
     """A tar stream of the paths ``request`` names."""
     # Exact bytes become the surrogate-escaped names the walk uses, as os.fsdecode makes them.
     paths = [*request.paths, *(os.fsdecode(raw) for raw in request.raw_paths)]

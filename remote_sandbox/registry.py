@@ -97,12 +97,15 @@ class SandboxRegistry:
         self.workspace_roots = [Path(root).expanduser().resolve() for root in config.allow_workspace_roots]
         """Resolved directories a direct workspace may be under."""
         self._in_flight: dict[RequestKey, asyncio.Future[SandboxEntry]] = {}
+        """Provisions by request key, being made or made (a made one answers a retry), until destroyed."""
         self._pending: dict[str, int] = {}
+        """Sandboxes being made, per tenant: they count against the quota too."""
         self._direct_manifests: OrderedDict[tuple[str, str], ManifestState] = OrderedDict()
         """Hash caches of direct workspaces by (tenant, directory), kept across their sandboxes."""
 
     @property
     def _provider(self) -> Provider:
+        """The provider, which the host has set by the time any sandbox is asked for."""
         assert self.provider is not None, "the host sets the provider before serving"
         return self.provider
 

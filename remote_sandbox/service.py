@@ -70,7 +70,7 @@ class _Call:
             transfers.check_message_size(request, f"{self.method} request")
 
     async def __aenter__(self) -> _Call:
-        """Start timing the call."""
+        """This call, timed since it was made."""
         return self
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:

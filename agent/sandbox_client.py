@@ -41,7 +41,7 @@ TRANSFER_TIMEOUT_S = 30 * 60.0
 """Deadline of file and tar transfers."""
 
 EXEC_DEFAULT_TIMEOUT_S = 120.0
-"""The host's own limit when a command gives none (see remote_sandbox.server)."""
+"""The host's own limit when a command gives none (see remote_sandbox.config)."""
 
 EXEC_DEADLINE_MARGIN_S = 30.0
 """Exec's RPC deadline is the command's timeout plus this: the host's timeout fires first."""

@@ -30,8 +30,6 @@ from remote_sandbox.manifest import manifest as manifest_of
 from remote_sandbox.paths import DIR_FLAGS, Area, ResolvedPath, SandboxPaths, fold_dots, shown, split_path
 from remote_sandbox.providers.base import InvalidRequest, SandboxRecord
 
-__all__ = ["AtomicWrite", "FileReader", "Workspace", "create_sandbox_dirs", "exec_cwd", "sandbox_root", "spill_dir"]
-
 
 def sandbox_root(state_dir: Path, sandbox_id: str) -> Path:
     """The host directory that holds everything of one sandbox."""

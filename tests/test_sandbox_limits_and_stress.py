@@ -40,7 +40,7 @@ from agent.sandbox_client import (
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from remote_sandbox import cli
-from remote_sandbox import server as host_server
+from remote_sandbox import config as host_config
 from remote_sandbox.cli import READY_LINE_PREFIX
 from remote_sandbox.providers.local import LocalProvider
 from remote_sandbox.server import HostConfig, SandboxHost
@@ -208,10 +208,10 @@ def logged_host_process(state_dir: Path, extra_args: list[str]) -> Iterator[Logg
 
 async def test_cli_defaults_are_the_servers() -> None:
     args = cli.build_parser().parse_args(["serve"])
-    assert args.max_sandboxes_per_tenant == host_server.DEFAULT_MAX_SANDBOXES_PER_TENANT
-    assert args.max_execs_per_sandbox == host_server.DEFAULT_MAX_EXECS_PER_SANDBOX
-    assert args.max_write_bytes == host_server.DEFAULT_MAX_WRITE_BYTES
-    assert args.reap_interval == host_server.HostConfig(listen="").reap_interval_s
+    assert args.max_sandboxes_per_tenant == host_config.DEFAULT_MAX_SANDBOXES_PER_TENANT
+    assert args.max_execs_per_sandbox == host_config.DEFAULT_MAX_EXECS_PER_SANDBOX
+    assert args.max_write_bytes == host_config.DEFAULT_MAX_WRITE_BYTES
+    assert args.reap_interval == host_config.HostConfig(listen="").reap_interval_s
 
 
 @pytest.mark.parametrize("size", [17 * MIB, 40 * MIB], ids=["past-the-limit", "past-the-transport"])
@@ -225,8 +225,8 @@ async def test_oversized_exec_request_is_resource_exhausted(local_limited_host: 
                 pass
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = caught.value.details() or ""
-    if size < host_server.TRANSPORT_MESSAGE_BYTES:
-        assert "max message size" in details and str(host_server.MAX_MESSAGE_BYTES) in details, details
+    if size < host_config.TRANSPORT_MESSAGE_BYTES:
+        assert "max message size" in details and str(host_config.MAX_MESSAGE_BYTES) in details, details
     else:
         assert "larger than max" in details, details  # gRPC's own words, past what it lets in at all
 
@@ -468,7 +468,7 @@ async def test_a_gibibyte_of_stdout_is_capped_spilled_whole_and_the_host_stays_s
             assert exited is not None
             assert exited.exit_code == 0
             assert exited.truncated
-            assert streamed == host_server.DEFAULT_OUTPUT_CAP
+            assert streamed == host_config.DEFAULT_OUTPUT_CAP
             assert exited.stdout_bytes == GIB
             spill = await client.stat(sandbox.sandbox_id, exited.spill_path)
             assert spill.size == GIB, "the spill file holds the whole output"

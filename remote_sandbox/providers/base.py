@@ -138,5 +138,9 @@ class Provider(abc.ABC):
         reports ``truncated`` and ``spill_path``.
         """
 
+    async def reconcile(self, host_id: str) -> list[str]:
+        """Deal with the sandboxes an earlier run of host ``host_id`` left behind; return their ids (none by default)."""
+        return []
+
     async def close(self) -> None:  # noqa: B027 - a provider with nothing to release need not say so
         """Release provider-wide resources (clients, pools). Sandboxes are left as they are."""

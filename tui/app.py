@@ -5,6 +5,8 @@ It subscribes to the harness's events and sends it the user's prompts; nothing e
 
 from __future__ import annotations
 
+import time
+
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -13,18 +15,24 @@ from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
 from agent.pricing import price_of
 from agent.sandbox_client import SandboxError
+from session.events import EventType
+from session.plaintext import assistant_text
 from tui.commands import COMMAND_ERRORS, COMMANDS, SlashCommandProvider, parse_command
 from tui.history import PromptHistory
 from tui.permission import PermissionScreen
 from tui.plan import PlanScreen
 from tui.prompt import Completion, PromptArea, PromptBox, QueuedPrompts
-from tui.status import SessionStatus, StatusLine
+from tui.status import SessionStatus, StatusLine, context_tokens_of
 from tui.tool_panels import EXPAND_KEY
 from tui.transcript import Transcript, session_usage
 from tui.widgets import ErrorMessage, Notice, UserMessage
 
 HINTS = "Enter sends · Shift+Enter new line · / commands · Shift+Tab permission mode · Esc interrupts · Ctrl+Q quits"
 """Shown on the first screen, before the first prompt."""
+ESC_TWICE_SECONDS = 0.8
+"""Two presses of Esc on an empty, idle prompt within this many seconds open rewind."""
+COPY_ANSWER_KEY = "ctrl+t"
+"""Copies the last answer's Markdown to the clipboard (``/copy`` does the same)."""
 
 
 class TetherApp(App[int]):
@@ -40,6 +48,7 @@ class TetherApp(App[int]):
         Binding("pageup", "transcript_page(-1)", "Page up", show=False, priority=True),
         Binding("pagedown", "transcript_page(1)", "Page down", show=False, priority=True),
         Binding(EXPAND_KEY, "transcript_expand", "Expand output", show=False, priority=True),
+        Binding(COPY_ANSWER_KEY, "copy_answer", "Copy answer", show=False, priority=True),
     ]
     COMMANDS = App.COMMANDS | {SlashCommandProvider}
 
@@ -68,6 +77,7 @@ class TetherApp(App[int]):
         """A turn or a command that changes the session is running."""
         self.exit_session_id: str | None = None
         """The session to resume after the app exits (None: no session was kept)."""
+        self._last_escape: float | None = None
 
     def compose(self) -> ComposeResult:
         yield Transcript(id="transcript")
@@ -166,15 +176,33 @@ class TetherApp(App[int]):
             for hints in self.query("#hints"):
                 await hints.remove()  # a resumed session's own conversation takes their place
             await self.query_one(Transcript).show_history(live_path)
-            self.status.tokens, self.status.cost = session_usage(live_path)
-            if self.harness.loop is not None:  # the session's cost goes on from where it was
-                self.harness.loop.totals.cost_usd = self.status.cost
+            self._usage_from_log()
         self._refresh_status()
         prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = False
         prompt.focus()
         if self.initial_prompt.strip():
             await self._send(self.initial_prompt)
+
+    def _usage_from_log(self) -> None:
+        """Tokens and cost of the whole session (every branch was paid for); context: the branch in effect."""
+        log = self.harness.log
+        assert log is not None
+        self.status.tokens, self.status.cost = session_usage(log.events())
+        self.status.context_tokens = context_tokens_of(log.live_path())
+        if self.harness.loop is not None:  # the session's cost goes on from where it was
+            self.harness.loop.totals.cost_usd = self.status.cost
+
+    async def redraw_conversation(self) -> None:
+        """Show exactly the conversation now in effect (after a rewind), and the status that goes with it."""
+        log = self.harness.log
+        if log is None:
+            return
+        transcript = self.query_one(Transcript)
+        await transcript.clear()
+        await transcript.show_history(log.live_path())
+        self._usage_from_log()
+        self._refresh_status()
 
     async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
         """Send the prompt or run the command; while a turn runs, queue it."""
@@ -240,7 +268,7 @@ class TetherApp(App[int]):
             self.query_one("#queued", QueuedPrompts).show(self.queued)
             await self._send(text)
 
-    async def switch_session(self, resume: str, *, clear: bool = False) -> None:
+    async def switch_session(self, resume: str) -> None:
         """Close this session's harness and start another: ``resume`` names it, empty: a new one."""
         await self.harness.close()
         self.options.resume = resume
@@ -249,9 +277,8 @@ class TetherApp(App[int]):
         self.status = self._fresh_status()
         self.query_one("#status", StatusLine).status = self.status
         self.prompt_area.disabled = True
-        transcript = self.query_one(Transcript)
-        if clear or not resume:
-            await transcript.remove_children()
+        # The screen shows the session now in effect, nothing of the one left (a resumed one is drawn on start).
+        await self.query_one(Transcript).clear()
         self._refresh_status()
         self.start_harness()
         await self.workers.wait_for_complete([w for w in self.workers if w.group == "harness"])
@@ -307,6 +334,27 @@ class TetherApp(App[int]):
         """Scroll the transcript a page up (-1) or down (1), wherever the focus is."""
         await self.query_one(Transcript).page(direction)
 
+    def last_answer(self) -> str:
+        """The Markdown of the newest assistant text: the one streaming, else the newest in the session log."""
+        streaming = self.query_one(Transcript).answer
+        if streaming is not None and streaming.source.strip():
+            return streaming.source
+        if self.harness.log is not None:
+            for event in reversed(self.harness.log.live_path()):
+                if event.type == EventType.ASSISTANT and (text := assistant_text(event.payload)).strip():
+                    return text
+        return ""
+
+    def action_copy_answer(self) -> None:
+        """Copy the last answer's Markdown to the clipboard (OSC 52: the terminal must allow it)."""
+        answer = self.last_answer()
+        if not answer:
+            self.notify("No answer to copy yet.", severity="warning")
+            return
+        self.copy_to_clipboard(answer)
+        lines = answer.count("\n") + 1
+        self.notify(f"Copied the last answer ({lines} line{'s' if lines != 1 else ''} of Markdown).")
+
     def action_transcript_expand(self) -> None:
         """Unfold long tool output and thinking, or fold them again."""
         self.query_one(Transcript).toggle_expanded()
@@ -339,8 +387,19 @@ class TetherApp(App[int]):
         self._refresh_status()
 
     def action_interrupt(self) -> None:
-        """Stop the running turn: the model stream and any running tool."""
-        self.harness.interrupt()
+        """Esc: stop the running turn (model stream and tool) at once; twice on an empty, idle prompt: rewind."""
+        if self.harness.interrupt() or self.busy:
+            self._last_escape = None
+            return
+        if self.prompt_area.disabled or self.prompt_area.text.strip():
+            return
+        now = time.monotonic()
+        if self._last_escape is not None and now - self._last_escape <= ESC_TWICE_SECONDS:
+            self._last_escape = None
+            self.run_command("rewind", "")
+            return
+        self._last_escape = now
+        self.notify("Esc again to rewind to an earlier prompt.", timeout=ESC_TWICE_SECONDS * 2)
 
     async def action_quit(self) -> None:
         """Close the session cleanly, then exit."""

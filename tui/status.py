@@ -5,12 +5,14 @@ It only listens: ``SessionStatus.apply`` takes the harness's events, the bar dra
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widgets import Static
 
 from agent import events as ev
+from session.events import Event, EventType
 
 CONTEXT_WINDOW = 200_000
 """Tokens of context the Claude models take (the percentage shown is of this)."""
@@ -98,6 +100,22 @@ class SessionStatus:
         rtt = f" {self.rtt_ms:.0f} ms" if self.rtt_ms is not None and self.sandbox_state == "ready" else ""
         parts.append(Text.assemble(f"sandbox {self.host}: " if wide else f"{self.host}: ", state, rtt))
         return Text(" · ").join(Text(p) if isinstance(p, str) else p for p in parts)
+
+
+def context_tokens_of(events: Iterable[Event]) -> int:
+    """The context the newest answer of ``events`` used (its input, cache and output tokens); 0: no answer."""
+    for event in reversed(list(events)):
+        if event.type != EventType.ASSISTANT:
+            continue
+        message = event.payload.get("message")
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if isinstance(usage, dict):
+            return sum(
+                value
+                for key, value in usage.items()
+                if key.endswith("tokens") and isinstance(value, int) and not isinstance(value, bool)
+            )
+    return 0
 
 
 def _short(n: int) -> str:

@@ -77,6 +77,15 @@ class Transcript(VerticalScroll):
         if len(self.children) > HIGH_WATER:
             await self.prune(len(self.children) - LOW_WATER)
 
+    async def clear(self) -> None:
+        """Remove every entry: the conversation shown is about to be replaced (rewind, resume, new session)."""
+        await self.remove_children()
+        self.answer = None
+        self.thinking = None
+        self.tools.clear()
+        self.pruned = 0
+        self._earlier = []
+
     async def prune(self, count: int) -> None:
         """Remove the ``count`` oldest entries from the DOM (they stay in the log)."""
         old = [child for child in self.children if not child.has_class("pruned")][:count]

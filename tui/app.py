@@ -304,6 +304,8 @@ class TetherApp(App[int]):
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
+        if isinstance(event, ev.SandboxState):
+            await self._sandbox_notice(self.status.sandbox_state, event)
         if self.status.apply(event):
             self._refresh_status()
         if isinstance(event, (ev.TextDelta, ev.ToolStarted, ev.PermissionRequest, ev.PlanApprovalRequest)):
@@ -316,6 +318,29 @@ class TetherApp(App[int]):
             self.ask_permission(event)
         elif isinstance(event, ev.PlanApprovalRequest):
             self.ask_plan(event)
+
+    async def _sandbox_notice(self, before: str, event: ev.SandboxState) -> None:
+        """One line in the transcript when the sandbox or its host goes away or comes back between prompts."""
+        if event.state == before or before == "starting":
+            return  # no change, or start-up (whose failure is shown as an error of its own)
+        detail = f" ({event.detail})" if event.detail else ""
+        if event.state == "unreachable":
+            if event.host == "embedded":
+                session = self.harness.log.session_id if self.harness.log is not None else ""
+                how = f"/resume {session}" if session else "quitting and resuming the session"
+                text = (
+                    f"The embedded sandbox host stopped answering{detail}. tether cannot restart it within "
+                    f"this session yet: {how} starts a new host and restores the workspace."
+                )
+            else:
+                text = f"Sandbox host {event.host} unreachable{detail}; tether keeps trying and says when it answers."
+            await self._mount(ErrorMessage(text, classes="sandbox-notice"))
+        elif event.state == "ready" and before == "unreachable":
+            await self._mount(Notice(f"Sandbox host {event.host} answers again.", classes="sandbox-notice"))
+        elif event.state == "lost" and before == "ready" and not self.busy:
+            # Seen by the heartbeat between prompts; during a turn the tool's result and the restore say it.
+            text = f"Sandbox lost{detail}; the next tool call starts a new one from the same recipe."
+            await self._mount(Notice(text, classes="sandbox-notice"))
 
     @work(exit_on_error=False)
     async def ask_permission(self, request: ev.PermissionRequest) -> None:

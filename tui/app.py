@@ -19,6 +19,7 @@ from session.events import EventType
 from session.plaintext import assistant_text
 from tui.commands import COMMAND_ERRORS, COMMANDS, SlashCommandProvider, parse_command
 from tui.history import PromptHistory
+from tui.looks import use_looks
 from tui.permission import PermissionScreen
 from tui.plan import PlanScreen
 from tui.prompt import Completion, PromptArea, PromptBox, QueuedPrompts
@@ -61,6 +62,7 @@ class TetherApp(App[int]):
         pick_session: bool = False,
     ) -> None:
         super().__init__()
+        use_looks(self.console)
         self.options = options
         """What the user chose on the command line."""
         self.initial_prompt = initial_prompt

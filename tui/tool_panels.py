@@ -22,6 +22,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from agent.tools.views import CallView
 from tui.rendered import RenderedLines, render_strips
 
 FOLD_LINES = 12
@@ -172,8 +173,10 @@ class ToolPanel(Widget, can_focus=True):
 
     BINDINGS = [Binding("enter", "toggle", "Expand/fold", show=False)]
 
-    def __init__(self, tool_use_id: str, name: str, args: dict[str, Any]) -> None:
+    def __init__(self, tool_use_id: str, name: str, args: dict[str, Any], view: CallView | None = None) -> None:
         super().__init__(classes="tool-call running")
+        self.view = view
+        """How the tool asked for the call to be shown (a Write's diff against the file); None: from the input."""
         self.tool_use_id = tool_use_id
         """The tool_use id this panel shows."""
         self.tool_name = name
@@ -207,6 +210,11 @@ class ToolPanel(Widget, can_focus=True):
     def _input_text(self) -> Text:
         """What the call itself shows before any output: a diff, new content, a checklist."""
         args = self.args
+        if self.view is not None and self.view.kind == "diff" and self.view.text:
+            lines = self.view.text.rstrip("\n").splitlines()
+            if len(lines) >= 2 and lines[0].startswith("--- ") and lines[1].startswith("+++ "):
+                lines = lines[2:]  # the file's name is the panel's title
+            return diff_text(lines)
         if (
             self.tool_name == "Edit"
             and isinstance(args.get("old_string"), str)

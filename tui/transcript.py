@@ -132,7 +132,7 @@ class Transcript(VerticalScroll):
             await self.end_answer()
         elif isinstance(event, ev.ToolStarted):
             await self.end_answer()
-            panel = ToolPanel(event.tool_use_id, event.name, event.input)
+            panel = ToolPanel(event.tool_use_id, event.name, event.input, event.view)
             panel.body.expanded = self.expanded
             self.tools[event.tool_use_id] = panel
             await self.add(panel)

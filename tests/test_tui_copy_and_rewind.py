@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from agent.harness import HarnessOptions
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
 from tests.fixtures.tui import screen_text, type_prompt
 from tests.test_tui_prompt import make_session
+from tui import app as tui_app
 from tui.app import COPY_ANSWER_KEY, TetherApp
 from tui.rewind import RewindScreen
 from tui.streaming_markdown import MarkdownView
@@ -79,10 +82,17 @@ async def _three_prompts(pilot, app: TetherApp, fake_api: FakeMessagesAPI) -> No
     await pilot.pause()
 
 
-async def test_esc_twice_on_an_empty_prompt_opens_rewind(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
+async def test_esc_twice_on_an_empty_prompt_opens_rewind(
+    fake_api: FakeMessagesAPI, tui_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = TetherApp(HarnessOptions(project_dir=tui_env, permission_mode="bypassPermissions"))
     async with app.run_test(size=(120, 40)) as pilot:
         await _three_prompts(pilot, app, fake_api)
+        monkeypatch.setattr(tui_app, "ESC_TWICE_SECONDS", 0.0)  # every second press comes too late
+        await pilot.press("escape", "escape")
+        await pilot.pause()
+        assert not isinstance(app.screen, RewindScreen), "two presses further apart than the window are two Escs"
+        monkeypatch.setattr(tui_app, "ESC_TWICE_SECONDS", 60.0)  # a loaded machine cannot make them too slow
         app.prompt_area.text = "a draft"
         await pilot.press("escape", "escape")
         await pilot.pause()

@@ -419,9 +419,10 @@ class TetherApp(App[int]):
             self._last_escape = None
             return
         if self.prompt_area.disabled or self.prompt_area.text.strip():
+            self._last_escape = None  # only two presses in a row on an empty prompt count
             return
         now = time.monotonic()
-        if self._last_escape is not None and now - self._last_escape <= ESC_TWICE_SECONDS:
+        if self._last_escape is not None and now - self._last_escape < ESC_TWICE_SECONDS:
             self._last_escape = None
             self.run_command("rewind", "")
             return

@@ -20,6 +20,7 @@ from agent import events as ev
 from session import log as session_log
 from session.store import SessionStore
 from tests.fixtures.transcript_screen import STATUS, TranscriptScreenApp, tool_call, user
+from tests.test_permission_snapshots import CALLS, DialogApp
 from tui import picker, tool_panels
 from tui.commands import COMMANDS
 from tui.history import PromptHistory
@@ -220,3 +221,16 @@ def test_sandbox_states_in_the_status_bar(snap_compare, theme: str) -> None:
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(120, 12), run_before=spin)
+
+
+class LightDialogApp(DialogApp):
+    """The permission dialog over a light theme."""
+
+    def on_mount(self) -> None:
+        self.theme = "textual-light"
+        super().on_mount()
+
+
+@pytest.mark.parametrize("call", ["bash", "edit"])
+def test_permission_dialog_in_a_light_theme(snap_compare, call: str) -> None:
+    assert snap_compare(LightDialogApp(*CALLS[call]), terminal_size=(120, 34))

@@ -85,6 +85,26 @@ def diff_text(lines: list[str]) -> Text:
     return text
 
 
+def unified_diff_text(diff: str, *, headers: bool = True) -> Text:
+    """A unified diff (``git diff`` style) in the terminal's own colours, which read on light and dark
+    themes alike; its file headers bold, or left out (``headers=False``: the title names the file)."""
+    text = Text()
+    in_hunk = False
+    for line in diff.rstrip("\n").splitlines():
+        if line.startswith("diff "):
+            in_hunk = False
+        elif line.startswith("@@"):
+            in_hunk = True
+        if line.startswith("diff ") or (not in_hunk and line.startswith(("--- ", "+++ ", "index "))):
+            if headers:
+                text.append(line + "\n", style="bold")
+            continue
+        text.append_text(diff_text([line]))
+        text.append("\n")
+    text.rstrip()
+    return text
+
+
 def todo_text(todos: list[Any]) -> Text:
     """A TodoWrite list as a checklist."""
     text = Text()
@@ -211,10 +231,7 @@ class ToolPanel(Widget, can_focus=True):
         """What the call itself shows before any output: a diff, new content, a checklist."""
         args = self.args
         if self.view is not None and self.view.kind == "diff" and self.view.text:
-            lines = self.view.text.rstrip("\n").splitlines()
-            if len(lines) >= 2 and lines[0].startswith("--- ") and lines[1].startswith("+++ "):
-                lines = lines[2:]  # the file's name is the panel's title
-            return diff_text(lines)
+            return unified_diff_text(self.view.text, headers=False)  # the file's name is the panel's title
         if (
             self.tool_name == "Edit"
             and isinstance(args.get("old_string"), str)

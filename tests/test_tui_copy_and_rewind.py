@@ -70,6 +70,12 @@ async def test_the_last_answer_is_copied_as_markdown_by_key_and_by_command(
         await type_prompt(pilot, app, "/copy")
         await app.workers.wait_for_complete()
         assert app.clipboard == ANSWER
+        app.copy_to_clipboard("something else")
+        await pilot.press("ctrl+p")
+        await pilot.press(*"/copy")
+        await until(pilot, lambda: "the last answer's Markdown" in screen_text(app))
+        await pilot.press("enter")
+        await until(pilot, lambda: app.clipboard == ANSWER)
         await app.action_quit()
     assert len(fake_api.message_requests) == 2, "/copy went to the model"
 

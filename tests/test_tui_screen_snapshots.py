@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
+from textual.geometry import Offset
+from textual.selection import Selection
 
 import tui
 from agent import events as ev
@@ -27,6 +29,7 @@ from tui.history import PromptHistory
 from tui.picker import SessionPickerScreen
 from tui.prompt import Completion, PromptBox
 from tui.status import SessionStatus, StatusLine
+from tui.streaming_markdown import MarkdownView
 from tui.transcript import Transcript
 from tui.widgets import ErrorMessage, Notice, StatusBar
 
@@ -234,3 +237,25 @@ class LightDialogApp(DialogApp):
 @pytest.mark.parametrize("call", ["bash", "edit"])
 def test_permission_dialog_in_a_light_theme(snap_compare, call: str) -> None:
     assert snap_compare(LightDialogApp(*CALLS[call]), terminal_size=(120, 34))
+
+
+def test_a_text_selection_in_an_answer(snap_compare) -> None:
+    async def scenario(transcript: Transcript) -> None:
+        await user(transcript, "hello")
+        answer = "Some text with `inline code` and **bold** words that go on.\n\nSecond paragraph here."
+        await transcript.show(ev.TextDelta(answer))
+        await transcript.end_answer()
+
+    app = TranscriptScreenApp(scenario)
+
+    async def select(pilot) -> None:  # type: ignore[no-untyped-def]
+        await app.play(pilot)
+        answer = app.query_one(MarkdownView)
+        app.screen.selections = {answer: Selection(Offset(5, 0), Offset(30, 2))}
+        await pilot.pause()
+        assert (
+            app.screen.get_selected_text()
+            == "text with inline code and bold words that go on.\n\nSecond paragraph here."
+        )
+
+    assert snap_compare(app, terminal_size=(80, 24), run_before=select)

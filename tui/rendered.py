@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from rich.console import Console, RenderableType
 from rich.segment import Segment
+from rich.style import Style
 from textual.selection import Selection
 from textual.strip import Strip
 from textual.widget import Widget
@@ -85,10 +86,11 @@ class RenderedLines(Widget):
             start, end = span
             end = width if end == -1 else min(end, width)
             if start < end:
-                style = self.screen.get_component_rich_style("screen--selection")
-                line = Strip.join(
-                    [line.crop(0, start), line.crop(start, end).apply_style(style), line.crop(end, width)]
-                )
+                # Its background only: the component's colour resolves to the background itself (the text would vanish).
+                style = Style(bgcolor=self.screen.get_component_rich_style("screen--selection").bgcolor)
+                # On top of the text's own styles (a code span's background), as a terminal shows a selection.
+                selected = Strip(Segment.apply_style(line.crop(start, end), post_style=style), end - start)
+                line = Strip.join([line.crop(0, start), selected, line.crop(end, width)])
         # Offsets let a mouse drag select text here (Textual maps screen cells back to lines and columns).
         return line.apply_offsets(0, y)
 

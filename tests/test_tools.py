@@ -207,7 +207,8 @@ async def test_a_write_is_shown_as_a_diff_against_the_file_in_the_sandbox(tools:
     await tools.call("Write", {"file_path": "fresh.txt", "content": "x\ny\n"})
     assert "+x\n+y\n" in started("fresh.txt").text
     await tools.call("Write", {"file_path": "blob.bin", "content": "text now\n"})
-    assert "+text now" in started("blob.bin").text, "a binary file is not diffed: the new content shows as added"
+    binary = started("blob.bin").text
+    assert "+text now" in binary and "\n-" not in binary, "a binary file is not diffed: the new content shows as added"
 
 
 async def test_edit_replaces_exactly_and_explains_every_refusal(tools: SandboxTools) -> None:

@@ -139,7 +139,10 @@ class WriteTool(Tool):
             info = await lease.stat(path)
             if not info.exists or info.kind != pb.FileInfo.FILE or info.size > WRITE_DIFF_MAX_BYTES:
                 return self.call_view(args)
-            old = (await lease.read_file(path)).decode("utf-8")
+            data = await lease.read_file(path)
+            if b"\0" in data[:8192]:
+                return self.call_view(args)  # binary, as Read judges it
+            old = data.decode("utf-8")
         except (SandboxError, UnicodeDecodeError):
             # Nothing to compare with that a person could read (gone, binary): the new content, as added lines.
             return self.call_view(args)

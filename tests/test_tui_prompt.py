@@ -123,7 +123,7 @@ async def test_slash_completion_lists_commands_and_tab_accepts(fake_api: FakeMes
         await pilot.press("/", "c")
         suggestions = app.query_one(Suggestions)
         await until(pilot, lambda: suggestions.display)
-        assert [c.value for c in suggestions.completions] == ["/compact", "/cost", "/clear"]
+        assert [c.value for c in suggestions.completions] == ["/compact", "/cost", "/copy", "/clear"]
         await pilot.press("down", "tab")
         assert app.prompt_area.text == "/cost"
         assert not suggestions.display

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from rich.console import Console, RenderableType
 from rich.segment import Segment
+from rich.style import Style
+from textual.selection import Selection
 from textual.strip import Strip
 from textual.widget import Widget
 
@@ -74,8 +76,25 @@ class RenderedLines(Widget):
         return len(self.lines(width))
 
     def render_line(self, y: int) -> Strip:
-        """Line ``y`` of the content, in the widget's style."""
+        """Line ``y`` of the content, in the widget's style, with the text selection shown."""
         width = self.content_size.width
         lines = self.lines(width)
         line = lines[y] if 0 <= y < len(lines) else BLANK_LINE
-        return line.crop_extend(0, width, None).apply_style(self.rich_style)
+        line = line.crop_extend(0, width, None).apply_style(self.rich_style)
+        selection = self.text_selection
+        if selection is not None and (span := selection.get_span(y)) is not None:
+            start, end = span
+            end = width if end == -1 else min(end, width)
+            if start < end:
+                # Its background only: the component's colour resolves to the background itself (the text would vanish).
+                style = Style(bgcolor=self.screen.get_component_rich_style("screen--selection").bgcolor)
+                # On top of the text's own styles (a code span's background), as a terminal shows a selection.
+                selected = Strip(Segment.apply_style(line.crop(start, end), post_style=style), end - start)
+                line = Strip.join([line.crop(0, start), selected, line.crop(end, width)])
+        # Offsets let a mouse drag select text here (Textual maps screen cells back to lines and columns).
+        return line.apply_offsets(0, y)
+
+    def get_selection(self, selection: Selection) -> tuple[str, str] | None:
+        """The selected text, from the lines as shown (wrapped), without their trailing padding."""
+        text = "\n".join(strip.text.rstrip() for strip in self.lines(self.content_size.width))
+        return selection.extract(text), "\n"

@@ -90,6 +90,8 @@ class FdFeed:
         """Whether EOF and ``close`` close the descriptor (one that outlives a command is not owned)."""
         self.paused = False
         """Whether reading stopped because the buffer was full."""
+        self.eof = False
+        """Whether the descriptor reported EOF (since the last ``start`` of one not owned)."""
         self._loop = asyncio.get_running_loop()
         self._reading = False
         os.set_blocking(fd, False)
@@ -100,6 +102,8 @@ class FdFeed:
     def start(self) -> None:
         """Watch the descriptor (again, after a pause or an EOF of a descriptor not owned)."""
         self.paused = False
+        if self.fd is not None:
+            self.eof = False
         if self.fd is not None and not self._reading:
             self._loop.add_reader(self.fd, self._readable)
             self._reading = True
@@ -120,6 +124,7 @@ class FdFeed:
         except OSError:
             data = b""  # a broken pipe ends the stream like EOF
         if not data:
+            self.eof = True
             self.close()
             self.events.put((self.stream, None))
             return

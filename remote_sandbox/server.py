@@ -764,11 +764,7 @@ class SandboxHost:
         try:
             if self._provider is None:
                 self._provider = await asyncio.to_thread(self._make_provider)
-            reconcile = getattr(self._provider, "reconcile", None)
-            if reconcile is not None:
-                removed = await reconcile(self.host_id)
-                if removed:
-                    log.info("removed %d sandbox container(s) left by an earlier run", len(removed))
+            await self._adopt_and_reconcile()
             self._server = grpc.aio.server(interceptors=[BearerTokenInterceptor(self.tokens)], options=SERVER_OPTIONS)
             pb_grpc.add_SandboxServicer_to_server(_SandboxService(self), self._server)
             self._health = health.aio.HealthServicer()
@@ -788,6 +784,27 @@ class SandboxHost:
             "sandbox host listening on %s (provider %s, state %s)", self.address, self.provider.name, self.state_dir
         )
         return self.address
+
+    async def _adopt_and_reconcile(self) -> None:
+        """Take back the sandboxes an earlier run left running (docker), remove the rest and their directories."""
+        adopt = getattr(self._provider, "adopt", None)
+        adopted: list[SandboxRecord] = await adopt(self.host_id, self.state_dir) if adopt is not None else []
+        for record in adopted:
+            workspace_dir = Path(record.workspace_dir) if record.workspace_dir else None
+            entry = _Entry(record, None, manifests=self._manifest_state(record.tenant, workspace_dir))
+            entry.touch()
+            self.sandboxes[record.sandbox_id] = entry
+            log.info("adopted sandbox %s of %s left running by an earlier run", record.sandbox_id, record.tenant)
+        reconcile = getattr(self._provider, "reconcile", None)
+        if reconcile is not None:
+            removed = await reconcile(self.host_id, keep=frozenset(self.sandboxes))
+            if removed:
+                log.info("removed %d sandbox container(s) left by an earlier run", len(removed))
+        leftovers = self.state_dir / "sandboxes"
+        if leftovers.is_dir():
+            for child in leftovers.iterdir():
+                if child.name not in self.sandboxes:
+                    await asyncio.to_thread(shutil.rmtree, child, True)
 
     def _make_provider(self) -> Provider:
         """The provider the config names (docker is imported only when asked for)."""
@@ -827,10 +844,6 @@ class SandboxHost:
         if not self.host_id:
             self.host_id = "h-" + secrets.token_hex(8)
             id_file.write_text(self.host_id + "\n")
-        leftovers = self.state_dir / "sandboxes"
-        if leftovers.is_dir():
-            for child in leftovers.iterdir():
-                shutil.rmtree(child, ignore_errors=True)
 
     def _bind(self, server: grpc.aio.Server) -> str:
         """Add the listening port; return the address as bound (port 0 resolved)."""

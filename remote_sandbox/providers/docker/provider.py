@@ -169,10 +169,13 @@ class DockerProvider(Provider):
         return adopted
 
     async def reconcile(self, host_id: str, keep: frozenset[str] = frozenset()) -> list[str]:
-        """Remove containers labelled ``tether.host=<host_id>`` left by an earlier run, but ``keep`` (ids); return the removed ids."""
+        """Remove containers labelled ``tether.host=<host_id>`` left by an earlier run, but those of sandboxes in ``keep``.
+
+        Returns the removed containers' ids.
+        """
         removed = []
         for found in await asyncio.to_thread(self.engine.labelled, LABEL_HOST, host_id):
-            if found.container_id not in keep:
+            if found.labels.get(LABEL_SANDBOX) not in keep:
                 await asyncio.to_thread(self.engine.remove, found.container_id)
                 removed.append(found.container_id)
         return removed

@@ -7,6 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from remote_sandbox.execution.request import DRAIN_AFTER_EXIT_S
@@ -105,12 +106,12 @@ class LocalCommand:
         finally:
             self.close()
 
-    def _connect(self, stdout: int, stderr: int, stdin: int | None) -> None:
-        """Read ``stdout`` and ``stderr``; feed ``stdin`` the command's input, then close it."""
-        FdFeed("out", stdout, self.events)
-        FdFeed("err", stderr, self.events)
-        if stdin is not None:
-            self._stdin_task = asyncio.ensure_future(self._feed_stdin(stdin))
+    def _connect(self, pipes: _Pipes) -> None:
+        """Read the command's stdout and stderr; feed its stdin the input, then close it."""
+        FdFeed("out", pipes.out_read, self.events)
+        FdFeed("err", pipes.err_read, self.events)
+        if pipes.in_write >= 0:
+            self._stdin_task = asyncio.ensure_future(self._feed_stdin(pipes.in_write))
 
     def _mark_exited(self, returncode: int | None) -> None:
         """The leader has exited (``returncode`` if already known): queue the exit."""
@@ -168,11 +169,32 @@ class LocalCommand:
                 self._cwd_file.unlink()
 
 
-def _pipes(stdin: bytes) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-    """``(read, write)`` pairs for stdin (read end /dev/null, write -1 when there is no input), stdout, stderr."""
-    out, err = os.pipe(), os.pipe()
-    inp = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1)
-    return inp, out, err
+class _Pipes:
+    """A command's stdin, stdout and stderr pipes: the child's ends go to whatever starts it, the host keeps the rest."""
+
+    def __init__(self, stdin: bytes) -> None:
+        """Make the pipes; stdin reads /dev/null when there is no input."""
+        self.out_read, self.out_write = os.pipe()
+        self.err_read, self.err_write = os.pipe()
+        if stdin:
+            self.in_read, self.in_write = os.pipe()
+        else:
+            self.in_read, self.in_write = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), -1
+
+    @contextlib.contextmanager
+    def handing_over(self) -> Iterator[list[int]]:
+        """Around a start: the child's ends (stdin, stdout, stderr) are closed after it; the host's too if it failed."""
+        try:
+            yield [self.in_read, self.out_write, self.err_write]
+        except BaseException:
+            for fd in (self.in_write, self.out_read, self.err_read):
+                if fd >= 0:
+                    os.close(fd)
+            raise
+        finally:
+            # The child (or the launcher) has its own copies now: the host keeps only its ends.
+            for fd in (self.in_read, self.out_write, self.err_write):
+                os.close(fd)
 
 
 class HostProcess(LocalCommand):
@@ -199,29 +221,21 @@ class HostProcess(LocalCommand):
     async def _start(self) -> None:
         """Start the command in a new session and begin reading its output."""
         loop = asyncio.get_running_loop()
-        (in_read, in_write), (out_read, out_write), (err_read, err_write) = _pipes(self.stdin)
-        try:
+        pipes = _Pipes(self.stdin)
+        with pipes.handing_over() as (stdin, stdout, stderr):
             self.popen = subprocess.Popen(
                 self.argv,
-                stdin=in_read,
-                stdout=out_write,
-                stderr=err_write,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
                 env=self.env,
                 cwd=self.cwd,
                 start_new_session=True,
                 close_fds=True,
             )
-        except OSError:
-            for fd in (in_write, out_read, err_read):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        finally:
-            for fd in (in_read, out_write, err_write):
-                os.close(fd)
         self.launched = True
         self.pid = self.popen.pid
-        self._connect(out_read, err_read, in_write if in_write >= 0 else None)
+        self._connect(pipes)
         if hasattr(os, "pidfd_open"):
             # A pidfd says the leader exited without reaping it: the group id stays
             # reserved until we reap, so killing the group can never hit a stranger.
@@ -291,21 +305,12 @@ class LauncherProcess(LocalCommand):
 
     async def _start(self) -> None:
         """Hand the command and its pipes to the launcher; return once it runs."""
-        (in_read, in_write), (out_read, out_write), (err_read, err_write) = _pipes(self.stdin)
-        try:
-            started = self.launcher.submit(self, [in_read, out_write, err_write])
-        except BaseException:
-            for fd in (in_write, out_read, err_read):
-                if fd >= 0:
-                    os.close(fd)
-            raise
-        finally:
-            # The launcher has its own copies now (or the request failed): the host keeps the other ends.
-            for fd in (in_read, out_write, err_write):
-                os.close(fd)
+        pipes = _Pipes(self.stdin)
+        with pipes.handing_over() as fds:
+            started = self.launcher.submit(self, fds)
         # Reading starts before the launcher answers: a chatty command must not fill its pipe first.
         self.launched = True
-        self._connect(out_read, err_read, in_write if in_write >= 0 else None)
+        self._connect(pipes)
         self.pid = await started
 
     def kill_group(self) -> None:

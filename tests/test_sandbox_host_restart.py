@@ -25,6 +25,7 @@ def serve(tmp: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]
     """``tether sandbox serve --provider docker`` on one state dir and one token; yields its target and process."""
     token_file = tmp / "tokens.txt"
     token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
     log = tmp / "host.log"
     argv = [*TETHER, "sandbox", "serve", "--provider", "docker", "--token-file", str(token_file)]
     argv += ["--state-dir", str(tmp / "state"), "--listen", "127.0.0.1:0", *extra]

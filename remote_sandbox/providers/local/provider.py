@@ -243,13 +243,14 @@ class LocalProvider(Provider):
         cwd_host = sandbox.spill / f"exec-{exec_id}.cwd" if report else None
         cwd_file = f"{record.spill_mount}/exec-{exec_id}.cwd" if report else None
         argv, env = isolation.command_line(record, spec, cwd_file, sandbox.bwrap, sandbox.tmp)
-        limited = self.limits.wrapper(sandbox.cgroup, record.recipe.limits)
-        if not sandbox.bwrap:
-            return HostProcess([*limited, *argv], env, record.workspace, spec.stdin, sandbox.running, cwd_host)
-        if self.launcher_python is not None:
+        if sandbox.bwrap and self.launcher_python is not None:
             launcher = await self._launcher(sandbox, record)
             direct = (spec.cwd, spec.argv) if spec.argv is not None else None
             return LauncherProcess(launcher, argv, env, spec.stdin, sandbox.running, cwd_host, direct)
+        # Started by the host: each command joins the sandbox's cgroup (or takes its rlimits) itself.
+        limited = self.limits.wrapper(sandbox.cgroup, record.recipe.limits)
+        if not sandbox.bwrap:
+            return HostProcess([*limited, *argv], env, record.workspace, spec.stdin, sandbox.running, cwd_host)
         args = self._bwrap_args(sandbox, record)
         for name, value in env.items():
             args += ["--setenv", name, value]

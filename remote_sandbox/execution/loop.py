@@ -145,6 +145,8 @@ async def run_command(
                 draining = True
                 drain_until = loop.time() + DRAIN_AFTER_EXIT_S
                 deadline = drain_until if deadline is None else min(deadline, drain_until)
+        if command.kill_group_on_exit and not draining:
+            command.end_group()  # the streams ended before the exit notice was read: same rule
         cap.close()
         await command.finish()
         # A leader that had exited before the deadline keeps its own status; one the timeout killed got SIGKILL.

@@ -97,14 +97,21 @@ class DockerCommand:
         spec = self.spec
         exports = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in spec.env.items())
         if spec.shell is not None:
-            # The EXIT trap runs when the shell exits by itself (never when a signal kills it):
-            # a status past 128 it reports is a code it chose, not a signal. Same line as the
-            # script, so the shell's error messages keep its line numbers.
-            ctl = shlex.quote(self.container.sandbox_path(worker.paths["ctl"]))
-            trap = f's=$?; [ "$s" -gt 128 ] && echo "code $s" 1<>{ctl}'
+            # The EXIT trap runs when the shell exits by itself (never when a signal kills it), so
+            # a status past 128 it reports is a code it chose, not a signal. It costs a fork (the
+            # shell can no longer exec its last command), so it is set only where an explicit
+            # `exit` may be; elsewhere 128+N reads as signal N, and Exited says it was inferred.
+            # Same line as the script, so the shell's error messages keep its line numbers.
+            traps = []
+            if "exit" in spec.shell:
+                ctl = shlex.quote(self.container.sandbox_path(worker.paths["ctl"]))
+                traps.append(f's=$?; [ "$s" -gt 128 ] && echo "code $s" 1<>{ctl}')
             if spec.report_cwd:
-                trap = f"{trap}; pwd >{shlex.quote(self.container.sandbox_path(self.cwd_file))}"
-            argv = ["/bin/sh", "-c", f"trap {shlex.quote(trap)} EXIT; {spec.shell}"]
+                traps.append(f"pwd >{shlex.quote(self.container.sandbox_path(self.cwd_file))}")
+            script = spec.shell
+            if traps:
+                script = f"trap {shlex.quote('; '.join(traps))} EXIT; {script}"
+            argv = ["/bin/sh", "-c", script]
         else:
             assert spec.argv is not None
             argv = spec.argv

@@ -198,8 +198,13 @@ class DockerProvider(Provider):
             spec = dataclasses.replace(spec, cwd=record.workdir)
         command = DockerCommand(container, spec)
         spill_file = container.spill_dir / f"exec-{command.run_id}.log"
-        async for event in run_command(command, spec, spill_file, container.spill_mount, self._cleanups):
-            yield event
+        events = run_command(command, spec, spill_file, container.spill_mount, self._cleanups)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            # Closed now, not when the collector finds it: a consumer that stops early kills the group before it goes on.
+            await events.aclose()
 
 
 def _retire_old_workers(control_dir: Path) -> int:

@@ -269,8 +269,13 @@ class LocalProvider(Provider):
         validate(spec)
         command = await self._command(sandbox, record, spec)
         spill_file = sandbox.spill / f"exec-{secrets.token_hex(8)}.log"
-        async for event in run_command(command, spec, spill_file, record.spill_mount, self._cleanups):
-            yield event
+        events = run_command(command, spec, spill_file, record.spill_mount, self._cleanups)
+        try:
+            async for event in events:
+                yield event
+        finally:
+            # Closed now, not when the collector finds it: a consumer that stops early kills the group before it goes on.
+            await events.aclose()
 
     async def close(self) -> None:
         """Wait for the reaping of killed commands, then stop the launchers (sandbox files stay)."""

@@ -12,6 +12,7 @@ import docker
 import pytest
 
 from agent.sandbox_client import SandboxClient
+from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from tests.fixtures.sandbox_host import recipe_for
 from tests.fixtures.tether_cli import TETHER, clean_env
 
@@ -44,17 +45,21 @@ def serve(tmp: Path, *extra: str) -> Iterator[tuple[str, subprocess.Popen[str]]]
             process.stdout.close()
 
 
+async def provision_then_kill(tmp: Path, image: str, shell: str) -> tuple[pb.SandboxInfo, str]:
+    """Provision a sandbox on a host, run ``shell`` in it, SIGKILL the host; the sandbox and the host's target."""
+    with serve(tmp) as (target, host):
+        async with SandboxClient(target, TOKEN) as client:
+            info = await client.provision(recipe_for("docker", image))
+            assert (await client.exec(info.sandbox_id, shell=shell)).exit_code == 0
+        host.send_signal(signal.SIGKILL)
+        host.wait()
+    return info, target
+
+
 async def test_a_restarted_host_adopts_its_running_container(
     tmp_path: Path, docker_engine: docker.DockerClient, docker_test_image: str
 ) -> None:
-    recipe = recipe_for("docker", docker_test_image)
-    with serve(tmp_path) as (target, first):
-        async with SandboxClient(target, TOKEN) as client:
-            info = await client.provision(recipe)
-            written = await client.exec(info.sandbox_id, shell="echo survived > note.txt; cat note.txt")
-            assert written.stdout == b"survived\n"
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    info, target = await provision_then_kill(tmp_path, docker_test_image, "echo survived > note.txt")
     port = target.rsplit(":", 1)[1]
     found = docker_engine.api.containers(filters={"label": f"tether.sandbox={info.sandbox_id}"})
     assert len(found) == 1, "the container outlives its host"
@@ -74,12 +79,7 @@ async def test_a_restarted_host_adopts_its_running_container(
 async def test_a_restarted_host_removes_a_stopped_container(
     tmp_path: Path, docker_engine: docker.DockerClient, docker_test_image: str
 ) -> None:
-    recipe = recipe_for("docker", docker_test_image)
-    with serve(tmp_path) as (target, first):
-        async with SandboxClient(target, TOKEN) as client:
-            info = await client.provision(recipe)
-        first.send_signal(signal.SIGKILL)
-        first.wait()
+    info, _target = await provision_then_kill(tmp_path, docker_test_image, "true")
     (container,) = docker_engine.api.containers(filters={"label": f"tether.sandbox={info.sandbox_id}"})
     docker_engine.api.stop(container["Id"], timeout=0)
     with serve(tmp_path) as (again, _second):

@@ -188,7 +188,7 @@ class DockerProvider(Provider):
 
     # ----- commands
 
-    async def exec(self, record: SandboxRecord, spec: ExecSpec) -> AsyncIterator[pb.ExecEvent]:
+    def exec(self, record: SandboxRecord, spec: ExecSpec) -> AsyncIterator[pb.ExecEvent]:
         """Run ``spec`` in its own process group; yield Started, Output..., Exited."""
         container = record.handle
         if not isinstance(container, ContainerExec):
@@ -198,13 +198,7 @@ class DockerProvider(Provider):
             spec = dataclasses.replace(spec, cwd=record.workdir)
         command = DockerCommand(container, spec)
         spill_file = container.spill_dir / f"exec-{command.run_id}.log"
-        events = run_command(command, spec, spill_file, container.spill_mount, self._cleanups)
-        try:
-            async for event in events:
-                yield event
-        finally:
-            # Closed now, not when the collector finds it: a consumer that stops early kills the group before it goes on.
-            await events.aclose()
+        return run_command(command, spec, spill_file, container.spill_mount, self._cleanups)
 
 
 def _retire_old_workers(control_dir: Path) -> int:

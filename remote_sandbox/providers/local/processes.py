@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 from remote_sandbox.execution.request import DRAIN_AFTER_EXIT_S
@@ -282,7 +282,7 @@ class LauncherProcess(LocalCommand):
 
     def __init__(
         self,
-        launcher: Launcher,
+        launcher: Callable[[], Awaitable[Launcher]],
         argv: list[str],
         env: dict[str, str],
         stdin: bytes,
@@ -296,7 +296,9 @@ class LauncherProcess(LocalCommand):
         without ``argv``'s shell; the shell is the fallback.
         """
         super().__init__(stdin, running, cwd_file)
-        self.launcher = launcher
+        self._get_launcher = launcher
+        self.launcher: Launcher | None = None
+        """The sandbox's launcher, once started (again) for this command."""
         self.argv = argv
         self.env = env
         self.direct = direct
@@ -305,9 +307,10 @@ class LauncherProcess(LocalCommand):
 
     async def _start(self) -> None:
         """Hand the command and its pipes to the launcher; return once it runs."""
+        self.launcher = launcher = await self._get_launcher()
         pipes = _Pipes(self.stdin)
         with pipes.handing_over() as fds:
-            started = self.launcher.submit(self, fds)
+            started = launcher.submit(self, fds)
         # Reading starts before the launcher answers: a chatty command must not fill its pipe first.
         self.launched = True
         self._connect(pipes)
@@ -315,7 +318,7 @@ class LauncherProcess(LocalCommand):
 
     def kill_group(self) -> None:
         """Ask the launcher to SIGKILL the command's whole process group."""
-        if self.launched and not self.exited:
+        if self.launched and not self.exited and self.launcher is not None:
             self.launcher.kill(self)
 
     def on_exit(self, returncode: int | None) -> None:

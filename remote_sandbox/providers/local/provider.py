@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import platform
 import secrets
@@ -236,7 +237,7 @@ class LocalProvider(Provider):
         assert self.bwrap is not None
         return isolation.bwrap_args(self.bwrap, self._static_args, record, sandbox.tmp, sandbox.spill)
 
-    async def _command(self, sandbox: LocalSandbox, record: SandboxRecord, spec: ExecSpec) -> LocalCommand:
+    def _command(self, sandbox: LocalSandbox, record: SandboxRecord, spec: ExecSpec) -> LocalCommand:
         """The command that will run ``spec``: through the launcher, one bubblewrap, or plain."""
         exec_id = secrets.token_hex(8)
         report = spec.report_cwd and spec.shell is not None
@@ -244,8 +245,8 @@ class LocalProvider(Provider):
         cwd_file = f"{record.spill_mount}/exec-{exec_id}.cwd" if report else None
         argv, env = isolation.command_line(record, spec, cwd_file, sandbox.bwrap, sandbox.tmp)
         if sandbox.bwrap and self.launcher_python is not None:
-            launcher = await self._launcher(sandbox, record)
             direct = (spec.cwd, spec.argv) if spec.argv is not None else None
+            launcher = functools.partial(self._launcher, sandbox, record)
             return LauncherProcess(launcher, argv, env, spec.stdin, sandbox.running, cwd_host, direct)
         # Started by the host: each command joins the sandbox's cgroup (or takes its rlimits) itself.
         limited = self.limits.wrapper(sandbox.cgroup, record.recipe.limits)
@@ -261,21 +262,15 @@ class LocalProvider(Provider):
         command.shell_status = True  # bubblewrap reports its command's death by signal N as 128+N
         return command
 
-    async def exec(self, record: SandboxRecord, spec: ExecSpec) -> AsyncIterator[pb.ExecEvent]:
+    def exec(self, record: SandboxRecord, spec: ExecSpec) -> AsyncIterator[pb.ExecEvent]:
         """Run ``spec`` in its own process group; yield Started, Output..., Exited."""
         sandbox = record.handle
         if not isinstance(sandbox, LocalSandbox) or sandbox.destroyed:
             raise SandboxNotFound(f"sandbox {record.sandbox_id} is gone")
         validate(spec)
-        command = await self._command(sandbox, record, spec)
+        command = self._command(sandbox, record, spec)
         spill_file = sandbox.spill / f"exec-{secrets.token_hex(8)}.log"
-        events = run_command(command, spec, spill_file, record.spill_mount, self._cleanups)
-        try:
-            async for event in events:
-                yield event
-        finally:
-            # Closed now, not when the collector finds it: a consumer that stops early kills the group before it goes on.
-            await events.aclose()
+        return run_command(command, spec, spill_file, record.spill_mount, self._cleanups)
 
     async def close(self) -> None:
         """Wait for the reaping of killed commands, then stop the launchers (sandbox files stay)."""

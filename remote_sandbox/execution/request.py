@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import re
 
-from remote_sandbox.providers.base import ExecSpec, InvalidRequest
+from remote_sandbox.providers.base import SPILL_MOUNT, ExecSpec, InvalidRequest
 
-SPILL_MOUNT = "/tmp/tether-spill"
-"""Where a sandboxed command sees its sandbox's spill area (docker, and local under bubblewrap)."""
+__all__ = ["DRAIN_AFTER_EXIT_S", "QUEUE_HIGH_WATER", "SETUP_TIMEOUT_S", "SPILL_MOUNT", "validate"]
 
 SETUP_TIMEOUT_S = 600.0
 """Wall-clock limit of each recipe setup command."""

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
+SPILL_MOUNT = "/tmp/tether-spill"
+"""Where a sandboxed command sees its sandbox's spill area (docker, and local under bubblewrap)."""
+
 
 class ProviderError(Exception):
     """Base of the errors a provider raises; the server maps each to one status code."""
@@ -90,7 +93,7 @@ class SandboxRecord:
     warnings: list[str] = field(default_factory=list)
     handle: object = None
     """Provider-private state (a container, a bwrap command line...)."""
-    spill_mount: str = "/tmp/tether-spill"
+    spill_mount: str = SPILL_MOUNT
     """The spill area (the host's ``<state_root>/spill``) as commands in the sandbox see it."""
     state: Path | None = None
     """The sandbox's own host directory (spill, tmp, control files); None = the workspace's parent."""

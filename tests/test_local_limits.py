@@ -36,10 +36,13 @@ async def limited(local_sandbox_host: RunningHost) -> AsyncIterator[tuple[Sandbo
         await client.destroy(info.sandbox_id)
 
 
-def limit_plan(host: RunningHost) -> LimitPlan:
-    """The limits of the host's local provider."""
+def cgroup_dir(host: RunningHost, sandbox_id: str, controller: str) -> Path:
+    """The sandbox's cgroup directory of ``controller``, as the host made it."""
     assert host.host is not None and isinstance(host.host.provider, LocalProvider)
-    return host.host.provider.limits
+    parent = host.host.provider.limits.parents[controller]
+    cgroup = host.host.sandboxes[sandbox_id].record.handle.cgroup  # type: ignore[attr-defined]
+    (directory,) = [d for d in cgroup.dirs if d.parent == parent]
+    return directory
 
 
 def test_the_description_says_exactly_which_limits_hold() -> None:
@@ -62,7 +65,7 @@ async def test_a_fork_bomb_is_bounded_by_the_pids_limit(
     bomb = await client.exec(info.sandbox_id, shell="f() { f | f & }; f; sleep 60", timeout_ms=3000)
     assert bomb.timed_out
     # The bomb hit its ceiling: the kernel refused forks past it (counted in pids.events).
-    events = (limit_plan(local_sandbox_host).parents["pids"] / info.sandbox_id / "pids.events").read_text()
+    events = (cgroup_dir(local_sandbox_host, info.sandbox_id, "pids") / "pids.events").read_text()
     assert int(events.split()[-1]) > 0, events
     # The host answers, and the sandbox runs its next command.
     after = await client.exec(info.sandbox_id, shell="echo still here")
@@ -82,3 +85,15 @@ async def test_a_64_gb_allocation_is_bounded_by_the_memory_limit(limited: tuple[
     assert not result.timed_out
     after = await client.exec(info.sandbox_id, shell="echo still here")
     assert (after.exit_code, after.stdout) == (0, b"still here\n")
+
+
+async def test_destroy_removes_the_sandbox_cgroup(local_sandbox_host: RunningHost) -> None:
+    async with SandboxClient(local_sandbox_host.target, local_sandbox_host.token) as client:
+        info = await client.provision(local_sandbox_host.recipe)
+        if "(cgroup" not in info.isolation:
+            pytest.skip(f"no cgroup here: {info.isolation}")
+        directory = cgroup_dir(local_sandbox_host, info.sandbox_id, "pids")
+        await client.exec(info.sandbox_id, shell="setsid sleep 1000 >/dev/null 2>&1 &")
+        assert (directory / "cgroup.procs").read_text().split(), "the launcher and the escaped sleep are in it"
+        await client.destroy(info.sandbox_id)
+    assert not directory.exists()

@@ -216,13 +216,34 @@ def _detect_v1(root: Path) -> LimitPlan | None:
     return LimitPlan("cgroup v1", parents)
 
 
+def cgroup_name(sandbox_id: str) -> str:
+    """A sandbox's cgroup name: the host's pid first, so a later host knows which ones are left over."""
+    return f"{os.getpid()}-{sandbox_id}"
+
+
 def _remove_leftovers(parent: Path) -> None:
-    """Remove empty sandbox cgroups an earlier run left (a cgroup in use cannot be removed, so live ones stay)."""
+    """Remove the sandbox cgroups of hosts that are gone (a cgroup still in use cannot be removed, so it stays).
+
+    Another host's cgroup is never touched while that host lives: it may be empty
+    between its making and its first process.
+    """
     with contextlib.suppress(OSError):
         for child in parent.iterdir():
-            if child.is_dir():
+            pid, _, _ = child.name.partition("-")
+            if child.is_dir() and pid.isdigit() and not _alive(int(pid)):
                 with contextlib.suppress(OSError):
                     child.rmdir()
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write(path: Path, value: str, *, optional: bool = False) -> None:

@@ -25,7 +25,7 @@ from remote_sandbox.providers.base import (
 )
 from remote_sandbox.providers.local import isolation
 from remote_sandbox.providers.local.launcher import LAUNCHER_START_TIMEOUT_S, Launcher, LauncherError, launcher_source
-from remote_sandbox.providers.local.limits import LimitPlan, SandboxCgroup
+from remote_sandbox.providers.local.limits import LimitPlan, SandboxCgroup, cgroup_name
 from remote_sandbox.providers.local.processes import HostProcess, LauncherProcess, LocalCommand
 
 log = logging.getLogger("remote_sandbox.local")
@@ -153,7 +153,7 @@ class LocalProvider(Provider):
         record.handle = sandbox
         self._sandboxes.add(sandbox)
         try:
-            sandbox.cgroup = await asyncio.to_thread(self.limits.create, f"{record.sandbox_id}", recipe.limits)
+            sandbox.cgroup = await asyncio.to_thread(self.limits.create, cgroup_name(record.sandbox_id), recipe.limits)
             if self.launcher_python is not None:
                 await self._first_launcher(sandbox, record)
             await run_setup(self.exec, record)

@@ -26,6 +26,7 @@ from remote_sandbox import workspace as ws
 from remote_sandbox.config import HostConfig
 from remote_sandbox.manifest import ManifestState
 from remote_sandbox.providers.base import (
+    SPILL_MOUNT,
     InvalidRequest,
     LimitExceeded,
     PermissionDenied,
@@ -43,7 +44,7 @@ KEPT_DIRECT_CACHES = 32
 """Direct workspaces whose hash caches outlive their sandboxes (least recently provisioned go first)."""
 
 _FORBIDDEN_WORKDIRS = ("/proc", "/dev", "/sys", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-_SPILL_AREA = "/tmp/tether-spill"
+
 
 T = TypeVar("T")
 
@@ -265,6 +266,14 @@ class SandboxRegistry:
         log.info("provisioned %s for %s (%s)", sandbox_id, tenant, record.isolation)
         return entry
 
+    def adopt(self, record: SandboxRecord) -> SandboxEntry:
+        """Track a sandbox an earlier run of this host made and left running (as if just used: not reaped at once)."""
+        workspace_dir = Path(record.workspace_dir) if record.workspace_dir else None
+        entry = SandboxEntry(record, None, manifests=self._manifest_state(record.tenant, workspace_dir))
+        entry.touch()
+        self.sandboxes[record.sandbox_id] = entry
+        return entry
+
     def _manifest_state(self, tenant: str, workspace_dir: Path | None) -> ManifestState:
         """A fresh hash cache, or the one a direct workspace's earlier sandboxes filled.
 
@@ -332,7 +341,7 @@ def check_workdir(workdir: str) -> str:
         normal = "/" + normal.lstrip("/")
     if normal == "/" or any(normal == d or normal.startswith(d + "/") for d in _FORBIDDEN_WORKDIRS):
         raise InvalidRequest(f"recipe workdir {workdir!r} would hide or sit in a system directory; use e.g. /workspace")
-    spill = _SPILL_AREA
+    spill = SPILL_MOUNT
     if normal == spill or normal.startswith(spill + "/") or spill.startswith(normal + "/"):
         raise InvalidRequest(f"recipe workdir {workdir!r} overlaps the spill area {spill}")
     return normal

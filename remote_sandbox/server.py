@@ -90,7 +90,7 @@ class SandboxHost:
             if self._provider is None:
                 self._provider = await asyncio.to_thread(self._make_provider)
             self.sandboxes.provider = self._provider
-            await self._reconcile()
+            await self._adopt_and_reconcile()
             self._server = grpc.aio.server(interceptors=[BearerTokenInterceptor(self.tokens)], options=SERVER_OPTIONS)
             service = SandboxService(self.sandboxes, self._provider, self.config)
             pb_grpc.add_SandboxServicer_to_server(service, self._server)
@@ -112,11 +112,20 @@ class SandboxHost:
         )
         return self.address
 
-    async def _reconcile(self) -> None:
-        """Let the provider deal with the sandboxes an earlier run of this host left (e.g. labelled containers)."""
-        left = await self.provider.reconcile(self.host_id)
-        if left:
-            log.info("removed %d sandbox container(s) left by an earlier run", len(left))
+    async def _adopt_and_reconcile(self) -> None:
+        """Take back the sandboxes an earlier run left running (docker), remove the rest and their directories."""
+        for record in await self.provider.adopt(self.host_id, self.state_dir):
+            self.sandboxes.adopt(record)
+            log.info("adopted sandbox %s of %s left running by an earlier run", record.sandbox_id, record.tenant)
+        kept = frozenset(self.sandboxes.sandboxes)
+        removed = await self.provider.reconcile(self.host_id, keep=kept)
+        if removed:
+            log.info("removed %d sandbox container(s) left by an earlier run", len(removed))
+        leftovers = self.state_dir / "sandboxes"
+        if leftovers.is_dir():
+            for child in leftovers.iterdir():
+                if child.name not in kept:
+                    await asyncio.to_thread(shutil.rmtree, child, True)
 
     def _make_provider(self) -> Provider:
         """The provider the config names (docker is imported only when asked for)."""
@@ -156,10 +165,6 @@ class SandboxHost:
         if not self.host_id:
             self.host_id = "h-" + secrets.token_hex(8)
             id_file.write_text(self.host_id + "\n")
-        leftovers = self.state_dir / "sandboxes"
-        if leftovers.is_dir():
-            for child in leftovers.iterdir():
-                shutil.rmtree(child, ignore_errors=True)
 
     def _bind(self, server: grpc.aio.Server) -> str:
         """Add the listening port; return the address as bound (port 0 resolved)."""

@@ -545,7 +545,7 @@ async def test_local_host_killed_and_restarted_cleans_its_sandboxes(tmp_path: Pa
 
 
 @pytest.mark.docker
-async def test_docker_host_killed_and_restarted_removes_its_containers(
+async def test_docker_host_killed_and_restarted_keeps_its_running_containers(
     tmp_path: Path, docker_engine: docker.DockerClient, docker_test_image: str
 ) -> None:
     state = tmp_path / "state"
@@ -560,16 +560,19 @@ async def test_docker_host_killed_and_restarted_removes_its_containers(
         assert await asyncio.to_thread(host.process.wait, WAIT_S) == -signal.SIGKILL
         assert sorted(sandbox_containers(docker_engine, f"tether.host={host_id}")) == sorted(containers)
 
-    # Reconciling happens before the host says it listens: by then the orphans are gone
-    # (destroyed, not adopted: their tenants' leases were lost with the dead host).
+    # Reconciling happens before the host says it listens: by then the running orphans are
+    # adopted with their directories (issue 11: their tenant gets them back).
     with sandbox_host_process("docker", state_dir=state, image=docker_test_image) as again:
-        assert sandbox_containers(docker_engine, f"tether.host={host_id}") == []
-        assert list((state / "sandboxes").iterdir()) == []
+        assert sorted(sandbox_containers(docker_engine, f"tether.host={host_id}")) == sorted(containers)
+        assert sorted(p.name for p in (state / "sandboxes").iterdir()) == sorted(s.sandbox_id for s in sandboxes)
         async with SandboxClient(again.target, again.token) as client:
-            with pytest.raises(SandboxGone):
-                await client.get(sandboxes[0].sandbox_id)
+            assert sorted(s.sandbox_id for s in await client.list()) == sorted(s.sandbox_id for s in sandboxes)
+            assert (await client.exec(sandboxes[0].sandbox_id, argv=["echo", "back"])).stdout == b"back\n"
             fresh = await client.provision(again.recipe)
             assert (await client.exec(fresh.sandbox_id, argv=["echo", "fine"])).stdout == b"fine\n"
+    # Not destroyed on exit either (the host leaves sandboxes unless told to destroy them): clean up.
+    for container_id in sandbox_containers(docker_engine, f"tether.host={host_id}"):
+        docker_engine.api.remove_container(container_id, force=True)
 
 
 # ----- idle TTL

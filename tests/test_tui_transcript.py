@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from agent.harness import HarnessOptions
@@ -165,3 +166,36 @@ def _has_slot_value(strip, name: str) -> bool:  # type: ignore[no-untyped-def]
     except AttributeError:
         return False
     return True
+
+
+async def test_a_live_session_prunes_old_entries_and_page_up_builds_them_again() -> None:
+    from agent import events as ev
+    from tests.fixtures.transcript_screen import TranscriptScreenApp, tool_call, user
+    from tui.transcript import HIGH_WATER
+
+    turns = HIGH_WATER  # three entries a turn: well past the high-water mark
+
+    async def scenario(transcript: Transcript) -> None:
+        for turn in range(turns):
+            await user(transcript, f"prompt number {turn}")
+            await transcript.show(ev.TextDelta(f"Answer **{turn}**."))
+            await transcript.show(ev.AssistantMessage([], "end_turn"))
+            output = f"out-{turn}\n"
+            await tool_call(transcript, f"t{turn}", "Bash", {"command": f"echo {turn}"}, output, output)
+
+    app = TranscriptScreenApp(scenario)
+    async with app.run_test(size=(120, 34)) as pilot:
+        await app.play(pilot)
+        transcript = app.query_one(Transcript)
+        assert len(transcript.children) <= HIGH_WATER + 1, "old entries left the DOM"
+        assert transcript.pruned > 0
+        while len(transcript.query_children(".earlier")):
+            await transcript.page(-1)
+            await pilot.pause()
+        assert len(transcript.children) == 3 * turns, "every pruned entry was built again"
+        assert str(transcript.children[0].render()) == "prompt number 0"
+        assert transcript.children[1].source == "Answer **0**."
+        first_panel = transcript.children[2]
+        assert isinstance(first_panel, ToolPanel) and first_panel.has_class("ok")
+        assert "out-0" in first_panel.body.text.plain and re.fullmatch(r"exit 0 · \d+\.\d s", first_panel.ending)
+        assert "echo 0" in str(first_panel._title.render())

@@ -12,6 +12,7 @@ import difflib
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
@@ -209,6 +210,8 @@ class ToolPanel(Widget, can_focus=True):
         """When the call started (monotonic seconds)."""
         self.ending = ""
         """How it ended, once it has: ``exit 0 · 1.2 s``, ``Exit code 2 · 0.1 s``."""
+        self.result: tuple[str, bool] | None = None
+        """What the model saw and whether it was an error, once the call has ended."""
         self._title = Static(self._title_text("⏵"), classes="tool-title")
         self.body = FoldedText(self._input_text(), classes="tool-output")
         """The output, diff or checklist."""
@@ -264,6 +267,7 @@ class ToolPanel(Widget, can_focus=True):
         ``timed``: show how long it took (not for calls replayed from the log).
         """
         seconds = clock() - self.started
+        self.result = (content, is_error)
         self.remove_class("running")
         self.add_class("error" if is_error else "ok")
         ending = _ENDING.search(content) if self.tool_name == "Bash" else None
@@ -286,6 +290,29 @@ class ToolPanel(Widget, can_focus=True):
                 return
         shown = Text(content) if not self.body.text.plain else Text("\n").join([self.body.text, Text(content)])
         self.body.set_text(shown)
+
+    def rebuilder(self) -> Callable[[], ToolPanel]:
+        """A panel equal to this one, built from its data alone (a pruned panel is built again on PageUp)."""
+        tool_use_id, name, args, view = self.tool_use_id, self.tool_name, self.args, self.view
+        output, result, ending, expanded = self.output, self.result, self.ending, self.body.expanded
+
+        def build() -> ToolPanel:
+            panel = ToolPanel(tool_use_id, name, args, view)
+            if output:
+                panel.write_output(output)
+            if result is not None:
+                panel.finish(*result, timed=False)
+                panel.ending = ending
+                panel.refresh_title()
+            panel.body.expanded = expanded
+            return panel
+
+        return build
+
+    def refresh_title(self) -> None:
+        """Draw the title again (its mark and ending)."""
+        mark = "⏵" if self.result is None else ("✗" if self.result[1] else "✓")
+        self._title.update(self._title_text(mark))
 
 
 class ThinkingBlock(FoldedText):

@@ -21,11 +21,11 @@ from session.events import Event, EventType
 from session.plaintext import content_text
 from tui.streaming_markdown import MarkdownView
 from tui.tool_panels import FoldedText, ThinkingBlock, ToolPanel
-from tui.widgets import ErrorMessage, Notice, UserMessage
+from tui.widgets import DiffView, ErrorMessage, Notice, UserMessage
 
-HIGH_WATER = 150
-"""Entries kept in the DOM before the oldest are pruned."""
-LOW_WATER = 100
+HIGH_WATER = 120
+"""Entries kept in the DOM before the oldest are pruned (kept as the little it takes to build them again)."""
+LOW_WATER = 80
 """Entries left after pruning."""
 RESUME_ENTRIES = 40
 """Entries of a resumed session built at start (several screens); PageUp at the top builds the next ones."""
@@ -72,9 +72,14 @@ class Transcript(VerticalScroll):
         self.anchor()
 
     async def add(self, *widgets: Widget) -> None:
-        """Append entries at the bottom, pruning the oldest past the high-water mark."""
+        """Append entries at the bottom, pruning the oldest past the high-water mark.
+
+        Not while the user reads further up (they may be reading what would go): the next
+        entry added with the view at the bottom prunes.
+        """
+        at_bottom = self.scroll_y >= self.max_scroll_y
         await self.mount_all(widgets)
-        if len(self.children) > HIGH_WATER:
+        if len(self.children) > HIGH_WATER and at_bottom:
             await self.prune(len(self.children) - LOW_WATER)
 
     async def clear(self) -> None:
@@ -87,16 +92,16 @@ class Transcript(VerticalScroll):
         self._earlier = []
 
     async def prune(self, count: int) -> None:
-        """Remove the ``count`` oldest entries from the DOM (they stay in the log)."""
-        old = [child for child in self.children if not child.has_class("pruned")][:count]
+        """Remove the ``count`` oldest entries from the DOM; PageUp at the top builds them again."""
+        old = [child for child in self.children if not child.has_class("earlier")][:count]
         self.pruned += len(old)
+        self._earlier.extend(factory for factory in map(rebuilder, old) if factory is not None)
         await self.remove_children(old)
-        note = self.query_children(".pruned").first() if self.query_children(".pruned") else None
-        text = f"… {self.pruned:,} earlier entries are in the session log (`tether sessions show`)."
-        if isinstance(note, Notice):
-            note.update(text)
-        else:
-            await self.mount(Notice(text, classes="pruned"), before=0)
+        notes = self.query_children(".earlier")
+        if notes:
+            notes.first(Notice).update(self._earlier_note())
+        elif self._earlier:
+            await self.mount(Notice(self._earlier_note(), classes="pruned earlier"), before=0)
 
     def toggle_expanded(self) -> None:
         """Unfold every folded output and thinking block, or fold them again."""
@@ -197,6 +202,22 @@ class Transcript(VerticalScroll):
             note.update(self._earlier_note())
         else:
             await note.remove()
+
+
+def rebuilder(widget: Widget) -> Callable[[], Widget] | None:
+    """What it takes to build ``widget`` again (its text, not its rendered lines); None for what is not kept."""
+    classes = " ".join(widget.classes)
+    if isinstance(widget, MarkdownView):
+        return partial(MarkdownView, widget.source, classes=classes)
+    if isinstance(widget, ThinkingBlock):
+        return partial(_thinking, widget.text.plain)
+    if isinstance(widget, ToolPanel):
+        return widget.rebuilder()
+    if isinstance(widget, DiffView):
+        return partial(DiffView, widget.diff)
+    if isinstance(widget, (UserMessage, Notice, ErrorMessage)) and not widget.has_class("earlier"):
+        return partial(type(widget), widget.content, classes=classes)
+    return None
 
 
 def history_entries(events: Iterable[Event]) -> list[Any]:

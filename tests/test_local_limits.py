@@ -40,7 +40,7 @@ def cgroup_dir(host: RunningHost, sandbox_id: str, controller: str) -> Path:
     """The sandbox's cgroup directory of ``controller``, as the host made it."""
     assert host.host is not None and isinstance(host.host.provider, LocalProvider)
     parent = host.host.provider.limits.parents[controller]
-    cgroup = host.host.sandboxes[sandbox_id].record.handle.cgroup  # type: ignore[attr-defined]
+    cgroup = host.host.sandboxes.sandboxes[sandbox_id].record.handle.cgroup  # type: ignore[attr-defined]
     (directory,) = [d for d in cgroup.dirs if d.parent == parent]
     return directory
 

@@ -78,9 +78,13 @@ CHANNEL_OPTIONS = [
     # middle of a long command that prints nothing; the host permits pings this often.
     ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME_S * 1000)),
     ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+    # Newer cores time an unanswered ping by this one (a minute by default), not by the keepalive timeout.
+    ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
     ("grpc.keepalive_permit_without_calls", 1),
     # gRPC stops pinging after two pings without data by default: a quiet Exec would go unwatched.
     ("grpc.http2.max_pings_without_data", 0),
+    # ...and, in older cores, waits 5 minutes between two pings without data in between.
+    ("grpc.http2.min_time_between_pings_ms", int(KEEPALIVE_TIME_S * 1000)),
     # Fail fast and retry at this level: a dead host must not hang a tool call.
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2_000),

@@ -96,6 +96,13 @@ def parse_host_list(text: str, *, token: str = "", ca_file: str = "") -> list[Ho
             spec = HostSpec(entry, token=token, ca_file=ca_file if entry.startswith("grpcs://") else "")
         specs.append(check_spec(spec, f"--sandbox entry {entry!r}"))
     if ca_file and not any(spec.url.startswith("grpcs://") for spec in specs):
+        # Silently ignoring it would send the token in the clear to a host the user meant to verify.
+        remote = [spec.url for spec in specs if not spec.embedded]
+        if len(remote) == 1:
+            address, _ = parse_target(remote[0])
+            raise HostListError(
+                f"--sandbox-ca is for a TLS host, but {remote[0]} is not one: use grpcs://{address.removeprefix('unix://')}"
+            )
         raise HostListError(f"--sandbox-ca is for a TLS host, but no entry of --sandbox {text!r} is grpcs://")
     return _no_duplicates(specs, "--sandbox")
 

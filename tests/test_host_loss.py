@@ -392,25 +392,30 @@ def test_tether_sigkilled_mid_tool_call_twenty_times_resumes_each_time(
                 bash(f"touch started-{round_}; sleep 60"),
             )
             resume = ["-r", session[0]] if session else []
+            stderr_path = tmp_path / f"tether-{round_}.err"
+            stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in the finally below
             process = subprocess.Popen(
                 [*TETHER, *resume, "-p", f"round {round_}", *flags],
                 cwd=tether_env.project,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+                stderr=stderr,
             )
+            t0 = time.monotonic()
             try:
                 marker = _wait_for_file(host, f"started-{round_}", process)
-                assert marker is not None, f"round {round_}: the long call never started"
+                print("round", round_, time.monotonic() - t0, file=sys.stderr)
+                assert marker is not None, (
+                    f"round {round_}: the long call never started (exit {process.poll()}):\n{stderr_path.read_text()}"
+                )
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
             finally:
                 if process.poll() is None:
                     process.kill()
                     process.wait()
-                assert process.stderr is not None
-                process.stderr.close()
+                stderr.close()
             if not session:
                 session.append(tether_env.session_events()[0]["session_id"])
         fake_api.script(bash("cat f*.txt | tr '\\n' ' '"), reply(text("all there")))

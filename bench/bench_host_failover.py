@@ -51,6 +51,7 @@ class SilentProxy:
         self.silent = False
         self.server: asyncio.Server | None = None
         self.target = ""
+        self._connections: set[asyncio.Task] = set()
 
     async def start(self) -> SilentProxy:
         """Listen on a free port."""
@@ -64,8 +65,10 @@ class SilentProxy:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream)
+        pumps = asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        self._connections.add(pumps)  # type: ignore[arg-type]
         with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+            await pumps
         for end in (writer, up_writer):
             end.close()
 
@@ -76,7 +79,9 @@ class SilentProxy:
                 await writer.drain()
 
     def close(self) -> None:
-        """Stop listening (open connections end with the loop)."""
+        """Stop listening and end the open connections."""
+        for pumps in self._connections:
+            pumps.cancel()
         if self.server is not None:
             self.server.close()
 

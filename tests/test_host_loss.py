@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import signal
@@ -32,7 +33,7 @@ from remote_sandbox.cli import READY_LINE_PREFIX
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
 from tests.fixtures.processes import wait_pids_gone
 from tests.fixtures.sandbox_host import _read_line
-from tests.fixtures.tether_cli import TETHER, TetherEnv
+from tests.fixtures.tether_cli import TetherEnv
 
 WAIT_S = 40.0
 """Bound on every wait here."""
@@ -376,7 +377,7 @@ def test_tether_sigkilled_mid_tool_call_twenty_times_resumes_each_time(
     fake_api: FakeMessagesAPI, tether_env: TetherEnv, tmp_path: Path
 ) -> None:
     env = {**tether_env.env, "ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
-    with hosts(tmp_path, "host") as (host,):
+    with hosts(tmp_path, "host") as (host,), tether_zygote(tether_env.project, env) as fork:
         flags = [
             "--sandbox",
             host.target,
@@ -386,6 +387,7 @@ def test_tether_sigkilled_mid_tool_call_twenty_times_resumes_each_time(
             "bypassPermissions",
         ]
         session: list[str] = []
+        killed: list[int] = []
         for round_ in range(20):
             fake_api.script(
                 bash(f"ls f*.txt 2>/dev/null | tr '\\n' ' '; echo r{round_} > f{round_}.txt"),
@@ -393,29 +395,14 @@ def test_tether_sigkilled_mid_tool_call_twenty_times_resumes_each_time(
             )
             resume = ["-r", session[0]] if session else []
             stderr_path = tmp_path / f"tether-{round_}.err"
-            stderr = open(stderr_path, "wb")  # noqa: SIM115 - closed in the finally below
-            process = subprocess.Popen(
-                [*TETHER, *resume, "-p", f"round {round_}", *flags],
-                cwd=tether_env.project,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-            t0 = time.monotonic()
+            pid = fork([*resume, "-p", f"round {round_}", *flags], stderr_path)
             try:
-                marker = _wait_for_file(host, f"started-{round_}", process)
-                print("round", round_, time.monotonic() - t0, file=sys.stderr)
-                assert marker is not None, (
-                    f"round {round_}: the long call never started (exit {process.poll()}):\n{stderr_path.read_text()}"
-                )
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
+                marker = _wait_for_file(host, f"started-{round_}", pid)
+                assert marker is not None, f"round {round_}: the long call never started:\n{stderr_path.read_text()}"
             finally:
-                if process.poll() is None:
-                    process.kill()
-                    process.wait()
-                stderr.close()
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                assert wait_pids_gone([pid], WAIT_S) == []
             if not session:
                 session.append(tether_env.session_events()[0]["session_id"])
         fake_api.script(bash("cat f*.txt | tr '\\n' ' '"), reply(text("all there")))
@@ -432,19 +419,47 @@ def test_tether_sigkilled_mid_tool_call_twenty_times_resumes_each_time(
         final = results[-1]
         assert final.split() == [f"r{i}" for i in sorted(range(20), key=str)], final
         changes = [e["payload"] for e in events if e["type"] == "host"]
-        assert changes and all(c["event"] == "reconnected" for c in changes), changes
+        assert len(changes) == 20 and all(c["event"] == "reconnected" and c["kept"] for c in changes), changes
+        shown = tether_env.run("sessions", "show", session[0])
+        assert shown.returncode == 0 and "*Sandbox host reconnected to " in shown.stdout, shown.stdout
         remaining = host.sandboxes()
-        host.stop()
     assert remaining == [], f"sandboxes outlived the session: {remaining}"
-    strays = [pid for pid in _pids_with_arg(str(tether_env.project))]
-    assert wait_pids_gone(strays, 5.0) == []
+    assert wait_pids_gone(killed, 1.0) == []
+    assert [pid for pid in _pids_with_arg(str(host.state_dir))] == [], "a sandbox host outlived the test"
 
 
-def _wait_for_file(host: HostProcess, name: str, process: subprocess.Popen) -> Path | None:
+@contextlib.contextmanager
+def tether_zygote(project: Path, env: dict[str, str]) -> Iterator[Any]:
+    """A function that starts ``tether ARGV`` as a forked process (see tests/fixtures/tether_zygote.py); its pid."""
+    zygote = subprocess.Popen(
+        [sys.executable, "-m", "tests.fixtures.tether_zygote"],
+        cwd=project,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert zygote.stdin is not None and zygote.stdout is not None
+    try:
+        assert zygote.stdout.readline().strip() == "ready"
+
+        def fork(argv: list[str], stderr: Path) -> int:
+            zygote.stdin.write(json.dumps({"argv": argv, "stderr": str(stderr)}) + "\n")  # type: ignore[union-attr]
+            zygote.stdin.flush()  # type: ignore[union-attr]
+            return int(zygote.stdout.readline())  # type: ignore[union-attr]
+
+        yield fork
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=WAIT_S)
+        zygote.stdout.close()
+
+
+def _wait_for_file(host: HostProcess, name: str, pid: int) -> Path | None:
     """The file ``name`` in any sandbox workspace of ``host`` once it exists (bounded poll), else None."""
     deadline = time.monotonic() + WAIT_S
     root = host.state_dir / "sandboxes"
-    while time.monotonic() < deadline and process.poll() is None:
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}"):
         for found in root.glob(f"*/workspace/{name}") if root.exists() else []:
             return found
         time.sleep(0.02)  # a bounded poll of a file only the sandbox can make

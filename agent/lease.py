@@ -163,7 +163,7 @@ class SandboxLease:
         task = self._provisioning
         if task is not None and task.done() and (task.cancelled() or task.exception() is not None):
             self._provisioning = None
-            if self.state == "unreachable" and self._can_move:
+            if self.recoveries and self._can_move:
                 return await self.recover(self.last_loss or "no sandbox host answered")
         self.start()
         assert self._provisioning is not None
@@ -309,8 +309,8 @@ class SandboxLease:
         """The background round after a pause: look for a host again while none answers."""
         self._retry = None
         task = self._provisioning
-        if self.state != "unreachable" or (task is not None and not task.done()):
-            return
+        if not self.recoveries or (task is not None and not task.done()):
+            return  # a host was found meanwhile, or a round is under way
         self._provisioning = asyncio.ensure_future(self._recover(self.last_loss, False))
         self._provisioning.add_done_callback(_observe)
 

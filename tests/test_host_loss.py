@@ -478,3 +478,41 @@ def _pids_with_arg(arg: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+# ----------------------------------------------------------------------------- between tool calls
+
+
+async def test_the_heartbeat_finds_a_dead_host_between_calls_and_retries_until_it_is_back(
+    fake_api: FakeMessagesAPI, tui_env: Path, tmp_path: Path
+) -> None:
+    with hosts(tmp_path, "a") as (a,):
+        harness, recorder = await started(
+            HarnessOptions(
+                project_dir=tui_env,
+                sandbox=a.target,
+                sandbox_token=host_token(a),
+                permission_mode="bypassPermissions",
+                heartbeat_s=0.2,  # as the TUI's status bar watches, faster
+            )
+        )
+        try:
+            fake_api.script(bash("echo kept > kept.txt"), reply(text("made")))
+            await harness.run("make")
+            a.kill()
+            # No tool call runs: the heartbeat notices, and every attempt is a notice of its own.
+            for attempt in (1, 2):
+                await recorder.wait_for(
+                    lambda e, n=attempt: (
+                        isinstance(e, ev.Status) and e.message.startswith(f"No sandbox host answers (attempt {n})")
+                    )
+                )
+            a.start()
+            await recorder.wait_for(lambda e: isinstance(e, ev.SandboxState) and e.state == "ready")
+            fake_api.script(bash("cat kept.txt"), reply(text("back")))
+            await asyncio.wait_for(harness.run("after"), WAIT_S)
+            back = recorder.results()[-1]
+            assert not back.is_error and back.content.strip() == "kept", back.content
+            assert host_events(harness)[-1]["event"] == "reconnected"
+        finally:
+            await harness.close()

@@ -264,7 +264,10 @@ class Harness:
             raise HarnessError(str(exc)) from exc
         hosts = self._hosts()
         self._workspace_roots = [project_dir] if mode == "direct" else []
-        spec, self.client = await self._first_host(hosts)
+        last = last_sandbox(log) if log is not None else None
+        home = [spec for spec in hosts if last is not None and spec.label == last[0]]
+        # A resumed session looks first where its sandbox was: it may still run there.
+        spec, self.client = await self._first_host([*home, *(spec for spec in hosts if spec not in home)])
         if log is None:
             try:
                 log = store.create(opts.project_dir)

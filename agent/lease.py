@@ -412,6 +412,9 @@ class SandboxLease:
         task, self._provisioning = self._provisioning, None
         if task is None:
             return
+        if self.recoveries and not task.done():
+            # Looking for a host may wait on silent ones: quitting must not.
+            task.cancel()
         try:
             info = await task
             await self.client.destroy(info.sandbox_id)

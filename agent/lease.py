@@ -233,6 +233,8 @@ class SandboxLease:
         self.last_loss = reason
         self.recoveries += 1
         self._set_state("unreachable", reason)
+        if self.on_replace is not None:
+            self.on_replace()  # the checkpoint is read while hosts are tried, not after
         others = [spec for spec in self.hosts if spec != old_spec]
         here = [old_spec] if old_spec is not None else []
         # A host that refused or reset may be restarting: look there first. A silent one last.

@@ -332,6 +332,7 @@ class Harness:
             gate=gate,
             workspace=self.workspace,
         )
+        self.lease.keep_standbys()
         if opts.heartbeat_s > 0:
             self.watch = SandboxWatch(self.lease, self.emit, interval=opts.heartbeat_s)
             self.watch.start()

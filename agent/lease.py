@@ -86,6 +86,8 @@ class SandboxLease:
     """Told of every host change (``failed over``, ``reconnected``) so the session log can keep it."""
     on_notice: Callable[[str], None] | None = None
     """Shows the user a line in passing (a host lost, a failover, a retry)."""
+    standby: dict[str, SandboxClient] = field(default_factory=dict)
+    """Open clients of the other remote hosts, by label, so a failover does not wait for a connection."""
     recoveries: int = 0
     """Rounds over the hosts since the last one that found a host (0 = the host answers)."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
@@ -244,8 +246,13 @@ class SandboxLease:
             self._notice(f"Sandbox host at {self.host} lost ({reason[:160]}){where}…")
         failures: list[str] = []
         for spec in order:
+            client = self.standby.pop(spec.label, None)
+            if client is not None and not client.connected():
+                await _close_quietly(client)  # keepalive found that host gone too
+                client = None
             try:
-                client = await self.connect(spec, HOST_PROBE_S)  # type: ignore[misc]
+                if client is None:
+                    client = await self.connect(spec, HOST_PROBE_S)  # type: ignore[misc]
             except SandboxError as exc:
                 failures.append(f"{spec.label}: {exc}")
                 continue
@@ -263,6 +270,7 @@ class SandboxLease:
             self.recoveries = 0
             if old_client is not client:
                 asyncio.ensure_future(_close_quietly(old_client))
+            self.keep_standbys()
             return info
         self._set_state("unreachable", reason)
         delay = RECOVERY_BACKOFF_S[min(self.recoveries, len(RECOVERY_BACKOFF_S)) - 1]
@@ -306,6 +314,27 @@ class SandboxLease:
             self._notice(f"Failed over to the sandbox host at {spec.label}.")
         self._set_state("ready")
         return info
+
+    def keep_standbys(self) -> None:
+        """Connect to the other remote hosts in the background and keep the connections open (keepalive
+        watches them), so failing over to one starts with a provision, not a handshake."""
+        connect = self.connect
+        if connect is None:
+            return
+
+        async def warm(spec: HostSpec) -> None:
+            try:
+                client = await connect(spec, HOST_PROBE_S)
+            except SandboxError:
+                return  # not answering now: a failover connects afresh
+            if spec.label in self.standby or spec == self.spec:
+                await _close_quietly(client)
+            else:
+                self.standby[spec.label] = client
+
+        for spec in self.hosts:
+            if spec != self.spec and not spec.embedded and spec.label not in self.standby:
+                asyncio.ensure_future(warm(spec)).add_done_callback(_observe)
 
     def _retry_now(self) -> None:
         """The background round after a pause: look for a host again while none answers."""
@@ -411,6 +440,9 @@ class SandboxLease:
     async def release(self) -> None:
         """Destroy the sandbox if one was made; never raises."""
         self._cancel_retry()
+        standby, self.standby = list(self.standby.values()), {}
+        for client in standby:
+            await _close_quietly(client)
         task, self._provisioning = self._provisioning, None
         if task is None:
             return

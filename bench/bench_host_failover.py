@@ -141,6 +141,7 @@ async def bench(provider: str, runs: int, work: Path, image: str) -> dict[str, l
             lease.on_replace = keeper.prefetch
             await lease.ready()
             await keeper.restore(lease.sandbox_id)  # A holds the workspace, as it did before the silence
+            lease.keep_standbys()  # as the harness does once its sandbox is up
             quiet = asyncio.ensure_future(lease.exec(shell="sleep 60", timeout_ms=120_000))
             await asyncio.sleep(0.5)  # the command is running on A
             began = time.perf_counter()

@@ -137,6 +137,10 @@ class Harness:
         self._workspace_roots: list[Path] = []
         self._new_log: SessionLog | None = None
         """The session log this harness created (not resumed), until it is kept or discarded."""
+        self.resumed_log: SessionLog | None = None
+        """The session being resumed, as soon as it is open: its conversation can be shown while the sandbox starts."""
+        self.session_opened = asyncio.Event()
+        """Set once the session to resume is open (or known to be a new one), before the sandbox host is reached."""
 
     @property
     def session_id(self) -> str:
@@ -249,6 +253,8 @@ class Harness:
             ) from None
         except SessionStoreError as exc:
             raise HarnessError(f"tether: cannot open the session: {exc}") from None
+        self.resumed_log = log
+        self.session_opened.set()
         # A resumed session works on the project it was started in, wherever tether runs now.
         recorded = workspace_of(log) if log is not None else None
         project_dir = Path(recorded["project_dir"]) if recorded and recorded.get("project_dir") else opts.project_dir

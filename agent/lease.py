@@ -446,8 +446,10 @@ class SandboxLease:
         task, self._provisioning = self._provisioning, None
         if task is None:
             return
-        if self.recoveries and not task.done():
-            # Looking for a host may wait on silent ones: quitting must not.
+        if not task.done():
+            # Closing while the sandbox is still being made (quit during start-up), or while hosts are
+            # looked for (silent ones take seconds): stop waiting. The host's own clean-up (shutdown,
+            # idle TTL) takes what a cancelled Provision made.
             task.cancel()
         try:
             info = await task

@@ -24,6 +24,7 @@ from agent.globmatch import compile_glob
 from agent.tools.base import Tool
 from agent.tools.bash import SHELL_CONTROL
 from agent.tools.catalog import default_tools
+from agent.tools.views import CallView
 
 MODES = ("default", "acceptEdits", "plan", "bypassPermissions")
 CYCLED_MODES = ("default", "acceptEdits", "plan")
@@ -252,11 +253,14 @@ class PermissionGate:
         tool_use_id: str,
         args: dict[str, Any],
         emit: Callable[[ev.AgentEvent], Awaitable[None]],
+        *,
+        view: CallView | None = None,
     ) -> ev.PermissionDecision:
         """Allow or deny one call; may ask the user through a PermissionRequest event.
 
         What the call is (read-only or not, its rule family and subject, how to show
-        it) comes from the tool itself.
+        it) comes from the tool itself; ``view``: how it is shown, if already worked out
+        against the sandbox (a Write's diff against the file).
         """
         if isinstance(tool, str):
             tool = tool_named(tool)
@@ -276,7 +280,7 @@ class PermissionGate:
         suggested = tool.suggested_rule(args, workdir)
         await emit(
             ev.PermissionRequest(
-                tool_use_id, tool.name, args, future, view=tool.call_view(args), suggested_rule=suggested
+                tool_use_id, tool.name, args, future, view=view or tool.call_view(args), suggested_rule=suggested
             )
         )
         decision = await future

@@ -47,7 +47,7 @@ TRANSFER_STALL_S = 30.0
 """File and tar transfers are bounded by progress, not total time: this long without a chunk fails them."""
 
 EXEC_DEFAULT_TIMEOUT_S = 120.0
-"""The host's own limit when a command gives none (see remote_sandbox.server)."""
+"""The host's own limit when a command gives none (see remote_sandbox.config)."""
 
 EXEC_DEADLINE_MARGIN_S = 30.0
 """Exec's RPC deadline is the command's timeout plus this: the host's timeout fires first."""

@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from agent import events as ev
 from agent.lease import SandboxLease
 from agent.sandbox_client import HostUnreachable, SandboxError, SandboxGone, SandboxNotRunning
+from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
 HEARTBEAT_S = 5.0
 """Seconds between two looks at the host."""
@@ -75,6 +76,9 @@ class SandboxWatch:
         rtt = (time.monotonic() - started) * 1000
         if info.sandbox_id != lease.sandbox_id:
             return ev.SandboxState(lease.state, lease.host)  # replaced while we looked
+        if info.state != pb.SandboxInfo.RUNNING:
+            # Touch answers for a sandbox whose container or process died; it is as good as gone.
+            return ev.SandboxState("lost", lease.host, detail="the sandbox is no longer running")
         return ev.SandboxState("ready", lease.host, rtt_ms=rtt)
 
     async def _run(self) -> None:

@@ -23,6 +23,7 @@ from agent.sandbox_client import (
 )
 from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult
 from agent.tools.catalog import default_tools
+from agent.tools.views import CallView
 from agent.workspace.checkpoints import Checkpointer
 
 __all__ = ["ToolCall", "ToolSet", "default_tools", "schema_problem"]
@@ -110,11 +111,13 @@ class ToolSet:
                 index += 1
         return [done[call.id] for call in calls]
 
-    async def _denied(self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]]) -> ToolResult | None:
+    async def _denied(
+        self, call: ToolCall, emit: Callable[[ev.AgentEvent], Awaitable[None]], view: CallView | None = None
+    ) -> ToolResult | None:
         if self.gate is None:
             return None
         tool = self._by_name[call.name]
-        decision = await self.gate.check(tool, call.id, self._resolved_paths(call.input), emit)
+        decision = await self.gate.check(tool, call.id, self._resolved_paths(call.input), emit, view=view)
         if decision.allow:
             return None
         reason = decision.reason.strip().rstrip(".")
@@ -158,7 +161,11 @@ class ToolSet:
         """Run one call; every failure becomes an error result the model can act on."""
         tool = self._by_name.get(call.name)
         args_ok = isinstance(call.input, dict)
-        view = tool.call_view(call.input) if tool is not None and args_ok else None
+        view = (
+            await tool.call_view_in(self.lease, self._resolved_paths(call.input))
+            if tool is not None and args_ok
+            else None
+        )
         await emit(ev.ToolStarted(call.id, call.name, call.input, view))
 
         async def output(stream: str, text: str) -> None:
@@ -173,7 +180,7 @@ class ToolSet:
         elif (problem := schema_problem(tool.input_schema, call.input)) is not None:
             # Checked before asking permission: nobody should approve a call that cannot run.
             result = ToolResult(f"Invalid input for {call.name}: {problem}", is_error=True)
-        elif (denial := await self._denied(call, emit)) is not None:
+        elif (denial := await self._denied(call, emit, view)) is not None:
             result = denial
         else:
             ctx = ToolContext(

@@ -24,7 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import claude_code, isolated_env, scratch, summary, tether, timed  # noqa: E402
+from bench.common import (  # noqa: E402
+    claude_code,
+    claude_ready,
+    isolated_env,
+    scratch,
+    seed_claude_home,
+    summary,
+    tether,
+    tether_ready,
+    timed,
+)
 from bench.markdown_answer import markdown_answer  # noqa: E402
 from bench.tmux_screen import TmuxScreen, stop_server  # noqa: E402
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text  # noqa: E402
@@ -32,17 +42,6 @@ from tests.fixtures.fake_api import FakeMessagesAPI, reply, text  # noqa: E402
 LAST_LINE = "LAST LINE OF THE ANSWER"
 WARM_REPLY = "warmed-up-and-ready"
 TIMED_PROMPT = "show me the long answer"
-
-
-def seed_claude_home(home: Path, project: Path) -> None:
-    """The first-run config Claude Code needs to start interactive without reaching its vendor."""
-    config = {
-        "hasCompletedOnboarding": True,
-        "theme": "dark",
-        "customApiKeyResponses": {"approved": ["sk-test"], "rejected": []},
-        "projects": {str(project): {"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True}},
-    }
-    (home / ".claude.json").write_text(json.dumps(config))
 
 
 def one_run(name: str, command: list[str], env: dict, cwd: Path, size: tuple[int, int], ready) -> float:  # type: ignore[no-untyped-def]
@@ -110,14 +109,11 @@ def main() -> int:
                     env,
                     project,
                     (width, height),
-                    lambda s: (
-                        ("shift+tab to cycle" in s or "for shortcuts" in s)
-                        and any(line.startswith("❯") for line in s.splitlines())
-                    ),
+                    claude_ready,
                 )
                 if run:
                     times_cc.append(t)
-            t = one_run(f"tether{run}", tether(), env, project, (width, height), lambda s: ": ready" in s)
+            t = one_run(f"tether{run}", tether(), env, project, (width, height), tether_ready)
             if run:
                 times_tether.append(t)
         floors = [rich_floor(answer, width - 4) for _ in range(args.runs)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -80,6 +81,34 @@ def claude_code() -> list[str]:
     return [str(local)]
 
 
+def seed_claude_home(home: Path, project: Path) -> None:
+    """The first-run config Claude Code needs to start interactive without reaching its vendor."""
+    config = {
+        "hasCompletedOnboarding": True,
+        "theme": "dark",
+        "customApiKeyResponses": {"approved": ["sk-test"], "rejected": []},
+        "projects": {str(project): {"hasTrustDialogAccepted": True, "hasCompletedProjectOnboarding": True}},
+    }
+    (home / ".claude.json").write_text(json.dumps(config))
+
+
+def claude_ready(screen: str) -> bool:
+    """Claude Code's prompt is drawn and takes input."""
+    return ("shift+tab to cycle" in screen or "for shortcuts" in screen) and any(
+        line.startswith("❯") for line in screen.splitlines()
+    )
+
+
+def tether_ready(screen: str) -> bool:
+    """tether's prompt takes input (its placeholder shows) and the sandbox is ready."""
+    return "Type a prompt" in screen and ": ready" in screen
+
+
+def tether_prompt_ready(screen: str) -> bool:
+    """tether's prompt takes input and the status bar is drawn (the sandbox may still be starting)."""
+    return "Type a prompt" in screen and "sandbox " in screen
+
+
 def tether() -> list[str]:
     """The tether CLI of this checkout."""
     return [sys.executable, "-m", "tui.cli"]
@@ -88,6 +117,9 @@ def tether() -> list[str]:
 def isolated_env(base_url: str, home: Path) -> dict[str, str]:
     """Environment for either CLI: the fake model, a fresh HOME, no telemetry."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "TETHER_", "CLAUDE"))}
+    # A user's Python keeps compiled bytecode (pip writes it at install, an editable checkout on first
+    # run); an environment that turns that off would time recompiling tether's own modules at every start.
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         HOME=str(home),
         XDG_CONFIG_HOME=str(home / ".config"),

@@ -14,6 +14,7 @@ import hmac
 import logging
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 
 import grpc
@@ -32,6 +33,21 @@ PUBLIC_METHOD_PREFIXES = (
 """Methods that answer without a token."""
 
 _TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+_CALLER_TENANT: ContextVar[str | None] = ContextVar("tether_caller_tenant", default=None)
+"""The tenant of the RPC being served, as the interceptor resolved it."""
+
+
+class NotAuthenticated(Exception):
+    """The call carries no tenant: the interceptor did not let it in (UNAUTHENTICATED)."""
+
+
+def caller_tenant() -> str:
+    """The tenant of the RPC being served; ``NotAuthenticated`` if the interceptor resolved none."""
+    tenant = _CALLER_TENANT.get()
+    if tenant is None:
+        raise NotAuthenticated("authentication failed: no valid bearer token")
+    return tenant
 
 
 class TokenFileError(Exception):
@@ -128,7 +144,7 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
 
 
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
-    """Refuses every call but health and reflection unless it carries a known bearer token."""
+    """Refuses every call but health and reflection unless it carries a known bearer token; publishes its tenant."""
 
     def __init__(self, table: TokenTable) -> None:
         """Check calls against ``table``."""
@@ -145,9 +161,13 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method or ""
         if handler is None or method.startswith(PUBLIC_METHOD_PREFIXES):
             return handler
-        metadata = handler_call_details.invocation_metadata
-        token = bearer_token(metadata)
-        if self.table.tenant(token) is not None:
+        token = bearer_token(handler_call_details.invocation_metadata)
+        tenant = self.table.tenant(token)
+        if tenant is not None:
+            # grpc.aio runs the interceptors and then the handler in the one task it makes
+            # per RPC, so the handler sees this and no other call does: the servicer reads
+            # the tenant here rather than authenticating a second time.
+            _CALLER_TENANT.set(tenant)
             return handler
         reason = "no bearer token was sent" if token is None else "the bearer token is not valid here"
         rpc_log.info(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
 import os
 import shutil
@@ -16,6 +17,16 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import TypeVar
+
+from remote_sandbox.config import (
+    DEFAULT_MAX_EXECS_PER_SANDBOX,
+    DEFAULT_MAX_SANDBOXES_PER_TENANT,
+    DEFAULT_REAP_INTERVAL_S,
+    HostConfig,
+    HostStartError,
+    default_state_dir,
+)
 
 READY_LINE_PREFIX = "tether sandbox host listening on "
 """The start of the one line printed on stdout once the host accepts calls."""
@@ -23,17 +34,10 @@ READY_LINE_PREFIX = "tether sandbox host listening on "
 DEFAULT_LISTEN = "127.0.0.1:50451"
 """Where ``serve`` listens unless told otherwise: loopback only."""
 
-DEFAULT_MAX_SANDBOXES_PER_TENANT = 64
-"""``--max-sandboxes-per-tenant`` unless given (the server's default, repeated so --help stays fast)."""
-
-DEFAULT_MAX_EXECS_PER_SANDBOX = 64
-"""``--max-execs-per-sandbox`` unless given."""
-
 DEFAULT_MAX_WRITE_BYTES = "1G"
-"""``--max-write-bytes`` unless given."""
+"""``--max-write-bytes`` unless given (the host's ``DEFAULT_MAX_WRITE_BYTES``, as a size a user types)."""
 
-DEFAULT_REAP_INTERVAL_S = 30.0
-"""``--reap-interval`` unless given."""
+N = TypeVar("N", int, float)
 
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -60,24 +64,41 @@ def byte_size(text: str) -> int:
 
 def positive_int(text: str) -> int:
     """An integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
-    return value
+    return _positive(text, int, "a whole number", "at least 1")
 
 
 def positive_seconds(text: str) -> float:
     """A number of seconds above 0."""
+    return _positive(text, float, "a number of seconds", "more than 0 seconds")
+
+
+def _positive(text: str, kind: type[N], what: str, bound: str) -> N:
+    """``text`` as a ``kind`` above 0; else an argparse error saying it is not ``what`` or must be ``bound``."""
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
     if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: must be more than 0 seconds")
+        raise argparse.ArgumentTypeError(f"{text!r}: must be {bound}")
     return value
+
+
+def keep_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 128 << 20) -> bool:
+    """Have glibc's malloc reuse the buffers of file data rather than hand them back to the kernel each time.
+
+    By default a buffer past 128 KiB (every 256 KiB message, every 4 MiB batch) is mapped
+    fresh and freed memory past twice that is returned at once, so each one is faulted in
+    and zeroed again: about a third of the host's CPU time in a 100 MB ReadFile, measured
+    with ``bench/bench_sandbox_files.py``. Buffers below ``mmap_threshold`` now come from the
+    heap and up to ``trim_threshold`` bytes of freed memory are kept for the next ones.
+    Returns whether the C library took it (not glibc: nothing to tune).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, trim_threshold))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -170,7 +191,8 @@ def main(argv: list[str]) -> int:
     )
     # Imported here: argument errors and --help stay fast.
     from remote_sandbox.auth import TokenFileError, load_token_file, token_file_is_private
-    from remote_sandbox.server import HostConfig, HostStartError, default_state_dir
+
+    keep_freed_memory()
 
     if args.token_file is None:
         print(f"tether sandbox serve: {TOKEN_HELP}", file=sys.stderr)
@@ -212,11 +234,11 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-async def _serve(config: object, *, exit_with_parent: bool) -> int:
+async def _serve(config: HostConfig, *, exit_with_parent: bool) -> int:
     """Start the host, announce it, and run until SIGTERM, SIGINT or (optionally) stdin EOF."""
     from remote_sandbox.server import SandboxHost
 
-    host = SandboxHost(config)  # type: ignore[arg-type]
+    host = SandboxHost(config)
     address = await host.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

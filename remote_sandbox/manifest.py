@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.workspace_rules import IgnoreRules, compile_rules
+from remote_sandbox.paths import DIR_FLAGS
 
 RACY_NS = 1_000_000_000
 """A file changed less than this before a walk started is hashed again by the next walk."""
@@ -42,7 +43,6 @@ KEPT_ANSWERS = 4
 GITIGNORE_MAX_BYTES = 1 << 20
 """A larger ``.gitignore`` is read only this far."""
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 # A file as a walk saw it: ((st_ino, st_size, st_mtime_ns, st_ctime_ns), st_mode, sha256 hex, trusted).
@@ -113,7 +113,7 @@ def manifest(root_fd: int, request: pb.ManifestRequest, state: ManifestState) ->
     """Answer ``request`` for the workspace whose root directory is open as ``root_fd`` (not closed here).
 
     ``request.paths`` must already be checked to stay inside the workspace
-    (``Workspace.manifest_roots``); they are walked without following symlinks.
+    (``SandboxPaths.resolve_workspace_root``); they are walked without following symlinks.
     """
     rules = ManifestRules.of(request)
     with state.lock:
@@ -179,7 +179,7 @@ def _walk_root(root_fd: int, rel: str, base: IgnoreRules, walk: _Walk) -> None:
                 return
             if rules.ignored(prefix, True):
                 return
-            sub = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            sub = os.open(part, DIR_FLAGS, dir_fd=fd)
             os.close(fd)
             fd = sub
             if walk.gitignore:
@@ -224,7 +224,7 @@ def _walk_dir(dir_fd: int, rel: str, rules: IgnoreRules, walk: _Walk) -> None:
             _see_file(dir_fd, entry.name, child, st, walk)
         for name, child in subdirs:
             try:
-                sub_fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+                sub_fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
             except OSError:
                 continue  # replaced by a symlink or removed mid-walk
             # git never applies .gitignore patterns to its own directory (a `logs/` or `*.pack`

@@ -2,7 +2,7 @@
 
 The common case is a fresh or mostly new tree: many files in few directories.
 So directory descriptors stay open across members (opened one component at a
-time with ``O_NOFOLLOW``, as ``Workspace.resolve`` does, so nothing can lead a
+time with ``O_NOFOLLOW``, as ``SandboxPaths.resolve`` does, so nothing can lead a
 member out of the workspace), a file that does not exist yet is created
 ``O_EXCL`` under its own name and filled straight from the spooled tar with
 ``sendfile`` (no temp file, no rename, no copy through Python), and
@@ -11,7 +11,7 @@ directory does not refuse the members inside it.
 
 Anything unusual (a symlink or a file where a directory is expected, a
 compressed or sparse stream, a hard link) goes through the general path of
-``Workspace`` (``_import_member``), which resolves from the root and follows
+``_import_member``, which resolves each member from the root (``SandboxPaths``) and follows
 symlinks only inside the workspace. An existing file is replaced atomically
 (``AtomicWrite``). Members with absolute names or ``..``, and special files,
 are refused.
@@ -27,17 +27,14 @@ import stat
 import tarfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from remote_sandbox.atomic_write import DEFAULT_FILE_MODE, AtomicWrite
+from remote_sandbox.paths import DIR_FLAGS, ResolvedPath, SandboxPaths
 from remote_sandbox.providers.base import InvalidRequest
-
-if TYPE_CHECKING:
-    from remote_sandbox.workspace import Workspace
 
 MAX_OPEN_DIRS = 128
 """Directory descriptors kept open at once (least recently used closed first)."""
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _SENDFILE_CHUNK = 1 << 30
 
@@ -67,7 +64,7 @@ class _OpenDirs:
         parent = self.get(parts[:-1])
         name = parts[-1]
         try:
-            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+            fd = os.open(name, DIR_FLAGS, dir_fd=parent)
         except FileNotFoundError:
             with contextlib.suppress(FileExistsError):
                 os.mkdir(name, 0o755, dir_fd=parent)
@@ -84,7 +81,7 @@ class _OpenDirs:
     @staticmethod
     def _open_existing(parent: int, name: str) -> int:
         try:
-            return os.open(name, _DIR_FLAGS, dir_fd=parent)
+            return os.open(name, DIR_FLAGS, dir_fd=parent)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 raise _Unusual from None
@@ -104,8 +101,8 @@ class _OpenDirs:
         os.close(self.root_fd)
 
 
-def import_tar(workspace: Workspace, tar_path: Path) -> tuple[int, int]:
-    """Unpack the tar file at ``tar_path`` into ``workspace``; return ``(files, bytes)``."""
+def import_tar(paths: SandboxPaths, tar_path: Path) -> tuple[int, int]:
+    """Unpack the tar file at ``tar_path`` into the workspace of ``paths``; return ``(files, bytes)``."""
     with open(tar_path, "rb") as spool:
         try:
             tar = tarfile.open(fileobj=spool, mode="r:*")
@@ -113,7 +110,7 @@ def import_tar(workspace: Workspace, tar_path: Path) -> tuple[int, int]:
             raise InvalidRequest(f"the import is not a readable tar stream: {exc}") from None
         # Data can be copied straight from the spool only when the stream is not compressed.
         direct = tar.fileobj is spool
-        dirs = _OpenDirs(os.open(workspace.workspace.host, _DIR_FLAGS))
+        dirs = _OpenDirs(os.open(paths.workspace.host, DIR_FLAGS))
         modes: dict[str, int] = {}
         files = total = 0
         try:
@@ -131,7 +128,7 @@ def import_tar(workspace: Workspace, tar_path: Path) -> tuple[int, int]:
                         added = _fast_member(tar, member, parts, dirs, spool.fileno() if direct else -1, modes)
                     except _Unusual:
                         dirs.forget("/".join(parts))
-                        files, total = workspace._import_member(tar, member, files, total)
+                        files, total = _import_member(paths, tar, member, files, total)
                         modes.pop("/".join(parts), None)
                         continue
                     if added is not None:
@@ -229,3 +226,72 @@ def _apply_dir_modes(dirs: _OpenDirs, modes: dict[str, int]) -> None:
         except (_Unusual, FileNotFoundError):
             continue  # replaced by a later member
         os.fchmod(fd, modes[rel])
+
+
+def _import_member(
+    paths: SandboxPaths, tar: tarfile.TarFile, member: tarfile.TarInfo, files: int, total: int
+) -> tuple[int, int]:
+    """Unpack one file, directory or symlink the general way: resolved from the root, symlinks followed inside the workspace."""
+    parts = _checked_parts(member.name)
+    if not parts:
+        return files, total
+    rel = "/".join(parts)
+    mode = member.mode & 0o7777
+    if member.isdir():
+        resolved = paths.resolve(rel, create_parents=True, follow_last=False)
+        try:
+            if resolved.st is not None and not stat.S_ISDIR(resolved.st.st_mode):
+                _remove_existing(resolved)
+            if resolved.st is None:
+                os.mkdir(resolved.name, 0o755, dir_fd=resolved.dir_fd)
+            _chmod_dir(resolved, mode or 0o755)
+        finally:
+            resolved.close()
+        return files, total
+    if member.issym():
+        resolved = paths.resolve(rel, create_parents=True, follow_last=False)
+        try:
+            _remove_existing(resolved)
+            os.symlink(member.linkname, resolved.name, dir_fd=resolved.dir_fd)
+        finally:
+            resolved.close()
+        return files + 1, total
+    source = tar.extractfile(member)
+    if source is None:
+        raise InvalidRequest(f"tar member {member.name!r} has no data")
+    resolved = paths.resolve(rel, create_parents=True, follow_last=False)
+    if resolved.st is not None and not stat.S_ISREG(resolved.st.st_mode):
+        try:
+            _remove_existing(resolved)
+        except BaseException:
+            resolved.close()
+            raise
+    writer = AtomicWrite(resolved, mode or DEFAULT_FILE_MODE)
+    try:
+        while chunk := source.read(1 << 20):
+            writer.write(chunk)
+            total += len(chunk)
+        writer.commit(mtime=member.mtime)
+    finally:
+        writer.abort()
+    return files + 1, total
+
+
+def _chmod_dir(resolved: ResolvedPath, mode: int) -> None:
+    """Give the directory at ``resolved`` permission bits ``mode`` (no setuid, setgid or sticky bits)."""
+    fd = resolved.open_dir()
+    try:
+        os.fchmod(fd, mode & 0o777)
+    finally:
+        os.close(fd)
+
+
+def _remove_existing(resolved: ResolvedPath) -> None:
+    """Remove whatever is at ``resolved`` (a directory with its contents) so a new entry can take its place."""
+    if resolved.st is None:
+        return
+    if stat.S_ISDIR(resolved.st.st_mode):
+        shutil.rmtree(resolved.name, dir_fd=resolved.dir_fd)
+    else:
+        os.unlink(resolved.name, dir_fd=resolved.dir_fd)
+    resolved.st = None

@@ -317,3 +317,22 @@ def test_json_export_after_compaction_carries_the_whole_history(tether_env: Teth
     assert [m["role"] for m in document["messages"]] == ["user", "assistant", "user", "assistant"]
     context = json.dumps(document["context"])
     assert "the first prompt" not in context and "we talked about" in context and "the second answer" in context
+
+
+def test_a_reader_that_goes_away_ends_the_run_quietly_and_the_answer_is_kept(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, api_env: dict[str, str]
+) -> None:
+    # `tether -p … | head -c 10`: the pipe closes long before a 200 kB answer is printed.
+    fake_api.script(reply(text("x" * 200_000 + " end of the answer")))
+    command = " ".join([*TETHER, "-p", "'long answer please'"])
+    proc = subprocess.run(
+        ["sh", "-c", f"{command} | head -c 10 >/dev/null"],
+        cwd=tether_env.project,
+        env={**tether_env.env, **api_env},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    answers = [e for e in tether_env.session_events() if e["type"] == EventType.ASSISTANT]
+    assert answers and "end of the answer" in json.dumps(answers[-1]["payload"])

@@ -17,8 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from agent.sandbox_client import HostUnreachable, SandboxAuthError, SandboxClient
+from protos.tether.sandbox.v1 import sandbox_pb2 as pb
+from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from remote_sandbox.auth import TokenFileError, TokenTable, parse_token_lines, tenant_for_token
+from remote_sandbox.providers.local import LocalProvider
+from remote_sandbox.registry import SandboxRegistry
 from remote_sandbox.server import HostConfig, HostStartError, SandboxHost
+from remote_sandbox.service import SandboxService
 from tests.fixtures.sandbox_host import RunningHost, recipe_for, sandbox_host_process
 
 QUICK_S = 5.0
@@ -224,3 +229,36 @@ async def test_unix_socket_left_by_a_dead_host_is_replaced_and_a_live_one_refuse
     finally:
         await first.stop()
     assert not path.exists(), "a stopped host removes its socket"
+
+
+async def test_the_service_trusts_only_the_tenant_the_interceptor_resolved(tmp_path: Path) -> None:
+    """Served without the interceptor, every call is refused, even one carrying a valid token: one check, failing closed."""
+    token = secrets.token_hex(16)
+    registry = SandboxRegistry(HostConfig(listen="", tokens={token: "t"}), tmp_path / "state")
+    registry.provider = LocalProvider()
+    server = grpc.aio.server()
+    pb_grpc.add_SandboxServicer_to_server(SandboxService(registry, registry.provider, registry.config), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await pb_grpc.SandboxStub(channel).ListSandboxes(
+                    pb.ListSandboxesRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=QUICK_S
+                )
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        await server.stop(None)
+        await registry.provider.close()
+
+
+async def test_concurrent_calls_of_two_tenants_each_act_as_their_own(local_sandbox_host: RunningHost) -> None:
+    """The tenant travels with each call: many calls of two tenants at once never see each other's sandboxes."""
+    host = local_sandbox_host
+    async with SandboxClient(host.target, host.token) as a, SandboxClient(host.target, host.other_token) as b:
+        mine = await a.provision(host.recipe)
+        theirs = await b.provision(host.recipe)
+        lists = await asyncio.gather(*(client.list() for _ in range(20) for client in (a, b)))
+        for i, seen in enumerate(lists):
+            expected = mine if i % 2 == 0 else theirs
+            assert [s.sandbox_id for s in seen] == [expected.sandbox_id]

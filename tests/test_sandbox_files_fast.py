@@ -10,6 +10,7 @@ and check that a call cancelled while a batch is being written leaves nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import select
@@ -24,8 +25,8 @@ import pytest
 from agent.sandbox_client import WRITE_CHUNK, SandboxClient
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
-from remote_sandbox import server as host_server
-from remote_sandbox import workspace as ws
+from remote_sandbox import transfers
+from remote_sandbox.file_reader import READ_CHUNK
 from tests.fixtures.sandbox_host import RunningHost, host_workspace, in_process_host
 
 WAIT_S = 15.0
@@ -77,7 +78,7 @@ class DirectoryWatch:
 
 @pytest.mark.parametrize(
     "size",
-    [0, 1, ws.READ_CHUNK, ws.READ_CHUNK + 1, 2 * host_server.WRITE_BATCH_BYTES + 3 * WRITE_CHUNK + 123],
+    [0, 1, READ_CHUNK, READ_CHUNK + 1, 2 * transfers.WRITE_BATCH_BYTES + 3 * WRITE_CHUNK + 123],
     ids=["empty", "one-byte", "one-chunk", "chunk-plus-one", "many-batches"],
 )
 async def test_files_round_trip_across_chunks_and_batches(local_host: RunningHost, size: int) -> None:
@@ -88,11 +89,11 @@ async def test_files_round_trip_across_chunks_and_batches(local_host: RunningHos
         assert (info.size, info.mode & 0o777) == (size, 0o640)
         assert await client.read_file(sandbox.sandbox_id, "blob.bin") == data
         # Ranges that start and end inside chunks, across chunk and batch boundaries, and past the end.
-        batch = host_server.READ_BATCH_BYTES
+        batch = transfers.READ_BATCH_BYTES
         for offset, length in [
             (0, 1),
-            (ws.READ_CHUNK - 7, 20),
-            (batch - 5, ws.READ_CHUNK + 10),
+            (READ_CHUNK - 7, 20),
+            (batch - 5, READ_CHUNK + 10),
             (batch + 3, 0),
             (size - 3, 100),
             (size + 10, 5),
@@ -129,6 +130,30 @@ async def test_overwrite_swaps_the_file_whole_and_open_readers_keep_the_old_one(
     assert sorted(os.listdir(workspace)) == ["f.bin", "link"], "no temp file and no swapped-out file may stay"
 
 
+def _held_deleted_files(directory: Path) -> list[str]:
+    """Files under ``directory`` that are removed but still open in this process (the in-process host)."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith(f"{directory}/") and target.endswith(" (deleted)"):
+                held.append(target)
+    return held
+
+
+async def test_a_replaced_file_is_let_go_after_the_overwrite_is_answered(local_host: RunningHost) -> None:
+    """The host frees a replaced file after answering (it may take a while for a large one), but it frees it."""
+    async with SandboxClient(local_host.target, local_host.token) as client:
+        sandbox = await client.provision(local_host.recipe)
+        workspace = host_workspace(local_host, sandbox.sandbox_id)
+        for _ in range(5):
+            await client.write_file(sandbox.sandbox_id, "f.bin", os.urandom(WRITE_CHUNK))
+        deadline = asyncio.get_running_loop().time() + WAIT_S
+        while held := _held_deleted_files(workspace):
+            assert asyncio.get_running_loop().time() < deadline, f"the host still holds replaced files: {held}"
+            await asyncio.sleep(0.01)  # a bounded poll: the closes run on worker threads, with no event to wait on
+
+
 async def test_a_write_cancelled_while_a_batch_is_written_leaves_no_temp_file(local_host: RunningHost) -> None:
     async with SandboxClient(local_host.target, local_host.token) as client:
         sandbox = await client.provision(local_host.recipe)
@@ -139,7 +164,7 @@ async def test_a_write_cancelled_while_a_batch_is_written_leaves_no_temp_file(lo
     async def messages() -> AsyncIterator[pb.WriteFileRequest]:
         """A header and more than a batch of data, then nothing: the call hangs until cancelled."""
         yield pb.WriteFileRequest(header=header)
-        for _ in range(host_server.WRITE_BATCH_BYTES // WRITE_CHUNK + 1):
+        for _ in range(transfers.WRITE_BATCH_BYTES // WRITE_CHUNK + 1):
             yield pb.WriteFileRequest(data=b"p" * WRITE_CHUNK)
         await never.wait()
 

@@ -40,7 +40,7 @@ from agent.sandbox_client import (
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from remote_sandbox import cli
-from remote_sandbox import server as host_server
+from remote_sandbox import config as host_config
 from remote_sandbox.cli import READY_LINE_PREFIX
 from remote_sandbox.providers.local import LocalProvider
 from remote_sandbox.server import HostConfig, SandboxHost
@@ -208,10 +208,10 @@ def logged_host_process(state_dir: Path, extra_args: list[str]) -> Iterator[Logg
 
 async def test_cli_defaults_are_the_servers() -> None:
     args = cli.build_parser().parse_args(["serve"])
-    assert args.max_sandboxes_per_tenant == host_server.DEFAULT_MAX_SANDBOXES_PER_TENANT
-    assert args.max_execs_per_sandbox == host_server.DEFAULT_MAX_EXECS_PER_SANDBOX
-    assert args.max_write_bytes == host_server.DEFAULT_MAX_WRITE_BYTES
-    assert args.reap_interval == host_server.HostConfig(listen="").reap_interval_s
+    assert args.max_sandboxes_per_tenant == host_config.DEFAULT_MAX_SANDBOXES_PER_TENANT
+    assert args.max_execs_per_sandbox == host_config.DEFAULT_MAX_EXECS_PER_SANDBOX
+    assert args.max_write_bytes == host_config.DEFAULT_MAX_WRITE_BYTES
+    assert args.reap_interval == host_config.HostConfig(listen="").reap_interval_s
 
 
 @pytest.mark.parametrize("size", [17 * MIB, 40 * MIB], ids=["past-the-limit", "past-the-transport"])
@@ -225,8 +225,8 @@ async def test_oversized_exec_request_is_resource_exhausted(local_limited_host: 
                 pass
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     details = caught.value.details() or ""
-    if size < host_server.TRANSPORT_MESSAGE_BYTES:
-        assert "max message size" in details and str(host_server.MAX_MESSAGE_BYTES) in details, details
+    if size < host_config.TRANSPORT_MESSAGE_BYTES:
+        assert "max message size" in details and str(host_config.MAX_MESSAGE_BYTES) in details, details
     else:
         assert "larger than max" in details, details  # gRPC's own words, past what it lets in at all
 
@@ -468,7 +468,7 @@ async def test_a_gibibyte_of_stdout_is_capped_spilled_whole_and_the_host_stays_s
             assert exited is not None
             assert exited.exit_code == 0
             assert exited.truncated
-            assert streamed == host_server.DEFAULT_OUTPUT_CAP
+            assert streamed == host_config.DEFAULT_OUTPUT_CAP
             assert exited.stdout_bytes == GIB
             spill = await client.stat(sandbox.sandbox_id, exited.spill_path)
             assert spill.size == GIB, "the spill file holds the whole output"
@@ -545,7 +545,7 @@ async def test_local_host_killed_and_restarted_cleans_its_sandboxes(tmp_path: Pa
 
 
 @pytest.mark.docker
-async def test_docker_host_killed_and_restarted_removes_its_containers(
+async def test_docker_host_killed_and_restarted_keeps_its_running_containers(
     tmp_path: Path, docker_engine: docker.DockerClient, docker_test_image: str
 ) -> None:
     state = tmp_path / "state"
@@ -560,16 +560,19 @@ async def test_docker_host_killed_and_restarted_removes_its_containers(
         assert await asyncio.to_thread(host.process.wait, WAIT_S) == -signal.SIGKILL
         assert sorted(sandbox_containers(docker_engine, f"tether.host={host_id}")) == sorted(containers)
 
-    # Reconciling happens before the host says it listens: by then the orphans are gone
-    # (destroyed, not adopted: their tenants' leases were lost with the dead host).
+    # Reconciling happens before the host says it listens: by then the running orphans are
+    # adopted with their directories (issue 11: their tenant gets them back).
     with sandbox_host_process("docker", state_dir=state, image=docker_test_image) as again:
-        assert sandbox_containers(docker_engine, f"tether.host={host_id}") == []
-        assert list((state / "sandboxes").iterdir()) == []
+        assert sorted(sandbox_containers(docker_engine, f"tether.host={host_id}")) == sorted(containers)
+        assert sorted(p.name for p in (state / "sandboxes").iterdir()) == sorted(s.sandbox_id for s in sandboxes)
         async with SandboxClient(again.target, again.token) as client:
-            with pytest.raises(SandboxGone):
-                await client.get(sandboxes[0].sandbox_id)
+            assert sorted(s.sandbox_id for s in await client.list()) == sorted(s.sandbox_id for s in sandboxes)
+            assert (await client.exec(sandboxes[0].sandbox_id, argv=["echo", "back"])).stdout == b"back\n"
             fresh = await client.provision(again.recipe)
             assert (await client.exec(fresh.sandbox_id, argv=["echo", "fine"])).stdout == b"fine\n"
+    # Not destroyed on exit either (the host leaves sandboxes unless told to destroy them): clean up.
+    for container_id in sandbox_containers(docker_engine, f"tether.host={host_id}"):
+        docker_engine.api.remove_container(container_id, force=True)
 
 
 # ----- idle TTL

@@ -194,6 +194,23 @@ async def test_write_creates_files_and_refuses_blind_overwrites(tools: SandboxTo
     assert onto_dir.is_error and "directory" in onto_dir.content
 
 
+async def test_a_write_is_shown_as_a_diff_against_the_file_in_the_sandbox(tools: SandboxTools) -> None:
+    await tools.ok("printf 'one\\ntwo\\nthree\\n' > w.txt && printf 'a\\000b' > blob.bin")
+
+    def started(path: str):  # type: ignore[no-untyped-def]
+        return [e.view for e in tools.events if isinstance(e, ev.ToolStarted) and e.input.get("file_path") == path][-1]
+
+    await tools.call("Write", {"file_path": "w.txt", "content": "one\n2\nthree\n"})
+    view = started("w.txt")
+    assert view.kind == "diff" and view.path == f"{tools.workdir}/w.txt"
+    assert "-two\n+2\n" in view.text and " one\n" in view.text and "+one" not in view.text, view.text
+    await tools.call("Write", {"file_path": "fresh.txt", "content": "x\ny\n"})
+    assert "+x\n+y\n" in started("fresh.txt").text
+    await tools.call("Write", {"file_path": "blob.bin", "content": "text now\n"})
+    binary = started("blob.bin").text
+    assert "+text now" in binary and "\n-" not in binary, "a binary file is not diffed: the new content shows as added"
+
+
 async def test_edit_replaces_exactly_and_explains_every_refusal(tools: SandboxTools) -> None:
     await tools.ok("printf 'alpha\\nbeta\\nbeta\\ngamma\\n' > e.txt")
     path = f"{tools.workdir}/e.txt"

@@ -123,7 +123,7 @@ async def test_slash_completion_lists_commands_and_tab_accepts(fake_api: FakeMes
         await pilot.press("/", "c")
         suggestions = app.query_one(Suggestions)
         await until(pilot, lambda: suggestions.display)
-        assert [c.value for c in suggestions.completions] == ["/compact", "/cost", "/clear"]
+        assert [c.value for c in suggestions.completions] == ["/compact", "/cost", "/copy", "/clear"]
         await pilot.press("down", "tab")
         assert app.prompt_area.text == "/cost"
         assert not suggestions.display
@@ -241,6 +241,46 @@ async def test_a_prompt_sent_during_a_turn_is_queued_then_sent(fake_api: FakeMes
         assert "queued:" not in screen_text(app)
         assert sent_prompts(fake_api) == ["first", "queued one"]
         await app.action_quit()
+
+
+async def test_the_prompt_takes_input_before_the_sandbox_is_ready(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
+    # The recipe's setup holds provisioning until the test creates .release in the (direct) workspace.
+    recipe = tui_env.parent / "slow.toml"
+    recipe.write_text('name = "slow"\nsetup = ["while [ ! -e .release ]; do sleep 0.02; done"]\n')
+    fake_api.script(reply(text("answered after the sandbox came up")), reply(text("and the typed one")))
+    app = TetherApp(HarnessOptions(project_dir=tui_env, recipe=str(recipe)), initial_prompt="from the command line")
+    async with app.run_test(size=(120, 34)) as pilot:
+        await until(pilot, lambda: not app.prompt_area.disabled)
+        await pilot.pause()
+        assert app.status.sandbox_state == "starting"
+        assert "a prompt · / commands" in screen_text(app)  # (the cursor cell splits off the "T")
+        await pilot.press(*"typed at once", "enter")
+        await pilot.pause()
+        assert app.queued == ["from the command line", "typed at once"]
+        assert "queued: typed at once" in screen_text(app)
+        assert fake_api.message_requests == [], "nothing reaches the model before the sandbox is ready"
+        (tui_env / ".release").touch()
+        await until(pilot, lambda: len(fake_api.message_requests) == 2 and not app.busy)
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert sent_prompts(fake_api) == ["from the command line", "typed at once"]
+        screen = screen_text(app)
+        assert "queued:" not in screen and "and the typed one" in screen
+        await app.action_quit()
+
+
+async def test_quit_while_the_sandbox_starts_leaves_nothing_running(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
+    recipe = tui_env.parent / "slow.toml"
+    recipe.write_text('name = "slow"\nsetup = ["while [ ! -e .release ]; do sleep 0.02; done"]\n')
+    app = TetherApp(HarnessOptions(project_dir=tui_env, recipe=str(recipe)))
+    async with app.run_test(size=(120, 34)) as pilot:
+        await until(pilot, lambda: app.harness.client is not None and app.harness.lease is not None)
+        assert app.harness.embedded is not None and app.harness.embedded.process is not None
+        process = app.harness.embedded.process
+        assert app.status.sandbox_state == "starting" and not app.prompt_area.disabled
+        await app.action_quit()
+        assert app.return_code == 0
+        assert process.returncode is not None, "quitting while the sandbox starts stops the embedded host"
 
 
 async def test_at_completes_workspace_paths(fake_api: FakeMessagesAPI, tui_env: Path) -> None:

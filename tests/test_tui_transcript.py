@@ -134,3 +134,34 @@ async def test_a_long_resumed_session_shows_its_newest_entries_and_earlier_ones_
         assert len(transcript.children) == shown + RESUME_ENTRIES
         assert app.focused is app.query_one("#prompt", PromptArea)
         await app.action_quit()
+
+
+def test_lean_strips_draw_like_strips_and_make_their_caches_only_when_drawn() -> None:
+    from rich.segment import Segment
+    from rich.style import Style
+    from textual.strip import Strip
+
+    from tui.rendered import _STRIP_CACHES, LeanStrip
+
+    segments = [Segment("hello ", Style(bold=True)), Segment("wörld", Style(color="red"))]
+    lean, plain = LeanStrip(segments), Strip(segments)
+    assert set(_STRIP_CACHES) <= set(Strip.__slots__), "Strip's caches changed: update _STRIP_CACHES"
+    style = Style(bgcolor="blue")
+    for width in (4, 11, 20):
+        assert list(lean.crop_extend(0, width, None).apply_style(style)) == list(
+            plain.crop_extend(0, width, None).apply_style(style)
+        )
+    assert lean.text == plain.text and lean.cell_length == plain.cell_length
+    assert list(lean.divide([3, 8])[1]) == list(plain.divide([3, 8])[1])
+    fresh = LeanStrip(segments)
+    made = [name for name in _STRIP_CACHES if name in dir(fresh) and _has_slot_value(fresh, name)]
+    assert made == [], "a line that was never drawn carries no cache"
+
+
+def _has_slot_value(strip, name: str) -> bool:  # type: ignore[no-untyped-def]
+    descriptor = getattr(type(strip).__mro__[1], name)
+    try:
+        descriptor.__get__(strip)
+    except AttributeError:
+        return False
+    return True

@@ -5,26 +5,41 @@ It subscribes to the harness's events and sends it the user's prompts; nothing e
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+import time
+
 from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.worker import WorkerCancelled
 
 from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
 from agent.pricing import price_of
 from agent.sandbox_client import SandboxError
+from session.events import EventType
+from session.plaintext import assistant_text
+from session.store import SessionLog
 from tui.commands import COMMAND_ERRORS, COMMANDS, SlashCommandProvider, parse_command
 from tui.history import PromptHistory
+from tui.looks import use_looks
 from tui.permission import PermissionScreen
 from tui.plan import PlanScreen
 from tui.prompt import Completion, PromptArea, PromptBox, QueuedPrompts
-from tui.status import SessionStatus, StatusLine
+from tui.status import SessionStatus, StatusLine, context_tokens_of
+from tui.streaming_markdown import warm_highlighting
 from tui.tool_panels import EXPAND_KEY
 from tui.transcript import Transcript, session_usage
 from tui.widgets import ErrorMessage, Notice, UserMessage
 
 HINTS = "Enter sends · Shift+Enter new line · / commands · Shift+Tab permission mode · Esc interrupts · Ctrl+Q quits"
 """Shown on the first screen, before the first prompt."""
+ESC_TWICE_SECONDS = 0.8
+"""Two presses of Esc on an empty, idle prompt within this many seconds open rewind."""
+COPY_ANSWER_KEY = "ctrl+t"
+"""Copies the last answer's Markdown to the clipboard (``/copy`` does the same)."""
 
 
 class TetherApp(App[int]):
@@ -40,6 +55,7 @@ class TetherApp(App[int]):
         Binding("pageup", "transcript_page(-1)", "Page up", show=False, priority=True),
         Binding("pagedown", "transcript_page(1)", "Page down", show=False, priority=True),
         Binding(EXPAND_KEY, "transcript_expand", "Expand output", show=False, priority=True),
+        Binding(COPY_ANSWER_KEY, "copy_answer", "Copy answer", show=False, priority=True),
     ]
     COMMANDS = App.COMMANDS | {SlashCommandProvider}
 
@@ -52,6 +68,7 @@ class TetherApp(App[int]):
         pick_session: bool = False,
     ) -> None:
         super().__init__()
+        use_looks(self.console)
         self.options = options
         """What the user chose on the command line."""
         self.initial_prompt = initial_prompt
@@ -68,6 +85,8 @@ class TetherApp(App[int]):
         """A turn or a command that changes the session is running."""
         self.exit_session_id: str | None = None
         """The session to resume after the app exits (None: no session was kept)."""
+        self._spinning = False
+        self._last_escape: float | None = None
 
     def compose(self) -> ComposeResult:
         yield Transcript(id="transcript")
@@ -147,34 +166,79 @@ class TetherApp(App[int]):
 
     @work(exclusive=True, group="harness", exit_on_error=False)
     async def start_harness(self) -> None:
-        """Reach the sandbox host and open the session."""
+        """Open the session and reach the sandbox host; the prompt takes input while the sandbox starts.
+
+        A resumed session's conversation is shown first. Prompts sent before the sandbox is ready are
+        queued (shown as such) and sent once it is.
+        """
+        self.busy = True
+        if self.initial_prompt.strip():
+            self.queued.append(self.initial_prompt)
+            self.initial_prompt = ""
+        starting = asyncio.ensure_future(self.harness.start())
         try:
-            await self.harness.start()
-        except Exception as exc:  # noqa: BLE001 - whatever stops start-up must be shown, or the app hangs waiting
-            if isinstance(exc, (HarnessError, SandboxError)):
-                message = str(exc)
-            else:
-                message = f"tether could not start: {type(exc).__name__}: {exc}"
-            self.status.sandbox_state = "unavailable"
-            await self._mount(ErrorMessage(message))
-            self._refresh_status()
-            return
+            opened = asyncio.ensure_future(self.harness.session_opened.wait())
+            await asyncio.wait([starting, opened], return_when=asyncio.FIRST_COMPLETED)
+            opened.cancel()
+            resumed = self.harness.resumed_log
+            if resumed is not None:
+                live_path = resumed.live_path()
+                for hints in self.query("#hints"):
+                    await hints.remove()  # a resumed session's own conversation takes their place
+                await self.query_one(Transcript).show_history(live_path)
+                self._usage_from_log(resumed)
+                self._refresh_status()
+            prompt = self.query_one("#prompt", PromptArea)
+            if not starting.done():
+                prompt.disabled = False
+                prompt.focus()
+            # While the sandbox starts the loop mostly waits: a thread readies code highlighting meanwhile.
+            threading.Thread(target=warm_highlighting, name="warm-highlighting", daemon=True).start()
+            try:
+                await starting
+            except Exception as exc:  # noqa: BLE001 - whatever stops start-up must be shown, or the app hangs waiting
+                if isinstance(exc, (HarnessError, SandboxError)):
+                    message = str(exc)
+                else:
+                    message = f"tether could not start: {type(exc).__name__}: {exc}"
+                self.status.sandbox_state = "unavailable"
+                prompt.disabled = True
+                await self._mount(ErrorMessage(message))
+                self._refresh_status()
+                return
+        finally:
+            if not starting.done():  # quit while starting: stop start-up before the harness is closed
+                starting.cancel()
+                await asyncio.wait([starting])
         if self.harness.workspace is not None:
             self.status.workspace_mode = self.harness.workspace.mode
-        if self.harness.log is not None and (self.options.resume or self.options.continue_latest):
-            live_path = self.harness.log.live_path()
-            for hints in self.query("#hints"):
-                await hints.remove()  # a resumed session's own conversation takes their place
-            await self.query_one(Transcript).show_history(live_path)
-            self.status.tokens, self.status.cost = session_usage(live_path)
-            if self.harness.loop is not None:  # the session's cost goes on from where it was
-                self.harness.loop.totals.cost_usd = self.status.cost
+        if resumed is not None and self.harness.loop is not None:
+            self.harness.loop.totals.cost_usd = self.status.cost  # the session's cost goes on from where it was
         self._refresh_status()
-        prompt = self.query_one("#prompt", PromptArea)
         prompt.disabled = False
-        prompt.focus()
-        if self.initial_prompt.strip():
-            await self._send(self.initial_prompt)
+        if self.screen is self.screen_stack[0]:
+            prompt.focus()
+        await self._turn_ended()
+
+    def _usage_from_log(self, log: SessionLog | None = None) -> None:
+        """Tokens and cost of the whole session (every branch was paid for); context: the branch in effect."""
+        log = log or self.harness.log
+        assert log is not None
+        self.status.tokens, self.status.cost = session_usage(log.events())
+        self.status.context_tokens = context_tokens_of(log.live_path())
+        if self.harness.loop is not None:  # the session's cost goes on from where it was
+            self.harness.loop.totals.cost_usd = self.status.cost
+
+    async def redraw_conversation(self) -> None:
+        """Show exactly the conversation now in effect (after a rewind), and the status that goes with it."""
+        log = self.harness.log
+        if log is None:
+            return
+        transcript = self.query_one(Transcript)
+        await transcript.clear()
+        await transcript.show_history(log.live_path())
+        self._usage_from_log()
+        self._refresh_status()
 
     async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
         """Send the prompt or run the command; while a turn runs, queue it."""
@@ -240,7 +304,7 @@ class TetherApp(App[int]):
             self.query_one("#queued", QueuedPrompts).show(self.queued)
             await self._send(text)
 
-    async def switch_session(self, resume: str, *, clear: bool = False) -> None:
+    async def switch_session(self, resume: str) -> None:
         """Close this session's harness and start another: ``resume`` names it, empty: a new one."""
         await self.harness.close()
         self.options.resume = resume
@@ -249,9 +313,8 @@ class TetherApp(App[int]):
         self.status = self._fresh_status()
         self.query_one("#status", StatusLine).status = self.status
         self.prompt_area.disabled = True
-        transcript = self.query_one(Transcript)
-        if clear or not resume:
-            await transcript.remove_children()
+        # The screen shows the session now in effect, nothing of the one left (a resumed one is drawn on start).
+        await self.query_one(Transcript).clear()
         self._refresh_status()
         self.start_harness()
         await self.workers.wait_for_complete([w for w in self.workers if w.group == "harness"])
@@ -277,6 +340,14 @@ class TetherApp(App[int]):
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
+        if type(event) is ev.TextDelta:
+            # The stream's hot path (thousands a turn): no lookups beyond the answer being written.
+            transcript = self.query_one(Transcript)
+            if transcript.answer is not None and not self._spinning:
+                await transcript.show(event)
+                return
+        if isinstance(event, ev.SandboxState):
+            await self._sandbox_notice(self.status.sandbox_state, event)
         if self.status.apply(event):
             self._refresh_status()
         if isinstance(event, (ev.TextDelta, ev.ToolStarted, ev.PermissionRequest, ev.PlanApprovalRequest)):
@@ -289,6 +360,29 @@ class TetherApp(App[int]):
             self.ask_permission(event)
         elif isinstance(event, ev.PlanApprovalRequest):
             self.ask_plan(event)
+
+    async def _sandbox_notice(self, before: str, event: ev.SandboxState) -> None:
+        """One line in the transcript when the sandbox or its host goes away or comes back between prompts."""
+        if event.state == before or before == "starting":
+            return  # no change, or start-up (whose failure is shown as an error of its own)
+        detail = f" ({event.detail})" if event.detail else ""
+        if event.state == "unreachable":
+            if event.host == "embedded":
+                session = self.harness.log.session_id if self.harness.log is not None else ""
+                how = f"/resume {session}" if session else "quitting and resuming the session"
+                text = (
+                    f"The embedded sandbox host stopped answering{detail}. tether cannot restart it within "
+                    f"this session yet: {how} starts a new host and restores the workspace."
+                )
+            else:
+                text = f"Sandbox host {event.host} unreachable{detail}; tether keeps trying and says when it answers."
+            await self._mount(ErrorMessage(text, classes="sandbox-notice"))
+        elif event.state == "ready" and before == "unreachable":
+            await self._mount(Notice(f"Sandbox host {event.host} answers again.", classes="sandbox-notice"))
+        elif event.state == "lost" and before == "ready" and not self.busy:
+            # Seen by the heartbeat between prompts; during a turn the tool's result and the restore say it.
+            text = f"Sandbox lost{detail}; the next tool call starts a new one from the same recipe."
+            await self._mount(Notice(text, classes="sandbox-notice"))
 
     @work(exit_on_error=False)
     async def ask_permission(self, request: ev.PermissionRequest) -> None:
@@ -307,6 +401,27 @@ class TetherApp(App[int]):
         """Scroll the transcript a page up (-1) or down (1), wherever the focus is."""
         await self.query_one(Transcript).page(direction)
 
+    def last_answer(self) -> str:
+        """The Markdown of the newest assistant text: the one streaming, else the newest in the session log."""
+        streaming = self.query_one(Transcript).answer
+        if streaming is not None and streaming.source.strip():
+            return streaming.source
+        if self.harness.log is not None:
+            for event in reversed(self.harness.log.live_path()):
+                if event.type == EventType.ASSISTANT and (text := assistant_text(event.payload)).strip():
+                    return text
+        return ""
+
+    def action_copy_answer(self) -> None:
+        """Copy the last answer's Markdown to the clipboard (OSC 52: the terminal must allow it)."""
+        answer = self.last_answer()
+        if not answer:
+            self.notify("No answer to copy yet.", severity="warning")
+            return
+        self.copy_to_clipboard(answer)
+        lines = answer.count("\n") + 1
+        self.notify(f"Copied the last answer ({lines} line{'s' if lines != 1 else ''} of Markdown).")
+
     def action_transcript_expand(self) -> None:
         """Unfold long tool output and thinking, or fold them again."""
         self.query_one(Transcript).toggle_expanded()
@@ -322,6 +437,7 @@ class TetherApp(App[int]):
                 request.future.set_result(decision)
 
     def _thinking(self, thinking: bool) -> None:
+        self._spinning = thinking
         self.query_one("#status", StatusLine).set_thinking(thinking)
 
     def _refresh_status(self) -> None:
@@ -339,11 +455,29 @@ class TetherApp(App[int]):
         self._refresh_status()
 
     def action_interrupt(self) -> None:
-        """Stop the running turn: the model stream and any running tool."""
-        self.harness.interrupt()
+        """Esc: stop the running turn (model stream and tool) at once; twice on an empty, idle prompt: rewind."""
+        if self.harness.interrupt() or self.busy:
+            self._last_escape = None
+            return
+        if self.prompt_area.disabled or self.prompt_area.text.strip():
+            self._last_escape = None  # only two presses in a row on an empty prompt count
+            return
+        now = time.monotonic()
+        if self._last_escape is not None and now - self._last_escape < ESC_TWICE_SECONDS:
+            self._last_escape = None
+            self.run_command("rewind", "")
+            return
+        self._last_escape = now
+        self.notify("Esc again to rewind to an earlier prompt.", timeout=ESC_TWICE_SECONDS * 2)
 
     async def action_quit(self) -> None:
         """Close the session cleanly, then exit."""
+        starting = [worker for worker in self.workers if worker.group == "harness"]
+        for worker in starting:
+            worker.cancel()
+        if starting:  # (an empty list would wait for every worker, this one too)
+            with contextlib.suppress(WorkerCancelled):
+                await self.workers.wait_for_complete(starting)
         await self.harness.close()
         # An unused new session is removed on close; only a kept one can be resumed.
         self.exit_session_id = self.harness.log.session_id if self.harness.log is not None else None

@@ -206,6 +206,11 @@ def main(argv: list[str] | None = None, *, shared_host: SharedHost | None = None
         except KeyboardInterrupt:
             print("tether: interrupted", file=sys.stderr)
             code = 130
+        except BrokenPipeError:
+            # The reader went away (`tether -p … | head`): the answer is in the session log; say nothing more
+            # on stdout (Python would report the closed pipe again at exit) and end as a SIGPIPE'd program does.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = 141
         if whole_process:
             _exit_now(code)
         return code

@@ -77,6 +77,8 @@ class CommandTable:
             "  Enter send · Shift+Enter or Ctrl+J new line · Up/Down at the first/last line: history",
             "  Tab or Enter accept a completion · @path completes workspace files · Esc interrupt the turn",
             "  Ctrl+P command palette · Ctrl+Q quit · a prompt sent while the agent works is queued",
+            "  Esc twice on an empty prompt: rewind · Ctrl+O expand tool output",
+            "  Drag the mouse to select, Ctrl+C copies it · Ctrl+T copies the last answer's Markdown",
         ]
         return "\n".join(lines)
 
@@ -104,7 +106,7 @@ async def _new(app: TetherApp, args: str) -> None:
 
 
 async def _clear(app: TetherApp, args: str) -> None:
-    await app.switch_session("", clear=True)
+    await app.switch_session("")
 
 
 async def _resume(app: TetherApp, args: str) -> None:
@@ -203,6 +205,10 @@ async def _export(app: TetherApp, args: str) -> None:
     await app.show(Notice(f"Exported the session to {target}"))
 
 
+async def _copy(app: TetherApp, args: str) -> None:
+    app.action_copy_answer()
+
+
 async def _quit(app: TetherApp, args: str) -> None:
     await app.action_quit()
 
@@ -237,6 +243,8 @@ async def _rewind(app: TetherApp, args: str) -> None:
     }[picked.choice]
     if report.refused:
         note += f"; {len(report.refused)} file(s) could not be restored: " + ", ".join(p for p, _ in report.refused[:5])
+    if picked.choice != "code":
+        await app.redraw_conversation()  # the screen shows the branch that goes on, not the prompts taken back
     await app.show(Notice(note + "."))
     if picked.choice != "code":
         # The rewound prompt comes back to be edited and sent again.
@@ -260,6 +268,7 @@ COMMANDS = CommandTable(
         SlashCommand("diff", "the session's changes to the project", _diff),
         SlashCommand("apply", "write a copy workspace's changes into the project", _apply, "[--force]"),
         SlashCommand("export", "write the session to a file", _export, "[md|json] [FILE]"),
+        SlashCommand("copy", "copy the last answer's Markdown to the clipboard", _copy, needs_idle=False),
         SlashCommand("clear", "clear the screen and the conversation (a new session)", _clear),
         SlashCommand("quit", "close the session and exit", _quit, needs_idle=False),
     ]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-from rich.syntax import Syntax
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,19 +14,15 @@ from textual.widgets import Button, Input, Label, Static
 from agent.events import PermissionDecision, PermissionRequest
 from agent.permissions import Rule, SettingsError
 from agent.tools.views import CallView
+from tui.tool_panels import unified_diff_text
 
 
 def call_detail(name: str, args: dict, view: CallView | None) -> Static:
     """The call as the tool shows it: a command with its description, a coloured diff, or its input."""
     if view is not None and view.kind == "diff":
-        syntax = Syntax(
-            view.text.rstrip("\n") or "(no change)",
-            "diff",
-            theme="ansi_dark",
-            word_wrap=True,
-            background_color="default",
-        )
-        return Static(syntax, classes="detail diff")
+        # Plain ANSI colours, no background: Syntax's "ansi_dark" draws bright colours on a white box in a light theme.
+        diff = unified_diff_text(view.text, headers=False) if view.text.strip() else Text("(no change)")
+        return Static(diff, classes="detail diff")
     if view is not None and view.kind == "command":
         text = Text(view.text, style="bold")
         if view.description:

@@ -23,6 +23,19 @@ PREVIEW_CHARS = 3000
 """How much of the selected session's transcript the preview shows."""
 
 
+def clock() -> datetime:
+    """Now, in UTC: what ages are counted from (a test may stop it)."""
+    return datetime.now(UTC)
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as the user reads it: under the home directory, written from ``~``."""
+    try:
+        return "~/" + str(path.relative_to(Path.home()))
+    except (ValueError, RuntimeError):  # not under home, or no home at all
+        return str(path)
+
+
 def age(timestamp: str, now: datetime | None = None) -> str:
     """How long ago an ISO-8601 UTC ``timestamp`` was, in the largest unit: ``5m``, ``3h``, ``2d``."""
     try:
@@ -31,7 +44,7 @@ def age(timestamp: str, now: datetime | None = None) -> str:
         return "?"
     if then.tzinfo is None:
         then = then.replace(tzinfo=UTC)
-    seconds = max(0, int(((now or datetime.now(UTC)) - then).total_seconds()))
+    seconds = max(0, int(((now or clock()) - then).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"
@@ -46,7 +59,7 @@ class SessionPickerScreen(Screen[str | None]):
     SessionPickerScreen #picker-title { padding: 0 1; color: $text-muted; }
     SessionPickerScreen #picker-search { margin: 0 1; }
     SessionPickerScreen #picker-body { height: 1fr; }
-    SessionPickerScreen #picker-list { width: 3fr; height: 1fr; }
+    SessionPickerScreen #picker-list { width: 3fr; height: 1fr; text-wrap: nowrap; text-overflow: ellipsis; }
     SessionPickerScreen #picker-preview { width: 2fr; height: 1fr; padding: 0 1; background: $surface;
         color: $text-muted; overflow-y: auto; }
     """
@@ -83,7 +96,7 @@ class SessionPickerScreen(Screen[str | None]):
         self.reload()
 
     def _title(self) -> str:
-        where = "all projects" if self.all_projects else str(self.project_dir)
+        where = "all projects" if self.all_projects else shown_path(self.project_dir)
         return f"Resume a session — {where}  (Enter resume · Ctrl+A {'this project' if self.all_projects else 'all projects'} · Esc cancel)"
 
     @on(Input.Changed, "#picker-search")
@@ -119,15 +132,15 @@ class SessionPickerScreen(Screen[str | None]):
             )
 
     def _row(self, summary: SessionSummary) -> Text:
+        # Fixed columns first, the title last: a narrow screen cuts the title, never the columns.
         row = Text()
-        row.append(f"{age(summary.updated):>4}  ", "dim")
-        row.append(summary.title or "(untitled)", "bold")
-        row.append(f"  {summary.message_count} msgs", "dim")
+        row.append(f"{age(summary.updated):>4}  {summary.message_count:>4} msgs  ", "dim")
         if self.all_projects:
-            row.append(f"  {summary.project_dir.name}", "italic dim")
+            row.append(f"{summary.project_dir.name}  ", "italic dim")
+        row.append(summary.title or "(untitled)", "bold")
         first = " ".join(summary.first_prompt.split())
         if first and first != summary.title:
-            row.append(f"\n      {first[:90]}", "dim")
+            row.append(f"\n{'':16}{first[:200]}", "dim")
         return row
 
     @on(OptionList.OptionHighlighted, "#picker-list")
@@ -148,7 +161,7 @@ class SessionPickerScreen(Screen[str | None]):
                 log.close()
         except SessionStoreError as exc:
             text = f"Cannot read this session: {exc}"
-        head = f"{summary.session_id}\n{summary.project_dir}\n\n"
+        head = f"{summary.session_id}\n{shown_path(summary.project_dir)}\n\n"
         self.query_one("#picker-preview-text", Static).update(Text(head + text[:PREVIEW_CHARS]))
 
     @on(OptionList.OptionSelected, "#picker-list")

@@ -65,8 +65,13 @@ class PromptArea(TextArea):
             self.text = text
             """The prompt, pasted text expanded."""
 
+    PLACEHOLDER = "Type a prompt · / commands · @ files"
+    """Shown in the empty prompt once it takes input (a disabled prompt shows nothing)."""
+
     def __init__(self, *args, history: PromptHistory | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        if not self.disabled:
+            self.placeholder = self.PLACEHOLDER
         self.prompt_history = history or PromptHistory(None)
         """The project's prompt history (``history`` is the undo history)."""
         self.pastes: dict[int, str] = {}
@@ -75,6 +80,11 @@ class PromptArea(TextArea):
         """The completion list this prompt drives (set by its ``PromptBox``)."""
         self._history_index: int | None = None
         self._draft = ""
+
+    def watch_disabled(self, disabled: bool) -> None:
+        """Say the prompt takes input (the placeholder) only while it does."""
+        super().watch_disabled(disabled)
+        self.placeholder = "" if disabled else self.PLACEHOLDER
 
     async def _on_key(self, event: events.Key) -> None:
         suggestions = self.suggestions

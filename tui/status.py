@@ -5,12 +5,14 @@ It only listens: ``SessionStatus.apply`` takes the harness's events, the bar dra
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from rich.text import Text
 from textual.widgets import Static
 
 from agent import events as ev
+from session.events import Event, EventType
 
 CONTEXT_WINDOW = 200_000
 """Tokens of context the Claude models take (the percentage shown is of this)."""
@@ -24,13 +26,15 @@ MODE_NAMES = {
 """How each permission mode reads in the bar."""
 
 STATE_STYLES = {
-    "starting": "yellow",
-    "restoring": "yellow",
+    "starting": "black on yellow",
+    "restoring": "black on yellow",
     "ready": "green",
-    "lost": "red",
-    "unreachable": "bold red",
-    "unavailable": "bold red",
+    "lost": "bold white on red",
+    "unreachable": "bold white on red",
+    "unavailable": "bold white on red",
 }
+"""How each sandbox state reads in the bar. States that need attention are badges: yellow or red text
+alone is hard to read on a light theme's panel; dark text on yellow and white on red read on both."""
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 
@@ -83,21 +87,51 @@ class SessionStatus:
         return round(100 * self.context_tokens / CONTEXT_WINDOW)
 
     def render(self, width: int = 200) -> Text:
-        """The bar's line; shorter wording when ``width`` is narrow."""
-        wide = width >= 110
+        """The bar's line, fitted to ``width`` cells: fewer words, shorter numbers, fewer parts; the state stays."""
+        steps = [
+            {"labels": False},
+            {"labels": False, "wide": False},
+            {"labels": False, "wide": False, "workspace": False},
+            {"labels": False, "wide": False, "workspace": False, "context": False},
+        ]
+        line = self._line()
+        for step in steps:
+            if line.cell_len <= width:
+                break
+            line = self._line(**step)
+        return line
+
+    def _line(self, *, wide: bool = True, labels: bool = True, context: bool = True, workspace: bool = True) -> Text:
         cost = "cost unknown" if self.cost is None else f"${self.cost:.4f}"
         tokens = f"{self.tokens:,} tokens" if wide else f"{_short(self.tokens)} tok"
         mode = MODE_NAMES.get(self.permission_mode, self.permission_mode)
         parts: list[Text | str] = [self.model if wide else self.model.removeprefix("claude-")]
-        parts.append(f"ctx {self.context_percent}%")
+        if context:
+            parts.append(f"ctx {self.context_percent}%")
         parts.append(f"{tokens} {cost}" if not wide else f"{tokens} · {cost}")
         parts.append(Text(mode, style="bold" if self.permission_mode != "default" else ""))
-        if self.workspace_mode:
-            parts.append(f"workspace {self.workspace_mode}" if wide else self.workspace_mode)
+        if self.workspace_mode and workspace:
+            parts.append(f"workspace {self.workspace_mode}" if labels else self.workspace_mode)
         state = Text(self.sandbox_state, style=STATE_STYLES.get(self.sandbox_state, ""))
         rtt = f" {self.rtt_ms:.0f} ms" if self.rtt_ms is not None and self.sandbox_state == "ready" else ""
-        parts.append(Text.assemble(f"sandbox {self.host}: " if wide else f"{self.host}: ", state, rtt))
+        parts.append(Text.assemble(f"sandbox {self.host}: " if labels else f"{self.host}: ", state, rtt))
         return Text(" · ").join(Text(p) if isinstance(p, str) else p for p in parts)
+
+
+def context_tokens_of(events: Iterable[Event]) -> int:
+    """The context the newest answer of ``events`` used (its input, cache and output tokens); 0: no answer."""
+    for event in reversed(list(events)):
+        if event.type != EventType.ASSISTANT:
+            continue
+        message = event.payload.get("message")
+        usage = message.get("usage") if isinstance(message, dict) else None
+        if isinstance(usage, dict):
+            return sum(
+                value
+                for key, value in usage.items()
+                if key.endswith("tokens") and isinstance(value, int) and not isinstance(value, bool)
+            )
+    return 0
 
 
 def _short(n: int) -> str:
@@ -149,7 +183,7 @@ class StatusLine(Static):
 
     def refresh_status(self) -> None:
         """Redraw from ``status``."""
-        line = self.status.render(self.size.width or 200)
-        if self.thinking:
-            line = Text.assemble((SPINNER[self._frame] + " thinking… ", "bold"), line)
+        spinner = Text(SPINNER[self._frame] + " thinking… ", "bold") if self.thinking else Text()
+        width = self.content_size.width or 200
+        line = Text.assemble(spinner, self.status.render(width - spinner.cell_len))
         self.update(line)

@@ -53,6 +53,17 @@ def _lexer(name: str) -> Lexer:
         return TextLexer()
 
 
+COMMON_LANGUAGES = ("python", "bash", "json", "diff", "javascript", "typescript", "toml", "yaml")
+"""Lexers made ready before the first answer: each compiles its patterns on first use (10–60 ms)."""
+
+
+def warm_highlighting() -> None:
+    """Build the lexers answers use most, so the first code block of a stream does not pay for them."""
+    for name in COMMON_LANGUAGES:
+        _lexer(name)
+    _code_theme()
+
+
 @lru_cache(maxsize=1)
 def _code_theme() -> SyntaxTheme:
     return Syntax.get_theme(CODE_THEME)
@@ -97,6 +108,7 @@ class MarkdownView(RenderedLines):
         self._blocks: list[str] = []
         self._tokens: list[list[Token] | None] = []
         self._tail = ""
+        self._tail_may_end = False
         self._rendered: list[list[Strip]] = []
         self._rendered_width = -1
         if source:
@@ -109,15 +121,16 @@ class MarkdownView(RenderedLines):
 
     def append(self, text: str) -> None:
         """Add a piece of text to the end."""
-        # A block ends where another starts, which a blank line reveals: parse only when one arrives.
-        before = self._tail[-1:]
+        # A block ends where another starts, which a blank line reveals: the tail is parsed again only
+        # if one arrived, and only when the lines are next built (once a frame, not once a piece).
+        if not self._tail_may_end and "\n\n" in self._tail[-1:] + text:
+            self._tail_may_end = True
         self._tail += text
-        if "\n\n" in before + text:
-            self._split_finished()
         self.invalidate()
 
     def _split_finished(self) -> None:
         """Move the blocks of the tail that are followed by another block into the finished ones."""
+        self._tail_may_end = False
         blocks = split_blocks(self._tail)
         if len(blocks) < 2:
             return
@@ -129,6 +142,8 @@ class MarkdownView(RenderedLines):
 
     def build(self, width: int) -> list[Strip]:
         """Finished blocks from the cache (rendered at most once per width), the tail rendered now."""
+        if self._tail_may_end:
+            self._split_finished()
         if width != self._rendered_width:
             self._rendered = []
             self._rendered_width = width

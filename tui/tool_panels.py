@@ -22,6 +22,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
+from agent.tools.views import CallView
 from tui.rendered import RenderedLines, render_strips
 
 FOLD_LINES = 12
@@ -80,6 +81,26 @@ def diff_text(lines: list[str]) -> Text:
         elif line.startswith("@@"):
             style = "dim cyan"
         text.append(line + "\n", style=style)
+    text.rstrip()
+    return text
+
+
+def unified_diff_text(diff: str, *, headers: bool = True) -> Text:
+    """A unified diff (``git diff`` style) in the terminal's own colours, which read on light and dark
+    themes alike; its file headers bold, or left out (``headers=False``: the title names the file)."""
+    text = Text()
+    in_hunk = False
+    for line in diff.rstrip("\n").splitlines():
+        if line.startswith("diff "):
+            in_hunk = False
+        elif line.startswith("@@"):
+            in_hunk = True
+        if line.startswith("diff ") or (not in_hunk and line.startswith(("--- ", "+++ ", "index "))):
+            if headers:
+                text.append(line + "\n", style="bold")
+            continue
+        text.append_text(diff_text([line]))
+        text.append("\n")
     text.rstrip()
     return text
 
@@ -172,8 +193,10 @@ class ToolPanel(Widget, can_focus=True):
 
     BINDINGS = [Binding("enter", "toggle", "Expand/fold", show=False)]
 
-    def __init__(self, tool_use_id: str, name: str, args: dict[str, Any]) -> None:
+    def __init__(self, tool_use_id: str, name: str, args: dict[str, Any], view: CallView | None = None) -> None:
         super().__init__(classes="tool-call running")
+        self.view = view
+        """How the tool asked for the call to be shown (a Write's diff against the file); None: from the input."""
         self.tool_use_id = tool_use_id
         """The tool_use id this panel shows."""
         self.tool_name = name
@@ -207,6 +230,8 @@ class ToolPanel(Widget, can_focus=True):
     def _input_text(self) -> Text:
         """What the call itself shows before any output: a diff, new content, a checklist."""
         args = self.args
+        if self.view is not None and self.view.kind == "diff" and self.view.text:
+            return unified_diff_text(self.view.text, headers=False)  # the file's name is the panel's title
         if (
             self.tool_name == "Edit"
             and isinstance(args.get("old_string"), str)

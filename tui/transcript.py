@@ -77,6 +77,15 @@ class Transcript(VerticalScroll):
         if len(self.children) > HIGH_WATER:
             await self.prune(len(self.children) - LOW_WATER)
 
+    async def clear(self) -> None:
+        """Remove every entry: the conversation shown is about to be replaced (rewind, resume, new session)."""
+        await self.remove_children()
+        self.answer = None
+        self.thinking = None
+        self.tools.clear()
+        self.pruned = 0
+        self._earlier = []
+
     async def prune(self, count: int) -> None:
         """Remove the ``count`` oldest entries from the DOM (they stay in the log)."""
         old = [child for child in self.children if not child.has_class("pruned")][:count]
@@ -123,7 +132,7 @@ class Transcript(VerticalScroll):
             await self.end_answer()
         elif isinstance(event, ev.ToolStarted):
             await self.end_answer()
-            panel = ToolPanel(event.tool_use_id, event.name, event.input)
+            panel = ToolPanel(event.tool_use_id, event.name, event.input, event.view)
             panel.body.expanded = self.expanded
             self.tools[event.tool_use_id] = panel
             await self.add(panel)

@@ -28,8 +28,8 @@ class DiffView(Static):
 
     def __init__(self, diff: str) -> None:
         """Show ``diff`` (git-style unified diff text)."""
-        from rich.syntax import Syntax
+        from tui.tool_panels import unified_diff_text
 
-        super().__init__(Syntax(diff, "diff", theme="ansi_dark", word_wrap=True, background_color="default"))
+        super().__init__(unified_diff_text(diff))
         self.diff = diff
         """The diff text shown."""

@@ -105,6 +105,10 @@ class Tool(abc.ABC):
         """How this call is shown before and while it runs."""
         return CallView("text", self.summary(args), path=str(args.get("file_path") or args.get("path") or ""))
 
+    async def call_view_in(self, lease: SandboxLease, args: dict[str, Any]) -> CallView:
+        """How this call is shown, looking at the sandbox if that says more (Write: a diff against the file)."""
+        return self.call_view(args)
+
     def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:
         """How this call's result is shown."""
         return ResultView("text", result.content)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from agent.sandbox_client import SandboxInvalidRequest
+from agent.lease import SandboxLease
+from agent.sandbox_client import SandboxError, SandboxInvalidRequest
 from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult, require
 from agent.tools.views import CallView, ResultView, text_diff
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
@@ -14,6 +15,8 @@ READ_DEFAULT_LINES = 2000
 READ_MAX_LINE_CHARS = 2000
 READ_MAX_BYTES = 16 << 20
 """Bytes fetched for one Read; enough for any text file worth showing a model."""
+WRITE_DIFF_MAX_BYTES = 1 << 20
+"""A Write over a file up to this size is shown as a diff against it; a larger one as its new content."""
 
 
 def sandbox_path(ctx: ToolContext, raw: str) -> str:
@@ -125,6 +128,27 @@ class WriteTool(Tool):
         content = args.get("content")
         return CallView(
             "diff", self.summary(args), text=text_diff(path, "", content if isinstance(content, str) else ""), path=path
+        )
+
+    async def call_view_in(self, lease: SandboxLease, args: dict[str, Any]) -> CallView:
+        """The change as a diff against the file as it is in the sandbox now (all added for a new file)."""
+        path, content = args.get("file_path"), args.get("content")
+        if lease.info is None or not isinstance(path, str) or not path.startswith("/") or not isinstance(content, str):
+            return self.call_view(args)
+        try:
+            info = await lease.stat(path)
+            if not info.exists or info.kind != pb.FileInfo.FILE or info.size > WRITE_DIFF_MAX_BYTES:
+                return self.call_view(args)
+            data = await lease.read_file(path)
+            if b"\0" in data[:8192]:
+                return self.call_view(args)  # binary, as Read judges it
+            old = data.decode("utf-8")
+        except (SandboxError, UnicodeDecodeError):
+            # Nothing to compare with that a person could read (gone, binary): the new content, as added lines.
+            return self.call_view(args)
+        diff = text_diff(path, old, content)
+        return CallView(
+            "diff", self.summary(args), text=diff or "(no change: the file already has this content)\n", path=path
         )
 
     def result_view(self, args: dict[str, Any], result: ToolResult) -> ResultView:

@@ -203,7 +203,9 @@ def _replace(full: str, mode: int, data: bytes) -> None:
     os.makedirs(directory, exist_ok=True)
     if os.path.isdir(full) and not os.path.islink(full):
         raise IsADirectoryError(21, "a directory is in the way", full)
-    temp = os.path.join(directory, f".{os.path.basename(full)[:200]}.tether-{secrets.token_hex(4)}")
+    # The name is cut in bytes: a 255-byte name of multi-byte characters would not fit otherwise.
+    stem = os.fsencode(os.path.basename(full))[:200]
+    temp = os.path.join(directory, os.fsdecode(b"." + stem + f".tether-{secrets.token_hex(4)}".encode()))
     try:
         if stat.S_ISLNK(mode):
             os.symlink(os.fsdecode(data), temp)

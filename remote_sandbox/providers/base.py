@@ -15,6 +15,9 @@ from pathlib import Path
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 
+SPILL_MOUNT = "/tmp/tether-spill"
+"""Where a sandboxed command sees its sandbox's spill area (docker, and local under bubblewrap)."""
+
 
 class ProviderError(Exception):
     """Base of the errors a provider raises; the server maps each to one status code."""
@@ -90,7 +93,7 @@ class SandboxRecord:
     warnings: list[str] = field(default_factory=list)
     handle: object = None
     """Provider-private state (a container, a bwrap command line...)."""
-    spill_mount: str = "/tmp/tether-spill"
+    spill_mount: str = SPILL_MOUNT
     """The spill area (the host's ``<state_root>/spill``) as commands in the sandbox see it."""
     state: Path | None = None
     """The sandbox's own host directory (spill, tmp, control files); None = the workspace's parent."""
@@ -137,6 +140,14 @@ class Provider(abc.ABC):
         rest, to a spill file inside the workspace's spill area; ``Exited``
         reports ``truncated`` and ``spill_path``.
         """
+
+    async def adopt(self, host_id: str, state_dir: Path) -> list[SandboxRecord]:
+        """The sandboxes an earlier run of host ``host_id`` left running that can be used again (none by default)."""
+        return []
+
+    async def reconcile(self, host_id: str, keep: frozenset[str] = frozenset()) -> list[str]:
+        """Remove what an earlier run of host ``host_id`` left behind, except ``keep``; return the ids removed."""
+        return []
 
     async def close(self) -> None:  # noqa: B027 - a provider with nothing to release need not say so
         """Release provider-wide resources (clients, pools). Sandboxes are left as they are."""

@@ -187,7 +187,7 @@ class Output(_message.Message):
     def __init__(self, stream: _Optional[_Union[Output.Stream, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class Exited(_message.Message):
-    __slots__ = ("exit_code", "signal", "timed_out", "truncated", "spill_path", "stdout_bytes", "stderr_bytes", "cwd", "duration_ms")
+    __slots__ = ("exit_code", "signal", "timed_out", "truncated", "spill_path", "stdout_bytes", "stderr_bytes", "cwd", "duration_ms", "status_exact")
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class Exited(_message.Message):
     STDERR_BYTES_FIELD_NUMBER: _ClassVar[int]
     CWD_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_EXACT_FIELD_NUMBER: _ClassVar[int]
     exit_code: int
     signal: int
     timed_out: bool
@@ -206,7 +207,8 @@ class Exited(_message.Message):
     stderr_bytes: int
     cwd: str
     duration_ms: int
-    def __init__(self, exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., timed_out: _Optional[bool] = ..., truncated: _Optional[bool] = ..., spill_path: _Optional[str] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ..., cwd: _Optional[str] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+    status_exact: bool
+    def __init__(self, exit_code: _Optional[int] = ..., signal: _Optional[int] = ..., timed_out: _Optional[bool] = ..., truncated: _Optional[bool] = ..., spill_path: _Optional[str] = ..., stdout_bytes: _Optional[int] = ..., stderr_bytes: _Optional[int] = ..., cwd: _Optional[str] = ..., duration_ms: _Optional[int] = ..., status_exact: _Optional[bool] = ...) -> None: ...
 
 class ReadFileRequest(_message.Message):
     __slots__ = ("sandbox_id", "path", "offset", "length")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agent import events as ev
 from agent.embedded_host import EmbeddedHost, SharedHost
+from agent.hosts import EMBEDDED, HostListError, HostSpec, load_host_settings, parse_host_list
 from agent.lease import RUN_LABEL, SandboxLease
 from agent.loop import AgentLoop, Emit
 from agent.model import DEFAULT_MODEL, ModelClient, preload_sdk
@@ -24,7 +25,7 @@ from agent.permissions import (
     project_settings_path,
     user_settings_path,
 )
-from agent.sandbox_client import SandboxClient, SandboxError
+from agent.sandbox_client import NoHostAnswers, SandboxClient, SandboxError
 from agent.sandbox_watch import SandboxWatch
 from agent.workspace.changes import (
     ApplyReport,
@@ -59,7 +60,8 @@ class HarnessOptions:
     model: str = ""
     """Empty: ``TETHER_MODEL`` or the default."""
     sandbox: str = ""
-    """A host URL (grpc://, grpcs://, unix://); empty = the embedded host."""
+    """Host URLs (grpc://, grpcs://, unix://, ``embedded``), comma-separated, tried in order;
+    empty = ``[sandbox] hosts`` in the user's settings, else the embedded host."""
     sandbox_token: str = ""
     sandbox_ca_file: str = ""
     recipe: str = ""
@@ -84,6 +86,27 @@ class HarnessOptions:
     """Seconds between two looks at the sandbox host (its state and round trip, for a status bar); 0: none.
     The TUI uses ``HEARTBEAT_S``."""
     """An embedded host lent by the process that runs us (the resident harness); None = start our own."""
+
+
+START_PROBE_S = 10.0
+"""How long a lone sandbox host may take to answer at start."""
+
+LIST_PROBE_S = 5.0
+"""How long each host of a list may take to answer at start before the next is tried."""
+
+
+def last_sandbox(log: SessionLog) -> tuple[str, str, int] | None:
+    """The host, id and generation of the session's newest sandbox, from its log; None if it has none."""
+    found = None
+    for event in log.events():
+        payload = event.payload
+        if event.type == EventType.SANDBOX and payload.get("event") in ("provisioned", "reprovisioned"):
+            found = (
+                str(payload.get("host", "")),
+                str(payload.get("sandbox_id", "")),
+                int(payload.get("generation", 1)),
+            )
+    return found
 
 
 class HarnessError(Exception):
@@ -111,6 +134,7 @@ class Harness:
         """The heartbeat on the sandbox host, once started."""
         self._state_events: set[asyncio.Task] = set()
         self._shared_host = False
+        self._workspace_roots: list[Path] = []
         self._new_log: SessionLog | None = None
         """The session log this harness created (not resumed), until it is kept or discarded."""
         self.resumed_log: SessionLog | None = None
@@ -126,8 +150,58 @@ class Harness:
 
     @property
     def host_label(self) -> str:
-        """Where the sandbox runs, for the status bar and notices."""
-        return self.options.sandbox or "embedded"
+        """Where the sandbox runs now, for the status bar and notices."""
+        if self.lease is not None:
+            return self.lease.host
+        return self.options.sandbox.split(",")[0].strip() or EMBEDDED
+
+    def _hosts(self) -> list[HostSpec]:
+        """The hosts this session may use, in order: ``--sandbox``, else the user's settings, else embedded."""
+        opts = self.options
+        token = opts.sandbox_token or os.environ.get("TETHER_SANDBOX_TOKEN", "")
+        try:
+            if opts.sandbox:
+                return parse_host_list(opts.sandbox, token=token, ca_file=opts.sandbox_ca_file)
+            configured = load_host_settings([user_settings_path()])
+        except (HostListError, SettingsError) as exc:
+            raise HarnessError(f"tether: {exc}") from None
+        if token:
+            # A token from the command line or the environment serves hosts the settings give none for.
+            configured = [
+                HostSpec(spec.url, token=token, ca_file=spec.ca_file)
+                if not spec.embedded and not spec.token and not spec.token_file
+                else spec
+                for spec in configured
+            ]
+        return configured or [HostSpec(EMBEDDED)]
+
+    async def _connect(self, spec: HostSpec, timeout: float) -> SandboxClient:
+        """A client of ``spec``'s host once it answers (within ``timeout`` s); SandboxError if it does not."""
+        if spec.embedded:
+            return await self._embedded_client(self._workspace_roots)
+        client = SandboxClient(spec.url, spec.read_token() or None, ca_file=spec.ca_file or None)
+        try:
+            await client.wait_ready(timeout=timeout)
+        except BaseException:
+            await client.close()
+            raise
+        return client
+
+    async def _first_host(self, hosts: list[HostSpec]) -> tuple[HostSpec, SandboxClient]:
+        """The first of ``hosts`` that answers, and its client; a lone host's own error if it does not."""
+        if len(hosts) == 1:
+            return hosts[0], await self._connect(hosts[0], START_PROBE_S)
+        failures = []
+        for spec in hosts:
+            try:
+                client = await self._connect(spec, LIST_PROBE_S)
+            except SandboxError as exc:
+                failures.append(f"{spec.label}: {exc}")
+                continue
+            for failure in failures:
+                await self.emit(ev.Status(f"Sandbox host not used: {failure}"))
+            return spec, client
+        raise NoHostAnswers("no sandbox host answers: " + "; ".join(failures))
 
     async def start(self) -> None:
         """Open the session, reach the sandbox host and begin provisioning.
@@ -189,17 +263,17 @@ class Harness:
                 recorded,
                 project_dir,
                 requested_mode=opts.workspace,
-                remote=bool(opts.sandbox),
+                remote=any(not spec.embedded for spec in self._hosts()),
                 settings=workspace_settings,
             )
         except WorkspaceError as exc:
             raise HarnessError(str(exc)) from exc
-        if opts.sandbox:
-            token = opts.sandbox_token or os.environ.get("TETHER_SANDBOX_TOKEN", "")
-            self.client = SandboxClient(opts.sandbox, token or None, ca_file=opts.sandbox_ca_file or None)
-            await self.client.wait_ready()
-        else:
-            self.client = await self._embedded_client([project_dir] if mode == "direct" else [])
+        hosts = self._hosts()
+        self._workspace_roots = [project_dir] if mode == "direct" else []
+        last = last_sandbox(log) if log is not None else None
+        home = [spec for spec in hosts if last is not None and spec.label == last[0]]
+        # A resumed session looks first where its sandbox was: it may still run there.
+        spec, self.client = await self._first_host([*home, *(spec for spec in hosts if spec not in home)])
         if log is None:
             try:
                 log = store.create(opts.project_dir)
@@ -208,32 +282,44 @@ class Harness:
             self._new_log = log
         self.log = log
         self.workspace = SessionWorkspace.open(self.log, project_dir, mode, rules, workspace_settings, self.emit)
-        self.lease = SandboxLease(self.client, host=self.host_label, recipe=recipe)
+        self.lease = SandboxLease(
+            self.client, host=spec.label, recipe=recipe, hosts=hosts, spec=spec, connect=self._connect
+        )
         self.workspace.attach(self.lease)
         if self._shared_host:
             # If this run is killed, the resident harness finds its sandbox by this label.
             self.lease.labels[RUN_LABEL] = str(os.getpid())
         self.lease.on_state = self._announce_state
-        self.lease.start()
-        info = await self.lease.ready()
+        self.lease.on_notice = self._announce_notice
+        self.lease.on_client = self._follow_client
         log = self.log
 
+        def host_change(event: str, payload: dict) -> None:
+            log.append(EventType.HOST, {"event": event, **payload})
+
+        self.lease.on_host = host_change
+        adopted = await self._adopt(log, mode) if self._new_log is None else False
+        self.lease.start()
+        info = await self.lease.ready()
+
         def record(event: str, payload: dict) -> None:
-            log.append("sandbox", {"event": event, "host": self.host_label, "provider": info.provider, **payload})
+            assert self.lease is not None
+            log.append("sandbox", {"event": event, "host": self.lease.host, "provider": info.provider, **payload})
 
         self.lease.on_change = record
-        self.log.append(
-            "sandbox",
-            {
-                "event": "provisioned",
-                "host": self.host_label,
-                "sandbox_id": info.sandbox_id,
-                "provider": info.provider,
-                "isolation": info.isolation,
-                "recipe": recipe_to_dict(recipe),
-                "generation": self.lease.generation,
-            },
-        )
+        if not adopted:
+            self.log.append(
+                "sandbox",
+                {
+                    "event": "provisioned",
+                    "host": self.host_label,
+                    "sandbox_id": info.sandbox_id,
+                    "provider": info.provider,
+                    "isolation": info.isolation,
+                    "recipe": recipe_to_dict(recipe),
+                    "generation": self.lease.generation,
+                },
+            )
         for warning in info.warnings:
             await self.emit(ev.Status(warning))
         if opts.verbose:
@@ -252,9 +338,53 @@ class Harness:
             gate=gate,
             workspace=self.workspace,
         )
+        self.lease.keep_standbys()
         if opts.heartbeat_s > 0:
             self.watch = SandboxWatch(self.lease, self.emit, interval=opts.heartbeat_s)
             self.watch.start()
+
+    async def _adopt(self, log: SessionLog, mode: str) -> bool:
+        """A resumed session whose last sandbox still runs on the current host: use it as it is."""
+        assert self.lease is not None and self.workspace is not None
+        if mode == "direct":
+            return False  # the embedded host went with the run that made it; its workspace is the project anyway
+        last = last_sandbox(log)
+        if last is None or last[0] != self.lease.host:
+            return False
+        host, sandbox_id, generation = last
+        try:
+            info = await self.lease.client.get(sandbox_id)
+        except SandboxError:
+            return False
+        if info.state != info.RUNNING:
+            return False
+        self.lease.adopt(info, generation)
+        self.workspace.fresh = False
+        self.workspace.restores = 1
+        log.append(
+            EventType.HOST,
+            {
+                "event": "reconnected",
+                "host": host,
+                "sandbox_id": sandbox_id,
+                "reason": "resumed: the sandbox of the earlier run was still running",
+                "kept": True,
+            },
+        )
+        await self.emit(ev.Status(f"Resumed with the session's sandbox {sandbox_id} on {host}, still running."))
+        return True
+
+    def _announce_notice(self, text: str) -> None:
+        """Pass a notice of the lease to the driver."""
+        task = asyncio.ensure_future(self.emit(ev.Status(text)))
+        self._state_events.add(task)
+        task.add_done_callback(self._state_events.discard)
+
+    def _follow_client(self, client: SandboxClient) -> None:
+        """The lease moved to another client (reconnected, failed over): everything else follows."""
+        self.client = client
+        if self.workspace is not None:
+            self.workspace.checkpointer.client = client
 
     def _announce_state(self, state: ev.SandboxState) -> None:
         """Pass a state change of the lease to the driver (the lease's callback is not async)."""
@@ -291,8 +421,14 @@ class Harness:
                 return client
             except SandboxError:
                 await client.close()  # the shared host died; start one of our own
-        self.embedded = EmbeddedHost(workspace_roots=workspace_roots)
-        target, token = await self.embedded.start()
+        embedded = self.embedded
+        if embedded is not None and embedded.process is not None and embedded.process.returncode is None:
+            target, token = embedded.target, embedded.token  # still running: another client of it
+        else:
+            if embedded is not None:
+                await embedded.stop(grace=0.0)
+            self.embedded = EmbeddedHost(workspace_roots=workspace_roots)
+            target, token = await self.embedded.start()
         client = SandboxClient(target, token)
         await client.wait_ready()
         return client

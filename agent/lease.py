@@ -11,15 +11,35 @@ import contextlib
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import events as ev
-from agent.sandbox_client import ExecResult, SandboxClient
+from agent.sandbox_client import (
+    ExecResult,
+    HostUnreachable,
+    NoHostAnswers,
+    SandboxClient,
+    SandboxError,
+    SandboxGone,
+    SandboxNotRunning,
+)
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
+
+if TYPE_CHECKING:
+    from agent.hosts import HostSpec  # agent.hosts reads settings through agent.permissions, which imports tools
 
 RUN_LABEL = "tether.run"
 """Label on a sandbox provisioned on a shared host: the pid of the run that holds it, so a cleaner can
 destroy it if that run is killed before it can release it."""
+
+HOST_PROBE_S = 3.0
+"""How long a host may take to answer when the session looks for one to move to."""
+
+RECOVERY_BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
+"""Pauses between two rounds over every host while none answers (the last one repeats)."""
+
+Connect = Callable[["HostSpec", float], Awaitable[SandboxClient]]
+"""Opens a client of a host and waits (at most the given seconds) until it answers; SandboxError if it does not."""
 
 
 @dataclass
@@ -54,7 +74,24 @@ class SandboxLease:
     """What the harness last saw of the sandbox: ``starting``, ``ready``, ``lost``, ``restoring``, ``unreachable``."""
     on_state: Callable[[ev.SandboxState], None] | None = None
     """Told of every change of ``state`` the lease makes itself (the driver's status bar listens)."""
+    hosts: list[HostSpec] = field(default_factory=list)
+    """Every host the session may use, in order (the current one among them); [] = only ``client``."""
+    spec: HostSpec | None = None
+    """The current host's entry in ``hosts``."""
+    connect: Connect | None = None
+    """Opens a client of another host (or of the current one again), for reconnecting and failing over."""
+    on_client: Callable[[SandboxClient], None] | None = None
+    """Told when the lease moves to another client (the workspace's checkpointer follows it)."""
+    on_host: Callable[[str, dict[str, Any]], None] | None = None
+    """Told of every host change (``failed over``, ``reconnected``) so the session log can keep it."""
+    on_notice: Callable[[str], None] | None = None
+    """Shows the user a line in passing (a host lost, a failover, a retry)."""
+    standby: dict[str, SandboxClient] = field(default_factory=dict)
+    """Open clients of the other remote hosts, by label, so a failover does not wait for a connection."""
+    recoveries: int = 0
+    """Rounds over the hosts since the last one that found a host (0 = the host answers)."""
     _provisioning: asyncio.Task | None = field(default=None, repr=False)
+    _retry: asyncio.TimerHandle | None = field(default=None, repr=False)
 
     def _set_state(self, state: str, detail: str = "") -> None:
         self.state = state
@@ -119,14 +156,210 @@ class SandboxLease:
         """The provisioned sandbox, provisioning it now if needed.
 
         A provisioning that failed is tried again here, so one bad moment of the
-        host does not fail every later call.
+        host does not fail every later call; when the host itself was lost, every
+        host is tried again. If the connection to the host broke since the last
+        call, the sandbox is looked at first: kept if it survived, replaced (and
+        restored) if it did not, and the session moves to another host if this one
+        does not answer.
         """
         task = self._provisioning
         if task is not None and task.done() and (task.cancelled() or task.exception() is not None):
             self._provisioning = None
+            if self.recoveries and self._can_move:
+                return await self.recover(self.last_loss or "no sandbox host answered")
         self.start()
         assert self._provisioning is not None
+        info = await asyncio.shield(self._provisioning)
+        if self._can_move and not self.client.connected() and self.info is not None:
+            info = await self._verify(info)
+        return info
+
+    @property
+    def _can_move(self) -> bool:
+        return self.connect is not None and bool(self.hosts)
+
+    async def _verify(self, info: pb.SandboxInfo) -> pb.SandboxInfo:
+        """The connection to the host broke since the last call: find out what is left before a tool runs."""
+        try:
+            seen = await self.client.get(info.sandbox_id)
+        except (SandboxGone, SandboxNotRunning) as exc:
+            self._host_event("reconnected", self.host, "the connection broke; the sandbox was gone", info.sandbox_id)
+            return await self.replace(
+                f"the sandbox is gone after the connection to its host broke ({exc})", info.sandbox_id
+            )
+        except HostUnreachable as exc:
+            return await self.recover(str(exc), silent=exc.silent, lost=self.client)
+        if seen.state != pb.SandboxInfo.RUNNING:
+            return await self.replace("the sandbox stopped after the connection to its host broke", info.sandbox_id)
+        self._host_event("reconnected", self.host, "the connection broke; the sandbox survived", info.sandbox_id)
+        return info
+
+    def _notice(self, text: str) -> None:
+        if self.on_notice is not None:
+            self.on_notice(text)
+
+    def _host_event(self, event: str, host: str, reason: str, sandbox_id: str, **more: Any) -> None:
+        if self.on_host is not None:
+            self.on_host(event, {"host": host, "reason": reason, "sandbox_id": sandbox_id, **more})
+
+    def _use(self, spec: HostSpec, client: SandboxClient) -> None:
+        """Make ``client`` (of ``spec``) the lease's client."""
+        self.spec, self.client, self.host = spec, client, spec.label
+        if self.on_client is not None:
+            self.on_client(client)
+
+    async def recover(self, reason: str, *, silent: bool = False, lost: SandboxClient | None = None) -> pb.SandboxInfo:
+        """The host was lost: reconnect to it, or move to the next host that answers, with the workspace restored.
+
+        ``silent``: the host went quiet (rather than refusing), so the others are
+        tried before it. ``lost`` is the client the caller saw fail: if the lease has
+        already moved past it, that is all. Callers that saw the same loss share one
+        recovery. HostUnreachable if no host answers; rounds go on in the
+        background, with growing pauses, until one does.
+        """
+        task = self._provisioning
+        if task is not None and not task.done():
+            return await asyncio.shield(task)
+        if lost is not None and lost is not self.client and self.info is not None and self.state == "ready":
+            return self.info
+        if not self._can_move:
+            raise HostUnreachable(reason)
+        self._cancel_retry()
+        self._provisioning = asyncio.ensure_future(self._recover(reason, silent))
+        self._provisioning.add_done_callback(_observe)
         return await asyncio.shield(self._provisioning)
+
+    async def _recover(self, reason: str, silent: bool) -> pb.SandboxInfo:
+        old_spec, old_client = self.spec, self.client
+        lost_id = self.info.sandbox_id if self.info is not None else ""
+        self.last_loss = reason
+        self.recoveries += 1
+        self._set_state("unreachable", reason)
+        if self.on_replace is not None:
+            self.on_replace()  # the checkpoint is read while hosts are tried, not after
+        others = [spec for spec in self.hosts if spec != old_spec]
+        here = [old_spec] if old_spec is not None else []
+        # A host that refused or reset may be restarting: look there first. A silent one last.
+        order = [*others, *here] if silent else [*here, *others]
+        if self.recoveries == 1:
+            where = f"; trying {', '.join(spec.label for spec in order)}" if order else ""
+            self._notice(f"Sandbox host at {self.host} lost ({reason[:160]}){where}…")
+        failures: list[str] = []
+        for spec in order:
+            client = self.standby.pop(spec.label, None)
+            if client is not None and not client.connected():
+                await _close_quietly(client)  # keepalive found that host gone too
+                client = None
+            try:
+                if client is None:
+                    client = await self.connect(spec, HOST_PROBE_S)  # type: ignore[misc]
+            except SandboxError as exc:
+                failures.append(f"{spec.label}: {exc}")
+                continue
+            try:
+                info = await self._move_to(spec, client, reason, lost_id, old_spec)
+            except asyncio.CancelledError:
+                raise
+            except SandboxError as exc:
+                failures.append(f"{spec.label}: {exc}")
+                if client is not old_client:
+                    await _close_quietly(client)
+                if old_spec is not None:
+                    self._use(old_spec, old_client)
+                continue
+            self.recoveries = 0
+            if old_client is not client:
+                asyncio.ensure_future(_close_quietly(old_client))
+            self.keep_standbys()
+            return info
+        self._set_state("unreachable", reason)
+        delay = RECOVERY_BACKOFF_S[min(self.recoveries, len(RECOVERY_BACKOFF_S)) - 1]
+        self._notice(
+            f"No sandbox host answers (attempt {self.recoveries}): {'; '.join(failures)[:400]}. "
+            f"Trying again in {delay:g} s."
+        )
+        self._retry = asyncio.get_running_loop().call_later(delay, self._retry_now)
+        raise NoHostAnswers("no sandbox host answers: " + "; ".join(failures))
+
+    async def _move_to(
+        self, spec: HostSpec, client: SandboxClient, reason: str, lost_id: str, old_spec: HostSpec | None
+    ) -> pb.SandboxInfo:
+        """Carry on with ``client``: the same sandbox if it survived on the same host, else a new one restored."""
+        same = spec == old_spec
+        if same and lost_id and self.info is not None:
+            try:
+                seen = await client.get(lost_id)
+            except (SandboxGone, SandboxNotRunning):
+                seen = None
+            if seen is not None and seen.state == pb.SandboxInfo.RUNNING:
+                self._use(spec, client)
+                self._set_state("ready")
+                self._host_event("reconnected", spec.label, reason, lost_id, kept=True)
+                self._notice(f"Reconnected to the sandbox host at {spec.label}; the sandbox and its files survived.")
+                return self.info
+        self._use(spec, client)
+        if self.on_replace is not None:
+            self.on_replace()
+        self._set_state("restoring")
+        info = await self._provision_and_prepare()
+        moved = "reconnected" if same else "failed over"
+        self._host_event(
+            moved, spec.label, reason, info.sandbox_id, replaces=lost_id, previous=old_spec.label if old_spec else ""
+        )
+        if self.on_change is not None:
+            self.on_change(
+                "reprovisioned", {"sandbox_id": info.sandbox_id, "replaces": lost_id, "generation": self.generation}
+            )
+        if not same:
+            self._notice(f"Failed over to the sandbox host at {spec.label}.")
+        self._set_state("ready")
+        return info
+
+    def keep_standbys(self) -> None:
+        """Connect to the other remote hosts in the background and keep the connections open (keepalive
+        watches them), so failing over to one starts with a provision, not a handshake."""
+        connect = self.connect
+        if connect is None:
+            return
+
+        async def warm(spec: HostSpec) -> None:
+            try:
+                client = await connect(spec, HOST_PROBE_S)
+            except SandboxError:
+                return  # not answering now: a failover connects afresh
+            if spec.label in self.standby or spec == self.spec:
+                await _close_quietly(client)
+            else:
+                self.standby[spec.label] = client
+
+        for spec in self.hosts:
+            if spec != self.spec and not spec.embedded and spec.label not in self.standby:
+                asyncio.ensure_future(warm(spec)).add_done_callback(_observe)
+
+    def _retry_now(self) -> None:
+        """The background round after a pause: look for a host again while none answers."""
+        self._retry = None
+        task = self._provisioning
+        if not self.recoveries or (task is not None and not task.done()):
+            return  # a host was found meanwhile, or a round is under way
+        self._provisioning = asyncio.ensure_future(self._recover(self.last_loss, False))
+        self._provisioning.add_done_callback(_observe)
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+
+    def adopt(self, info: pb.SandboxInfo, generation: int) -> None:
+        """Use ``info``, a sandbox of this session that outlived an earlier run, as it is (no provisioning)."""
+        self.info = info
+        self.generation = generation
+        if not self.cwd:
+            self.cwd = info.workdir
+        done: asyncio.Future[pb.SandboxInfo] = asyncio.get_running_loop().create_future()
+        done.set_result(info)
+        self._provisioning = asyncio.ensure_future(_result_of(done))
+        self._set_state("ready")
 
     async def _provision(self) -> pb.SandboxInfo:
         self._set_state("starting" if self.generation == 0 else "restoring")
@@ -206,15 +439,35 @@ class SandboxLease:
 
     async def release(self) -> None:
         """Destroy the sandbox if one was made; never raises."""
+        self._cancel_retry()
+        standby, self.standby = list(self.standby.values()), {}
+        for client in standby:
+            await _close_quietly(client)
         task, self._provisioning = self._provisioning, None
         if task is None:
             return
         if not task.done():
-            # Closing while the sandbox is still being made (quit during start-up): stop waiting for it.
-            # The host's own clean-up (shutdown, idle TTL) takes what the cancelled Provision made.
+            # Closing while the sandbox is still being made (quit during start-up), or while hosts are
+            # looked for (silent ones take seconds): stop waiting. The host's own clean-up (shutdown,
+            # idle TTL) takes what a cancelled Provision made.
             task.cancel()
         try:
             info = await task
             await self.client.destroy(info.sandbox_id)
         except BaseException:  # the host may be gone already; nothing to release then
             pass
+
+
+def _observe(task: asyncio.Task) -> None:
+    """Mark a background task's failure as seen (its awaiters, if any, get it too)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _result_of(future: asyncio.Future[pb.SandboxInfo]) -> pb.SandboxInfo:
+    return await future
+
+
+async def _close_quietly(client: SandboxClient) -> None:
+    with contextlib.suppress(Exception):
+        await client.close()

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import random
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import grpc.aio
@@ -21,6 +22,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
 
 MAX_MESSAGE_BYTES = 16 << 20
 """Largest gRPC message either way (the host allows the same)."""
@@ -31,14 +34,17 @@ Measured here, alternating configurations in one run: 1 MiB went up in 5.6 ms in
 messages, 6.5 ms in 128 KiB and 8-9 ms in one 1 MiB message (no overlap between the two ends);
 100 MB at 390 MB/s in 256 KiB messages, 330 MB/s in 4 MiB and 240 MB/s in 64 KiB ones."""
 
-CALL_TIMEOUT_S = 60.0
+CALL_TIMEOUT_S = 15.0
 """Deadline of quick calls (lifecycle, Stat, ListDir)."""
 
 PROVISION_TIMEOUT_S = 15 * 60.0
 """Deadline of Provision: an image's setup commands may take minutes."""
 
-TRANSFER_TIMEOUT_S = 30 * 60.0
-"""Deadline of file and tar transfers."""
+MANIFEST_TIMEOUT_S = 10 * 60.0
+"""Deadline of Manifest: the host hashes the whole workspace before it answers."""
+
+TRANSFER_STALL_S = 30.0
+"""File and tar transfers are bounded by progress, not total time: this long without a chunk fails them."""
 
 EXEC_DEFAULT_TIMEOUT_S = 120.0
 """The host's own limit when a command gives none (see remote_sandbox.config)."""
@@ -46,15 +52,44 @@ EXEC_DEFAULT_TIMEOUT_S = 120.0
 EXEC_DEADLINE_MARGIN_S = 30.0
 """Exec's RPC deadline is the command's timeout plus this: the host's timeout fires first."""
 
+KEEPALIVE_TIME_S = 5.0
+"""Seconds between two keepalive pings on a connection (also mid-call, through a long quiet command)."""
+
+KEEPALIVE_TIMEOUT_S = 4.0
+"""A ping unanswered this long closes the connection, failing its calls as UNAVAILABLE."""
+
+KEEPALIVE_DETECT_S = KEEPALIVE_TIME_S + KEEPALIVE_TIMEOUT_S
+"""The longest a silent host goes unnoticed: one ping interval plus its timeout."""
+
+RETRY_ATTEMPTS = 3
+"""Tries of an idempotent call that failed with a transport blip (the first one included)."""
+
+RETRY_BACKOFF_S = 0.2
+"""The first pause between two tries; it doubles, with jitter, each time."""
+
+BLIP_S = 2.0
+"""A call that failed UNAVAILABLE faster than this met a blip (a reset, a refused connection) worth
+retrying; one that waited longer met a silent host, and trying again would only wait again."""
+
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
+    # A silent host (a blackholed network, a frozen machine) is found by pings, also in the
+    # middle of a long command that prints nothing; the host permits pings this often.
+    ("grpc.keepalive_time_ms", int(KEEPALIVE_TIME_S * 1000)),
+    ("grpc.keepalive_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
+    # Newer cores time an unanswered ping by this one (a minute by default), not by the keepalive timeout.
+    ("grpc.http2.ping_timeout_ms", int(KEEPALIVE_TIMEOUT_S * 1000)),
     ("grpc.keepalive_permit_without_calls", 1),
+    # gRPC stops pinging after two pings without data by default: a quiet Exec would go unwatched.
+    ("grpc.http2.max_pings_without_data", 0),
+    # ...and, in older cores, waits 5 minutes between two pings without data in between.
+    ("grpc.http2.min_time_between_pings_ms", int(KEEPALIVE_TIME_S * 1000)),
     # Fail fast and retry at this level: a dead host must not hang a tool call.
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 5_000),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    # Never idle a channel on purpose: a connection that is not READY then means the host went away.
+    ("grpc.client_idle_timeout_ms", 2**31 - 1),
 ]
 """Channel options, set explicitly."""
 
@@ -89,6 +124,22 @@ class SandboxPermissionDenied(SandboxError):
 
 class HostUnreachable(SandboxError):
     """The host could not be reached or did not answer in time (UNAVAILABLE, DEADLINE_EXCEEDED)."""
+
+    def __init__(self, message: str, *, sent: bool = True, silent: bool = False) -> None:
+        """``sent``: the request may have reached the host; ``silent``: the host went quiet (not refused)."""
+        super().__init__(message)
+        self.sent = sent
+        """False when the call never left this machine (no connection): it surely did not run."""
+        self.silent = silent
+        """True when the host stopped answering (keepalive, deadline) rather than refusing or resetting."""
+
+
+class NoHostAnswers(HostUnreachable):
+    """Every host the session may use was tried, and none answered: the call never reached one."""
+
+    def __init__(self, message: str) -> None:
+        """``message`` names each host and why it did not answer."""
+        super().__init__(message, sent=False)
 
 
 @dataclass
@@ -252,6 +303,10 @@ class SandboxClient:
             self._stub = pb_grpc.SandboxStub(self._channel)
         return self._stub
 
+    def connected(self) -> bool:
+        """Whether the channel holds a working connection now (False after the host closed or reset it)."""
+        return self._channel is not None and self._channel.get_state() == grpc.ChannelConnectivity.READY
+
     @property
     def _metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self._token}"),) if self._token else ()
@@ -290,11 +345,18 @@ class SandboxClient:
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return SandboxLimitExceeded(details)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return HostUnreachable(f"the sandbox host at {self.target} did not finish {what} in time")
+            return HostUnreachable(f"the sandbox host at {self.target} did not finish {what} in time", silent=True)
         if code == grpc.StatusCode.UNAVAILABLE and details.startswith(_CONNECT_FAILURE_PREFIXES):
-            return HostUnreachable(connect_failure(self.target, details, ca_file=self._ca_file))
+            return HostUnreachable(
+                connect_failure(self.target, details, ca_file=self._ca_file),
+                sent=False,
+                silent="timed out" in details.lower() or "timeout" in details.lower(),
+            )
         if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
-            return HostUnreachable(f"the sandbox host at {self.target} stopped answering during {what} ({details})")
+            quiet = any(word in details.lower() for word in ("keepalive", "ping", "timeout", "timed out"))
+            return HostUnreachable(
+                f"the sandbox host at {self.target} stopped answering during {what} ({details})", silent=quiet
+            )
         return SandboxError(f"the sandbox host at {self.target} failed {what}: {code.name}: {details}")
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
@@ -357,6 +419,80 @@ class SandboxClient:
         assert self._channel is not None
         return self._channel
 
+    # ----- bounded calls
+
+    async def _unary(self, what: str, call: Callable[[], Awaitable[T]], *, retry: bool = True) -> T:
+        """Await ``call()``, trying an idempotent one again after a transport blip, with backoff and jitter."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            started = loop.time()
+            try:
+                return await call()
+            except grpc.aio.AioRpcError as exc:
+                attempt += 1
+                if not (retry and attempt < RETRY_ATTEMPTS and _is_blip(exc, loop.time() - started)):
+                    raise self._error(exc, what) from None
+            await asyncio.sleep(retry_pause(attempt))
+
+    def _stalled(self, what: str) -> HostUnreachable:
+        return HostUnreachable(
+            f"the sandbox host at {self.target} made no progress for {TRANSFER_STALL_S:g} s during {what}",
+            silent=True,
+        )
+
+    async def _read_stream(self, what: str, start: Callable[[], Any]) -> AsyncIterator[Any]:
+        """The messages of a server-streaming call, bounded by progress; tried again after a blip before any came."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            call = start()
+            watch = _StallWatch(call)
+            received = False
+            started = loop.time()
+            try:
+                async for message in call:
+                    received = True
+                    watch.progress()
+                    yield message
+                return
+            except grpc.aio.AioRpcError as exc:
+                attempt += 1
+                if received or not (attempt < RETRY_ATTEMPTS and _is_blip(exc, loop.time() - started)):
+                    raise self._error(exc, what) from None
+            except asyncio.CancelledError:
+                if watch.stalled:
+                    raise self._stalled(what) from None
+                raise
+            finally:
+                watch.stop()
+                call.cancel()
+            await asyncio.sleep(retry_pause(attempt))
+
+    async def _send_stream(self, what: str, start: Callable[[AsyncIterator[Any]], Any], messages: Any) -> Any:
+        """A client-streaming call fed from ``messages`` (an async iterable), bounded by progress."""
+        holder: list[_StallWatch] = []
+
+        async def watched() -> AsyncIterator[Any]:
+            async for message in messages:
+                if holder:
+                    holder[0].progress()
+                yield message
+
+        call = start(watched())
+        watch = _StallWatch(call)
+        holder.append(watch)
+        try:
+            return await call
+        except grpc.aio.AioRpcError as exc:
+            raise self._error(exc, what) from None
+        except asyncio.CancelledError:
+            if watch.stalled:
+                raise self._stalled(what) from None
+            raise
+        finally:
+            watch.stop()
+
     # ----- lifecycle
 
     async def provision(
@@ -368,47 +504,43 @@ class SandboxClient:
         (a direct workspace); only a host started with an allowed root under it accepts it.
         """
         request = pb.ProvisionRequest(recipe=recipe, request_id=request_id or "", workspace_dir=workspace_dir)
-        try:
-            return await self.stub.Provision(request, metadata=self._metadata, timeout=PROVISION_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "provisioning a sandbox") from None
+        return await self._unary(
+            "provisioning a sandbox",
+            lambda: self.stub.Provision(request, metadata=self._metadata, timeout=PROVISION_TIMEOUT_S),
+            retry=bool(request_id),  # idempotent only on a request id
+        )
 
     async def get(self, sandbox_id: str) -> pb.SandboxInfo:
         """Describe a sandbox."""
-        try:
-            return await self.stub.GetSandbox(
-                pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "describing the sandbox") from None
+        ref = pb.SandboxRef(sandbox_id=sandbox_id)
+        return await self._unary(
+            "describing the sandbox",
+            lambda: self.stub.GetSandbox(ref, metadata=self._metadata, timeout=CALL_TIMEOUT_S),
+        )
 
     async def list(self) -> builtins.list[pb.SandboxInfo]:
         """Our sandboxes on this host."""
-        try:
-            response = await self.stub.ListSandboxes(
-                pb.ListSandboxesRequest(), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "listing sandboxes") from None
+        response = await self._unary(
+            "listing sandboxes",
+            lambda: self.stub.ListSandboxes(pb.ListSandboxesRequest(), metadata=self._metadata, timeout=CALL_TIMEOUT_S),
+        )
         return list(response.sandboxes)
 
     async def destroy(self, sandbox_id: str) -> None:
         """Destroy a sandbox and everything in it."""
-        try:
-            await self.stub.Destroy(
-                pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "destroying the sandbox") from None
+        ref = pb.SandboxRef(sandbox_id=sandbox_id)
+        await self._unary(
+            "destroying the sandbox",
+            lambda: self.stub.Destroy(ref, metadata=self._metadata, timeout=CALL_TIMEOUT_S),
+        )
 
     async def touch(self, sandbox_id: str) -> pb.SandboxInfo:
         """Mark a sandbox as used now (restarts its idle TTL)."""
-        try:
-            return await self.stub.Touch(
-                pb.SandboxRef(sandbox_id=sandbox_id), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "touching the sandbox") from None
+        ref = pb.SandboxRef(sandbox_id=sandbox_id)
+        return await self._unary(
+            "touching the sandbox",
+            lambda: self.stub.Touch(ref, metadata=self._metadata, timeout=CALL_TIMEOUT_S),
+        )
 
     # ----- commands
 
@@ -425,7 +557,11 @@ class SandboxClient:
         output_cap: int = 0,
         report_cwd: bool = False,
     ) -> AsyncGenerator[pb.ExecEvent, None]:
-        """Run a command; yield Started, Output..., Exited. Stopping early cancels the command."""
+        """Run a command; yield Started, Output..., Exited. Stopping early cancels the command.
+
+        Only a call that never left this machine (no connection to the host) is tried
+        again: a command that may have started is never run twice.
+        """
         if (shell is None) == (argv is None):
             raise SandboxInvalidRequest("a command needs exactly one of shell or argv")
         request = pb.ExecRequest(
@@ -442,15 +578,25 @@ class SandboxClient:
         else:
             request.argv.args.extend(argv or [])
         limit = timeout_ms / 1000 if timeout_ms else EXEC_DEFAULT_TIMEOUT_S
-        call = self.stub.Exec(request, metadata=self._metadata, timeout=limit + EXEC_DEADLINE_MARGIN_S)
-        try:
-            async for event in call:
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "running the command") from None
-        finally:
-            # Closing the stream early (or a cancelled task) must stop the command on the host.
-            call.cancel()
+        attempt = 0
+        while True:
+            call = self.stub.Exec(request, metadata=self._metadata, timeout=limit + EXEC_DEADLINE_MARGIN_S)
+            received = False
+            try:
+                async for event in call:
+                    received = True
+                    yield event
+                return
+            except grpc.aio.AioRpcError as exc:
+                error = self._error(exc, "running the command")
+                attempt += 1
+                unsent = isinstance(error, HostUnreachable) and not error.sent
+                if received or not unsent or attempt >= RETRY_ATTEMPTS:
+                    raise error from None
+            finally:
+                # Closing the stream early (or a cancelled task) must stop the command on the host.
+                call.cancel()
+            await asyncio.sleep(retry_pause(attempt))
 
     async def exec(
         self,
@@ -499,55 +645,58 @@ class SandboxClient:
     async def read_file(self, sandbox_id: str, path: str, offset: int = 0, length: int = 0) -> bytes:
         """The bytes of a file (``length`` 0 = to the end)."""
         request = pb.ReadFileRequest(sandbox_id=sandbox_id, path=path, offset=offset, length=length)
-        call = self.stub.ReadFile(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
         # Joined once at the end: growing a buffer and copying it out touches every byte
         # twice more, which cost about a fifth of a 100 MB read here.
         parts: builtins.list[bytes] = []
-        try:
-            async for chunk in call:
-                parts.append(chunk.data)  # read once: each read of a bytes field copies it
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, f"reading {path}") from None
-        finally:
-            call.cancel()
+        stream = self._read_stream(f"reading {path}", lambda: self.stub.ReadFile(request, metadata=self._metadata))
+        async for chunk in stream:
+            parts.append(chunk.data)  # read once: each read of a bytes field copies it
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     async def write_file(
         self, sandbox_id: str, path: str, data: bytes, mode: int = 0o644, create_parents: bool = True
     ) -> pb.FileInfo:
-        """Write a file atomically (it is replaced whole or not at all)."""
+        """Write a file atomically (it is replaced whole or not at all); tried again after a blip."""
         header = pb.WriteFileHeader(
             sandbox_id=sandbox_id, path=path, mode=mode, create_parents=create_parents, size=len(data)
         )
 
-        def messages() -> Iterator[pb.WriteFileRequest]:
+        async def messages() -> AsyncIterator[pb.WriteFileRequest]:
             yield pb.WriteFileRequest(header=header)
             view = memoryview(data)
             for start in range(0, len(view), WRITE_CHUNK):
                 yield pb.WriteFileRequest(data=bytes(view[start : start + WRITE_CHUNK]))
 
-        try:
-            return await self.stub.WriteFile(messages(), metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, f"writing {path}") from None
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            started = loop.time()
+            try:
+                return await self._send_stream(
+                    f"writing {path}",
+                    lambda requests: self.stub.WriteFile(requests, metadata=self._metadata),
+                    messages(),
+                )
+            except HostUnreachable as exc:
+                attempt += 1
+                # The write is atomic: one that failed left the old file, so sending it again is safe.
+                if exc.silent or attempt >= RETRY_ATTEMPTS or loop.time() - started >= BLIP_S:
+                    raise
+            await asyncio.sleep(retry_pause(attempt))
 
     async def stat(self, sandbox_id: str, path: str) -> pb.FileInfo:
         """Describe a path; ``exists`` is false when nothing is there."""
-        try:
-            return await self.stub.Stat(
-                pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, f"inspecting {path}") from None
+        request = pb.PathRequest(sandbox_id=sandbox_id, path=path)
+        return await self._unary(
+            f"inspecting {path}", lambda: self.stub.Stat(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        )
 
     async def list_dir(self, sandbox_id: str, path: str) -> builtins.list[pb.FileInfo]:
         """The entries of a directory, sorted by path; symlinks are reported, not followed."""
-        try:
-            response = await self.stub.ListDir(
-                pb.PathRequest(sandbox_id=sandbox_id, path=path), metadata=self._metadata, timeout=CALL_TIMEOUT_S
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, f"listing {path}") from None
+        request = pb.PathRequest(sandbox_id=sandbox_id, path=path)
+        response = await self._unary(
+            f"listing {path}", lambda: self.stub.ListDir(request, metadata=self._metadata, timeout=CALL_TIMEOUT_S)
+        )
         return list(response.entries)
 
     # ----- workspace snapshots
@@ -557,10 +706,10 @@ class SandboxClient:
     ) -> builtins.list[pb.ManifestEntry]:
         """sha256, size and mode of every file and symlink under ``paths`` (workspace-relative; None = all)."""
         request = pb.ManifestRequest(sandbox_id=sandbox_id, paths=paths or [])
-        try:
-            response = await self.stub.Manifest(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "listing the workspace") from None
+        response = await self._unary(
+            "listing the workspace",
+            lambda: self.stub.Manifest(request, metadata=self._metadata, timeout=MANIFEST_TIMEOUT_S),
+        )
         return list(response.entries)
 
     async def manifest_delta(
@@ -589,24 +738,21 @@ class SandboxClient:
             gitignore=gitignore,
             max_file_bytes=max_file_bytes,
         )
-        try:
-            return await self.stub.Manifest(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "listing the workspace") from None
+        return await self._unary(
+            "listing the workspace",
+            lambda: self.stub.Manifest(request, metadata=self._metadata, timeout=MANIFEST_TIMEOUT_S),
+        )
 
     async def export(
         self, sandbox_id: str, paths: builtins.list[str] | None = None, raw_paths: builtins.list[bytes] | None = None
     ) -> AsyncIterator[bytes]:
         """A tar stream of ``paths`` and ``raw_paths`` (exact bytes; workspace-relative; none = all), chunk by chunk."""
         request = pb.ExportRequest(sandbox_id=sandbox_id, paths=paths or [], raw_paths=raw_paths or [])
-        call = self.stub.Export(request, metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
-        try:
-            async for chunk in call:
-                yield chunk.data
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "exporting the workspace") from None
-        finally:
-            call.cancel()
+        stream = self._read_stream(
+            "exporting the workspace", lambda: self.stub.Export(request, metadata=self._metadata)
+        )
+        async for chunk in stream:
+            yield chunk.data
 
     async def import_tar(
         self, sandbox_id: str, chunks: AsyncIterator[bytes] | builtins.list[bytes] | bytes
@@ -625,7 +771,46 @@ class SandboxClient:
                 async for chunk in chunks:
                     yield pb.ImportRequest(data=chunk)
 
-        try:
-            return await self.stub.Import(messages(), metadata=self._metadata, timeout=TRANSFER_TIMEOUT_S)
-        except grpc.aio.AioRpcError as exc:
-            raise self._error(exc, "importing into the workspace") from None
+        return await self._send_stream(
+            "importing into the workspace",
+            lambda requests: self.stub.Import(requests, metadata=self._metadata),
+            messages(),
+        )
+
+
+def retry_pause(attempt: int) -> float:
+    """The pause before try ``attempt + 1``: exponential from RETRY_BACKOFF_S, with jitter so clients spread out."""
+    return RETRY_BACKOFF_S * (2 ** (attempt - 1)) * random.uniform(0.5, 1.5)
+
+
+def _is_blip(exc: grpc.aio.AioRpcError, elapsed: float) -> bool:
+    """Whether a failed call met a passing transport fault worth one more try (see BLIP_S)."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and elapsed < BLIP_S
+
+
+class _StallWatch:
+    """Cancels a streaming call that has made no progress for TRANSFER_STALL_S (one timer, not one per chunk)."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self.stalled = False
+        """Whether this watch cancelled the call."""
+        self._handle = self._loop.call_later(TRANSFER_STALL_S, self._check)
+
+    def progress(self) -> None:
+        """A chunk went through."""
+        self._last = self._loop.time()
+
+    def _check(self) -> None:
+        idle = self._loop.time() - self._last
+        if idle >= TRANSFER_STALL_S:
+            self.stalled = True
+            self._call.cancel()
+        else:
+            self._handle = self._loop.call_later(TRANSFER_STALL_S - idle, self._check)
+
+    def stop(self) -> None:
+        """No more watching."""
+        self._handle.cancel()

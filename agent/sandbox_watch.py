@@ -38,6 +38,8 @@ class SandboxWatch:
         self.interval = interval
         """Seconds between two looks."""
         self._task: asyncio.Task | None = None
+        self._refused = False
+        """Whether the last look found the host refusing or closing connections (not just slow)."""
 
     def start(self) -> None:
         """Begin watching in the background."""
@@ -55,15 +57,20 @@ class SandboxWatch:
     async def look(self) -> ev.SandboxState:
         """One look at the host now: the state it shows, with the round trip when it answered."""
         lease = self.lease
-        if lease.info is None or lease.state in ("starting", "lost", "restoring"):
+        self._refused = False
+        if lease.info is None or lease.state in ("starting", "lost", "restoring") or lease.recoveries:
+            # Being replaced, or the lease is looking for a host itself (and says so): nothing to add.
             return ev.SandboxState(lease.state, lease.host)
         started = time.monotonic()
         try:
             info = await asyncio.wait_for(lease.client.touch(lease.sandbox_id), HEARTBEAT_TIMEOUT_S)
         except (SandboxGone, SandboxNotRunning) as exc:
             return ev.SandboxState("lost", lease.host, detail=str(exc))
-        except (HostUnreachable, TimeoutError) as exc:
-            return ev.SandboxState("unreachable", lease.host, detail=str(exc) or "the host did not answer in time")
+        except HostUnreachable as exc:
+            self._refused = not exc.silent
+            return ev.SandboxState("unreachable", lease.host, detail=str(exc))
+        except TimeoutError:
+            return ev.SandboxState("unreachable", lease.host, detail="the host did not answer in time")
         except SandboxError as exc:
             return ev.SandboxState("unreachable", lease.host, detail=str(exc))
         rtt = (time.monotonic() - started) * 1000
@@ -76,7 +83,23 @@ class SandboxWatch:
 
     async def _run(self) -> None:
         while True:
+            lease = self.lease
+            client, was = lease.client, lease.state
             state = await self.look()
-            self.lease.note_state(state.state, state.detail)
+            lease.note_state(state.state, state.detail)
             await self.emit(state)
+            if state.state == "lost" and was == "ready" and lease.info is not None:
+                lease.begin_replace(state.detail, lease.info.sandbox_id)  # ready before the next tool call
+            elif state.state == "unreachable" and was == "ready" and self._refused:
+                # The host closed or refused the connection (it died, or restarts): reconnect or fail
+                # over now, between tool calls, rather than at the next one. A host that is merely slow
+                # is left to keepalive, which tells a silent host from a busy one.
+                recovery = asyncio.ensure_future(lease.recover(state.detail, lost=client))
+                recovery.add_done_callback(_observe)
             await asyncio.sleep(self.interval)
+
+
+def _observe(task: asyncio.Task) -> None:
+    """A background recovery's failure is the lease's to report (it sends notices); mark it seen."""
+    if not task.cancelled():
+        task.exception()

@@ -13,6 +13,7 @@ from agent.lease import SandboxLease
 from agent.permissions import PermissionGate
 from agent.sandbox_client import (
     HostUnreachable,
+    NoHostAnswers,
     SandboxAuthError,
     SandboxError,
     SandboxGone,
@@ -190,25 +191,38 @@ class ToolSet:
                 emit=emit,
                 set_permission_mode=self.gate.set_mode if self.gate is not None else None,
             )
-            seen = self.lease.info.sandbox_id if self.lease.info is not None else None
             lost = False
-            try:
-                if tool.changes_files and self.before_change is not None:
-                    await self.before_change()
-                result = await tool.run(ctx, call.input)
-            except ToolInputError as exc:
-                result = ToolResult(f"Invalid input for {call.name}: {exc}", is_error=True)
-            except (SandboxGone, SandboxNotRunning) as exc:
-                result = await self._sandbox_lost(exc, seen, emit)
-                lost = True
-            except SandboxError as exc:
-                result = ToolResult(_describe_sandbox_error(exc, self.lease), is_error=True)
-            except Exception as exc:  # noqa: BLE001 - one broken call must not end the session
-                result = ToolResult(
-                    f"The {call.name} tool failed inside tether ({type(exc).__name__}: {exc}). "
-                    "This is a bug in tether, not in your input; try another way.",
-                    is_error=True,
-                )
+            for attempt in (1, 2):
+                seen = self.lease.info.sandbox_id if self.lease.info is not None else None
+                client, host = self.lease.client, self.lease.host
+                try:
+                    if tool.changes_files and self.before_change is not None:
+                        await self.before_change()
+                    result = await tool.run(ctx, call.input)
+                except HostUnreachable as exc:
+                    if self.lease.connect is None:
+                        result = ToolResult(_describe_sandbox_error(exc, self.lease), is_error=True)
+                        break
+                    outcome = await self._host_lost(exc, seen, client, host, emit)
+                    if outcome is None and attempt == 1:
+                        continue  # the call never reached the host, which is back: now it runs
+                    result = outcome or ToolResult(_describe_sandbox_error(exc, self.lease), is_error=True)
+                    lost = True
+                    break
+                except ToolInputError as exc:
+                    result = ToolResult(f"Invalid input for {call.name}: {exc}", is_error=True)
+                except (SandboxGone, SandboxNotRunning) as exc:
+                    result = await self._sandbox_lost(exc, seen, emit)
+                    lost = True
+                except SandboxError as exc:
+                    result = ToolResult(_describe_sandbox_error(exc, self.lease), is_error=True)
+                except Exception as exc:  # noqa: BLE001 - one broken call must not end the session
+                    result = ToolResult(
+                        f"The {call.name} tool failed inside tether ({type(exc).__name__}: {exc}). "
+                        "This is a bug in tether, not in your input; try another way.",
+                        is_error=True,
+                    )
+                break
             await emit(
                 ev.ToolFinished(
                     call.id, call.name, result.content, result.is_error, tool.result_view(call.input, result)
@@ -251,29 +265,84 @@ class ToolSet:
             f"The sandbox was lost while running this tool ({exc}). The call may or may not have "
             "taken effect before it was lost."
         )
+        return ToolResult(
+            f"{lost} {self._restore_words('A new sandbox is being started from the same recipe')}", is_error=True
+        )
+
+    async def _host_lost(
+        self,
+        exc: HostUnreachable,
+        seen: str | None,
+        client: Any,
+        host: str,
+        emit: Callable[[ev.AgentEvent], Awaitable[None]],
+    ) -> ToolResult | None:
+        """The host did not answer: reconnect or fail over (the lease does), and word the outcome for the model.
+
+        None when the call surely never reached the host and a sandbox is ready again:
+        the caller runs it now.
+        """
+        lease = self.lease
+        try:
+            if isinstance(exc, NoHostAnswers):
+                raise exc  # a whole round over the hosts just failed: say so, do not start another
+            await lease.recover(str(exc), silent=exc.silent, lost=client)
+        except SandboxError as err:
+            ran = (
+                "This call did not reach it, so it did not run."
+                if not exc.sent
+                else "This call may or may not have run before the connection was lost."
+            )
+            return ToolResult(
+                f"The sandbox is unreachable: {err}. {ran} tether keeps looking for a host in the background; "
+                "your next tool call tries every host again. Tell the user if this persists.",
+                is_error=True,
+            )
+        if not exc.sent:
+            return None
+        if lease.info is not None and lease.info.sandbox_id == seen:
+            return ToolResult(
+                f"The connection to the sandbox host at {host} broke while this tool ran ({exc}) and was "
+                "re-established. The sandbox and its files survived, but this call may or may not have finished: "
+                "check the state of what it was doing before going on.",
+                is_error=True,
+            )
+        self.read_paths.clear()
+        if lease.host != host:
+            lost = (
+                f"The sandbox host at {host} stopped answering while this tool ran ({exc}); the call may or "
+                f"may not have taken effect there. The session moved to the sandbox host at {lease.host}."
+            )
+            start = "A new sandbox there was started from the same recipe"
+        else:
+            lost = (
+                f"The sandbox host at {host} went away while this tool ran ({exc}) and came back without "
+                "the sandbox; the call may or may not have taken effect before it was lost."
+            )
+            start = "A new sandbox was started from the same recipe"
+        return ToolResult(f"{lost} {self._restore_words(start, ready=True)}", is_error=True)
+
+    def _restore_words(self, start: str, *, ready: bool = False) -> str:
+        """What a new sandbox holds, for the model: ``start`` says where it came from."""
+        wait = "your next tool call runs in it" if ready else "your next tool call waits for it"
         keeper = self.checkpointer
         if keeper is not None and keeper.mode == "direct":
-            then = (
+            return (
                 "The workspace is the user's project directory itself, so every change that reached "
-                "it is still there. A new sandbox that mounts it is being started from the same recipe; "
-                "your next tool call waits for it. The shell starts in the workspace root."
+                f"it is still there. {start}, mounting it; {wait}. The shell starts in the workspace root."
             )
-        elif keeper is not None and keeper.seq >= 0:
+        if keeper is not None and keeper.seq >= 0:
             after = f", taken after tool call {keeper.last_tool}" if keeper.last_tool else ""
-            then = (
-                f"A new sandbox is being started from the same recipe with the workspace restored as of "
-                f"checkpoint {keeper.seq}{after} ({len(keeper.state):,} files); your next tool call "
-                "waits for it. Changes made after that checkpoint, including any by this call, are not "
-                "in it. The shell goes back to its directory if that still exists. Check the state of "
-                "what this call was doing before going on."
+            return (
+                f"{start}, with the workspace restored as of checkpoint {keeper.seq}{after} "
+                f"({len(keeper.state):,} files); {wait}. Changes made after that checkpoint, including any "
+                "by this call, are not in it. The shell goes back to its directory if that still exists. "
+                "Check the state of what this call was doing before going on."
             )
-        else:
-            then = (
-                "A new sandbox is being started from the same recipe; your next tool call waits for it. "
-                "Its workspace starts fresh: files created or changed in the lost sandbox are gone, and "
-                "the shell is back in the workspace root. Check the state before going on."
-            )
-        return ToolResult(f"{lost} {then}", is_error=True)
+        return (
+            f"{start}; {wait}. Its workspace starts fresh: files created or changed in the lost sandbox "
+            "are gone, and the shell is back in the workspace root. Check the state before going on."
+        )
 
 
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {

@@ -27,6 +27,7 @@ class EventType(StrEnum):
     TITLE = "title"
     INTERRUPTION = "interruption"
     CHECKPOINT = "checkpoint"
+    HOST = "host"
 
 
 @dataclass(frozen=True, slots=True)

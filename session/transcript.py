@@ -43,6 +43,8 @@ def render_markdown(events: list[Event]) -> str:
             host = payload.get("host", "?")
             sandbox_id = payload.get("sandbox_id", "?")
             parts.append(f"*Sandbox {what}: `{sandbox_id}` on {host}*")
+        elif kind == EventType.HOST:
+            parts.append(_host_line(payload))
         elif kind == EventType.CHECKPOINT:
             parts.append(_checkpoint_line(payload))
         elif kind == EventType.INTERRUPTION:
@@ -71,6 +73,18 @@ def _assistant_parts(payload: dict[str, Any], tool_names: dict[str, str]) -> lis
     if texts:
         parts.append("## Assistant\n\n" + "\n\n".join(texts))
     return parts
+
+
+def _host_line(payload: dict[str, Any]) -> str:
+    """A change of sandbox host in one line: what happened, where to, and why."""
+    what = str(payload.get("event", "changed host"))
+    host = payload.get("host", "?")
+    previous = payload.get("previous")
+    came = f" from {previous}" if previous and previous != host else ""
+    reason = str(payload.get("reason", "")).strip()
+    why = f" ({reason})" if reason else ""
+    kept = "; the sandbox survived" if payload.get("kept") else ""
+    return f"*Sandbox host {what}{came} to {host}{kept}{why}*"
 
 
 def _checkpoint_line(payload: dict[str, Any]) -> str:

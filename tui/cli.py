@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--sandbox",
         metavar="URL",
         default=os.environ.get("TETHER_SANDBOX", ""),
-        help="sandbox host: grpc://host:port, grpcs://host:port or unix:///path (default: embedded)",
+        help="sandbox hosts, comma-separated, tried in order and failed over to: grpc://host:port, "
+        "grpcs://host:port, unix:///path or embedded (default: [sandbox] hosts in the settings, else embedded)",
     )
     parser.add_argument(
         "--sandbox-token", metavar="TOKEN", default="", help="bearer token for --sandbox (or TETHER_SANDBOX_TOKEN)"

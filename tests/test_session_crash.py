@@ -482,7 +482,8 @@ class CrashSession:
         assert len(writers) <= 1, self._describe(f"{logs[0]} has {len(writers)} writers: {writers}", self.plan)
         assert writers or not must_exist, self._describe(f"no process holds {logs[0]} open mid-run", self.plan)
         for pid in writers:
-            os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):  # it ended on its own between the look and the kill
+                os.kill(pid, signal.SIGKILL)
 
     # -- the fake's side (runs in the fake's server threads)
 

@@ -368,11 +368,9 @@ class TetherApp(App[int]):
         detail = f" ({event.detail})" if event.detail else ""
         if event.state == "unreachable":
             if event.host == "embedded":
-                session = self.harness.log.session_id if self.harness.log is not None else ""
-                how = f"/resume {session}" if session else "quitting and resuming the session"
                 text = (
-                    f"The embedded sandbox host stopped answering{detail}. tether cannot restart it within "
-                    f"this session yet: {how} starts a new host and restores the workspace."
+                    f"The embedded sandbox host stopped answering{detail}; tether starts a new one "
+                    "and restores the workspace there."
                 )
             else:
                 text = f"Sandbox host {event.host} unreachable{detail}; tether keeps trying and says when it answers."
@@ -381,7 +379,7 @@ class TetherApp(App[int]):
             await self._mount(Notice(f"Sandbox host {event.host} answers again.", classes="sandbox-notice"))
         elif event.state == "lost" and before == "ready" and not self.busy:
             # Seen by the heartbeat between prompts; during a turn the tool's result and the restore say it.
-            text = f"Sandbox lost{detail}; the next tool call starts a new one from the same recipe."
+            text = f"Sandbox lost{detail}; a new one is made from the same recipe, with the newest checkpoint."
             await self._mount(Notice(text, classes="sandbox-notice"))
 
     @work(exit_on_error=False)

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from agent import events as ev
 from agent.harness import Harness, HarnessOptions
 from agent.sandbox_client import KEEPALIVE_DETECT_S
 from remote_sandbox.cli import READY_LINE_PREFIX
+from tests.fixtures.event_recorder import Recorder
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
 from tests.fixtures.processes import wait_pids_gone
 from tests.fixtures.sandbox_host import _read_line
@@ -43,37 +43,6 @@ DETECT_BOUND_S = 10.0
 
 
 # ----------------------------------------------------------------------------- parts
-
-
-@dataclass
-class Recorder:
-    """Records the harness's events; lets a test wait for one."""
-
-    events: list[ev.AgentEvent] = field(default_factory=list)
-    times: list[float] = field(default_factory=list)
-    _waiters: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
-
-    async def __call__(self, event: ev.AgentEvent) -> None:
-        """The harness's emit."""
-        self.events.append(event)
-        self.times.append(time.monotonic())
-        for predicate, future in list(self._waiters):
-            if not future.done() and predicate(event):
-                future.set_result(event)
-
-    async def wait_for(self, predicate) -> ev.AgentEvent:
-        """The first event from now on matching ``predicate``."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((predicate, future))
-        return await asyncio.wait_for(future, WAIT_S)
-
-    def results(self) -> list[ev.ToolFinished]:
-        """Every finished tool call, in order."""
-        return [e for e in self.events if isinstance(e, ev.ToolFinished)]
-
-    def notices(self) -> list[str]:
-        """Every status line."""
-        return [e.message for e in self.events if isinstance(e, ev.Status)]
 
 
 def bash(command: str) -> Any:
@@ -224,7 +193,7 @@ class BlackholeProxy:
 
 async def started(options: HarnessOptions) -> tuple[Harness, Recorder]:
     """A started harness and its event recorder."""
-    recorder = Recorder()
+    recorder = Recorder(wait_s=WAIT_S)
     harness = Harness(options, recorder)
     await harness.start()
     return harness, recorder

@@ -9,23 +9,13 @@ import pytest
 
 from agent.harness import HarnessOptions
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
-from tests.fixtures.tui import screen_text, type_prompt
+from tests.fixtures.tui import screen_text, type_prompt, until
 from tests.test_tui_prompt import make_session
 from tui import app as tui_app
 from tui.app import COPY_ANSWER_KEY, TetherApp
 from tui.rewind import RewindScreen
 from tui.streaming_markdown import MarkdownView
 from tui.widgets import UserMessage
-
-
-async def until(pilot, condition, attempts: int = 1000) -> None:
-    """Let the app run until ``condition()`` holds."""
-    for _ in range(attempts):
-        if condition():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError("the screen never showed what was expected")
-
 
 ANSWER = "# Heading\n\nSome **bold** words and `code`.\n\n- one\n- two\n"
 

@@ -11,21 +11,12 @@ from textual import events
 from agent.harness import HarnessOptions
 from session.store import SessionStore
 from tests.fixtures.fake_api import FakeMessagesAPI, hang, reply, text
-from tests.fixtures.tui import screen_text, type_prompt
+from tests.fixtures.tui import screen_text, type_prompt, until
 from tui.app import TetherApp
 from tui.commands import COMMANDS, parse_command
 from tui.history import PromptHistory
 from tui.picker import SessionPickerScreen, age
 from tui.prompt import Suggestions
-
-
-async def until(pilot, condition, attempts: int = 1000) -> None:
-    """Let the app run until ``condition()`` holds."""
-    for _ in range(attempts):
-        if condition():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError("the screen never showed what was expected")
 
 
 def sent_prompts(fake_api: FakeMessagesAPI) -> list[str]:

@@ -14,22 +14,13 @@ import pytest
 from agent.harness import HarnessOptions
 from tests.fixtures.fake_api import FakeMessagesAPI, hang, reply, text, tool_use
 from tests.fixtures.sandbox_host import RunningHost
-from tests.fixtures.tui import screen_text, type_prompt
+from tests.fixtures.tui import screen_text, type_prompt, until
 from tui import status as status_module
 from tui.app import TetherApp
 from tui.status import StatusLine
 
 HEARTBEAT_S = 0.2
 """A quick heartbeat, so a loss shows within a few tenths of a second."""
-
-
-async def until(pilot, condition, attempts: int = 3000) -> None:
-    """Let the app run until ``condition()`` holds (bounded: 30 s)."""
-    for _ in range(attempts):
-        if condition():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError("the screen never showed what was expected")
 
 
 def status_text(app: TetherApp) -> str:
@@ -71,14 +62,14 @@ async def test_a_removed_docker_sandbox_shows_lost_then_restoring_then_ready(
     app = TetherApp(options)
     async with app.run_test(size=(160, 40)) as pilot:
         await app.workers.wait_for_complete()
-        await until(pilot, lambda: "ready" in status_text(app) and " ms" in status_text(app))
+        await until(pilot, lambda: "ready" in status_text(app) and " ms" in status_text(app), attempts=3000)
         lease = app.harness.lease
         assert lease is not None
         (container,) = docker_engine.containers.list(filters={"label": f"tether.sandbox={lease.sandbox_id}"})
         container.remove(force=True)
         # The heartbeat sees it between prompts and has a new sandbox made at once.
-        await until(pilot, lambda: "Sandbox lost" in screen_text(app))
-        await until(pilot, lambda: lease.generation == 2 and ": ready" in status_text(app))
+        await until(pilot, lambda: "Sandbox lost" in screen_text(app), attempts=3000)
+        await until(pilot, lambda: lease.generation == 2 and ": ready" in status_text(app), attempts=3000)
         assert drawn_states[-3:] == ["lost", "restoring", "ready"], drawn_states
         fake_api.script(reply(tool_use("Bash", {"command": "cat notes.txt"})), reply(text("still here")))
         await type_prompt(pilot, app, "read the notes")
@@ -97,16 +88,16 @@ async def test_a_killed_embedded_host_shows_unreachable_then_a_new_one_takes_ove
     async with app.run_test(size=(160, 40)) as pilot:
         await type_prompt(pilot, app, "hello")
         await app.workers.wait_for_complete()
-        await until(pilot, lambda: ": ready" in status_text(app))
+        await until(pilot, lambda: ": ready" in status_text(app), attempts=3000)
         session_id = app.harness.session_id
         embedded = app.harness.embedded
         assert embedded is not None and embedded.process is not None
         embedded_pid = embedded.process.pid
         os.kill(embedded_pid, signal.SIGKILL)
-        await until(pilot, lambda: "unreachable" in status_text(app))
-        await until(pilot, lambda: "embedded sandbox host stopped answering" in screen_text(app))
+        await until(pilot, lambda: "unreachable" in status_text(app), attempts=3000)
+        await until(pilot, lambda: "embedded sandbox host stopped answering" in screen_text(app), attempts=3000)
         # The heartbeat starts a new embedded host and a sandbox there, between prompts.
-        await until(pilot, lambda: ": ready" in status_text(app))
+        await until(pilot, lambda: ": ready" in status_text(app), attempts=3000)
         assert app.harness.embedded is not None and app.harness.embedded.process is not None
         assert app.harness.embedded.process.pid != embedded_pid, "a new embedded host"
         assert app.harness.session_id == session_id
@@ -124,11 +115,11 @@ async def test_the_spinner_turns_while_the_model_thinks(fake_api: FakeMessagesAP
     app = TetherApp(HarnessOptions(project_dir=tui_env))
     async with app.run_test(size=(160, 40)) as pilot:
         await type_prompt(pilot, app, "think")
-        await until(pilot, lambda: "thinking…" in status_text(app))
+        await until(pilot, lambda: "thinking…" in status_text(app), attempts=3000)
         frames = set()
-        await until(pilot, lambda: frames.add(status_text(app)[0]) or len(frames) >= 3)
+        await until(pilot, lambda: frames.add(status_text(app)[0]) or len(frames) >= 3, attempts=3000)
         assert frames <= set(status_module.SPINNER)
         release.set()
         await app.workers.wait_for_complete()
-        await until(pilot, lambda: "thinking…" not in status_text(app))
+        await until(pilot, lambda: "thinking…" not in status_text(app), attempts=3000)
         await app.action_quit()

@@ -6,19 +6,10 @@ from pathlib import Path
 
 from agent.harness import HarnessOptions
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
-from tests.fixtures.tui import screen_text, type_prompt
+from tests.fixtures.tui import screen_text, type_prompt, until
 from tui.app import TetherApp
 from tui.rewind import RewindScreen
 from tui.widgets import DiffView, Notice, PromptArea
-
-
-async def until(pilot, condition, attempts: int = 500) -> None:
-    """Let the app run until ``condition()`` holds (the dialog's file list is computed by a checkpoint)."""
-    for _ in range(attempts):
-        if condition():
-            return
-        await pilot.pause(0.01)
-    raise AssertionError("the screen never showed what was expected")
 
 
 async def test_diff_and_apply_in_a_copy_workspace(fake_api: FakeMessagesAPI, tui_env: Path) -> None:
@@ -67,7 +58,7 @@ async def test_rewind_lists_prompts_shows_changes_and_restores_files(fake_api: F
         assert "3. prompt 3" in shown and "1. prompt 1" in shown
         # Newest first: the list starts on prompt 3, one down is prompt 2.
         await pilot.press("down", "enter")
-        await until(pilot, lambda: "restore shared.txt" in screen_text(app))
+        await until(pilot, lambda: "restore shared.txt" in screen_text(app), attempts=500)
         await pilot.press("enter")  # conversation and code
         await app.workers.wait_for_complete()
         await pilot.pause()

@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from agent import events as ev
 from agent.harness import Harness, HarnessOptions
 from session.store import SessionStore
+from tests.fixtures.event_recorder import Recorder
 from tests.fixtures.fake_api import FakeMessagesAPI, reply, text, tool_use
 from tests.fixtures.sandbox_host import RunningHost
 from tests.fixtures.tether_cli import TETHER, TetherEnv
@@ -28,40 +28,9 @@ WAIT_S = 30.0
 """Bound on every wait here."""
 
 
-@dataclass
-class Recorder:
-    """Records the harness's events; lets a test wait for one."""
-
-    events: list[ev.AgentEvent] = field(default_factory=list)
-    _waiters: list[tuple[Any, asyncio.Future]] = field(default_factory=list)
-
-    async def __call__(self, event: ev.AgentEvent) -> None:
-        """The harness's emit."""
-        self.events.append(event)
-        if isinstance(event, ev.PermissionRequest) and not event.future.done():
-            event.future.set_result(ev.PermissionDecision(allow=True))
-        for predicate, future in list(self._waiters):
-            if not future.done() and predicate(event):
-                future.set_result(event)
-
-    async def wait_for(self, predicate) -> ev.AgentEvent:
-        """The first event from now on matching ``predicate``."""
-        future = asyncio.get_running_loop().create_future()
-        self._waiters.append((predicate, future))
-        return await asyncio.wait_for(future, WAIT_S)
-
-    def results(self) -> list[ev.ToolFinished]:
-        """Every finished tool call, in order."""
-        return [e for e in self.events if isinstance(e, ev.ToolFinished)]
-
-    def notices(self) -> list[str]:
-        """Every status line."""
-        return [e.message for e in self.events if isinstance(e, ev.Status)]
-
-
 async def started(options: HarnessOptions) -> tuple[Harness, Recorder]:
     """A started harness and its event recorder."""
-    recorder = Recorder()
+    recorder = Recorder(wait_s=WAIT_S)
     harness = Harness(options, recorder)
     await harness.start()
     return harness, recorder

@@ -38,7 +38,7 @@ from bench.bench_sandbox_support import (  # noqa: E402
 )
 from bench.common import scratch, summary  # noqa: E402
 from protos.recipes import load_recipe  # noqa: E402
-from remote_sandbox.workspace import READ_CHUNK  # noqa: E402
+from remote_sandbox.file_reader import READ_CHUNK  # noqa: E402
 
 MIB = 1 << 20
 LARGE = 100 * 1000 * 1000

@@ -13,7 +13,7 @@ from tests.fixtures.tui import screen_text, type_prompt
 from tui.app import TetherApp
 from tui.streaming_markdown import MarkdownView
 from tui.tool_panels import ToolPanel
-from tui.transcript import RESUME_ENTRIES, Transcript
+from tui.transcript import EARLIER_BATCH, RESUME_ENTRIES, Transcript
 from tui.widgets import PromptArea, UserMessage
 
 LONG_OUTPUT = "seq 1 2500; printf 'W%.0s' $(seq 1 250); echo LONGEND"
@@ -129,10 +129,11 @@ async def test_a_long_resumed_session_shows_its_newest_entries_and_earlier_ones_
             await pilot.press("pageup")
             await pilot.pause()
         assert len(transcript.children) == shown
-        assert "… 460 earlier entries (PageUp here shows more)" in screen_text(app)  # 500 entries, 40 shown
+        earlier = 500 - RESUME_ENTRIES  # 400 messages make 500 entries
+        assert f"… {earlier} earlier entries (PageUp here shows more)" in screen_text(app)
         await pilot.press("pageup")
         await pilot.pause()
-        assert len(transcript.children) == shown + RESUME_ENTRIES
+        assert len(transcript.children) == shown + EARLIER_BATCH
         assert app.focused is app.query_one("#prompt", PromptArea)
         await app.action_quit()
 

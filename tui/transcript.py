@@ -27,8 +27,11 @@ HIGH_WATER = 120
 """Entries kept in the DOM before the oldest are pruned (kept as the little it takes to build them again)."""
 LOW_WATER = 80
 """Entries left after pruning."""
-RESUME_ENTRIES = 40
-"""Entries of a resumed session built at start (several screens); PageUp at the top builds the next ones."""
+RESUME_ENTRIES = 12
+"""Entries of a resumed session built at start: more than a screen, few enough that the prompt is not kept
+waiting for the rest to be rendered (each must be rendered to be laid out)."""
+EARLIER_BATCH = 40
+"""Older entries built at a time when PageUp reaches the top."""
 YIELD_EVERY = 1 / 20
 """Longest time (seconds) a stream keeps the event loop from keys and frames (a frame costs ~10 ms)."""
 
@@ -193,9 +196,9 @@ class Transcript(VerticalScroll):
             self.scroll_page_down(animate=False)
 
     async def show_earlier(self) -> None:
-        """Build the next ``RESUME_ENTRIES`` older entries of a resumed session, above the ones shown."""
-        batch = self._earlier[-RESUME_ENTRIES:]
-        del self._earlier[-RESUME_ENTRIES:]
+        """Build the next ``EARLIER_BATCH`` older entries (of a resumed session, or pruned), above the ones shown."""
+        batch = self._earlier[-EARLIER_BATCH:]
+        del self._earlier[-EARLIER_BATCH:]
         note = self.query_children(".earlier").first(Notice)
         await self.mount_all([build() for build in batch], after=note)
         if self._earlier:

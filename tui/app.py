@@ -19,7 +19,7 @@ from agent import events as ev
 from agent.harness import Harness, HarnessError, HarnessOptions
 from agent.pricing import price_of
 from agent.sandbox_client import SandboxError
-from session.events import EventType
+from session.events import Event, EventType
 from session.plaintext import assistant_text
 from session.store import SessionLog
 from tui.commands import COMMAND_ERRORS, COMMANDS, SlashCommandProvider, parse_command
@@ -85,17 +85,19 @@ class TetherApp(App[int]):
         """A turn or a command that changes the session is running."""
         self.exit_session_id: str | None = None
         """The session to resume after the app exits (None: no session was kept)."""
-        self._spinning = False
         self._last_escape: float | None = None
 
     def compose(self) -> ComposeResult:
-        yield Transcript(id="transcript")
+        # Kept: the stream's hot path reaches them thousands of times a turn, without a query.
+        self._transcript = Transcript(id="transcript")
+        yield self._transcript
         yield PromptBox(
             history=PromptHistory.for_project(self.options.project_dir),
             commands=COMMANDS.complete,
             files=self.complete_files,
         )
-        yield StatusLine(self.status, id="status")
+        self._status_line = StatusLine(self.status, id="status")
+        yield self._status_line
 
     def _fresh_status(self) -> SessionStatus:
         return SessionStatus(
@@ -186,7 +188,7 @@ class TetherApp(App[int]):
                 for hints in self.query("#hints"):
                     await hints.remove()  # a resumed session's own conversation takes their place
                 await self.query_one(Transcript).show_history(live_path)
-                self._usage_from_log(resumed)
+                self._usage_from_log(resumed, live_path)
                 self._refresh_status()
             prompt = self.query_one("#prompt", PromptArea)
             if not starting.done():
@@ -220,12 +222,10 @@ class TetherApp(App[int]):
             prompt.focus()
         await self._turn_ended()
 
-    def _usage_from_log(self, log: SessionLog | None = None) -> None:
-        """Tokens and cost of the whole session (every branch was paid for); context: the branch in effect."""
-        log = log or self.harness.log
-        assert log is not None
+    def _usage_from_log(self, log: SessionLog, live_path: list[Event]) -> None:
+        """Tokens and cost of the whole session (every branch was paid for); context: ``live_path``, the branch in effect."""
         self.status.tokens, self.status.cost = session_usage(log.events())
-        self.status.context_tokens = context_tokens_of(log.live_path())
+        self.status.context_tokens = context_tokens_of(live_path)
         if self.harness.loop is not None:  # the session's cost goes on from where it was
             self.harness.loop.totals.cost_usd = self.status.cost
 
@@ -236,8 +236,9 @@ class TetherApp(App[int]):
             return
         transcript = self.query_one(Transcript)
         await transcript.clear()
-        await transcript.show_history(log.live_path())
-        self._usage_from_log()
+        live_path = log.live_path()
+        await transcript.show_history(live_path)
+        self._usage_from_log(log, live_path)
         self._refresh_status()
 
     async def on_prompt_area_submitted(self, message: PromptArea.Submitted) -> None:
@@ -341,10 +342,9 @@ class TetherApp(App[int]):
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
         if type(event) is ev.TextDelta:
-            # The stream's hot path (thousands a turn): no lookups beyond the answer being written.
-            transcript = self.query_one(Transcript)
-            if transcript.answer is not None and not self._spinning:
-                await transcript.show(event)
+            # The stream's hot path (thousands a turn): straight to the answer being written.
+            if self._transcript.answer is not None and not self._status_line.thinking:
+                await self._transcript.show(event)
                 return
         if isinstance(event, ev.SandboxState):
             await self._sandbox_notice(self.status.sandbox_state, event)
@@ -435,7 +435,6 @@ class TetherApp(App[int]):
                 request.future.set_result(decision)
 
     def _thinking(self, thinking: bool) -> None:
-        self._spinning = thinking
         self.query_one("#status", StatusLine).set_thinking(thinking)
 
     def _refresh_status(self) -> None:

@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import events as ev
-from agent.embedded_host import EmbeddedHost, SharedHost
-from agent.hosts import EMBEDDED, HostListError, HostSpec, load_host_settings, parse_host_list
+from agent.embedded_host import EmbeddedHost
+from agent.hosts import HostListError, HostSpec, load_host_settings, parse_host_list
 from agent.lease import RUN_LABEL, SandboxLease
 from agent.loop import AgentLoop, Emit
-from agent.model import DEFAULT_MODEL, ModelClient, preload_sdk
+from agent.model import ModelClient, preload_sdk
+from agent.options import EMBEDDED, HarnessOptions
 from agent.permissions import (
     PermissionGate,
     PermissionSettings,
@@ -50,43 +50,6 @@ from session.store import (
     SessionStore,
     SessionStoreError,
 )
-
-
-@dataclass
-class HarnessOptions:
-    """Everything a driver chose on the command line or in config."""
-
-    project_dir: Path
-    model: str = ""
-    """Empty: ``TETHER_MODEL`` or the default."""
-    sandbox: str = ""
-    """Host URLs (grpc://, grpcs://, unix://, ``embedded``), comma-separated, tried in order;
-    empty = ``[sandbox] hosts`` in the user's settings, else the embedded host."""
-    sandbox_token: str = ""
-    sandbox_ca_file: str = ""
-    recipe: str = ""
-    """A recipe name or TOML file; empty = default."""
-    max_turns: int | None = None
-    resume: str = ""
-    """A session id (or unique prefix) to resume."""
-    continue_latest: bool = False
-    """Continue the newest session of this project."""
-    permission_mode: str = "default"
-    """default | acceptEdits | plan | bypassPermissions"""
-    allowed_tools: list[str] = field(default_factory=list)
-    """Extra allow rules from the command line, e.g. ``Bash(git status:*)``."""
-    disallowed_tools: list[str] = field(default_factory=list)
-    """Extra deny rules from the command line."""
-    workspace: str = ""
-    """``direct`` | ``copy`` | empty: the settings' choice, else direct with the embedded host, copy with a remote one."""
-    verbose: bool = False
-    """Say what is set up (workspace mode, sandbox) as status notices."""
-    shared_host: SharedHost | None = None
-    heartbeat_s: float = 0.0
-    """Seconds between two looks at the sandbox host (its state and round trip, for a status bar); 0: none.
-    The TUI uses ``HEARTBEAT_S``."""
-    """An embedded host lent by the process that runs us (the resident harness); None = start our own."""
-
 
 START_PROBE_S = 10.0
 """How long a lone sandbox host may take to answer at start."""
@@ -124,7 +87,7 @@ class Harness:
         self.lease: SandboxLease | None = None
         self.log: SessionLog | None = None
         self.loop: AgentLoop | None = None
-        self.model = ModelClient(model=options.model or os.environ.get("TETHER_MODEL") or DEFAULT_MODEL)
+        self.model = ModelClient(model=options.model_name)
         self.started_at = time.monotonic()
         self.workspace: SessionWorkspace | None = None
         """The session's workspace (mode, checkpoints), once started."""
@@ -153,7 +116,7 @@ class Harness:
         """Where the sandbox runs now, for the status bar and notices."""
         if self.lease is not None:
             return self.lease.host
-        return self.options.sandbox.split(",")[0].strip() or EMBEDDED
+        return self.options.first_host
 
     def _hosts(self) -> list[HostSpec]:
         """The hosts this session may use, in order: ``--sandbox``, else the user's settings, else embedded."""

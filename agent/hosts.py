@@ -10,11 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.options import EMBEDDED
 from agent.permissions import SettingsError, read_settings_file
 from agent.sandbox_client import SandboxError, parse_target
-
-EMBEDDED = "embedded"
-"""The list entry that names the embedded host."""
 
 HOST_KEYS = ("url", "token", "token_file", "ca")
 """The keys of a host table in ``[sandbox] hosts``."""

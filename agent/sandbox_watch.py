@@ -11,11 +11,9 @@ from collections.abc import Awaitable, Callable
 
 from agent import events as ev
 from agent.lease import SandboxLease
+from agent.options import HEARTBEAT_S
 from agent.sandbox_client import HostUnreachable, SandboxError, SandboxGone, SandboxNotRunning
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
-
-HEARTBEAT_S = 5.0
-"""Seconds between two looks at the host."""
 
 HEARTBEAT_TIMEOUT_S = 5.0
 """A host that takes longer than this to answer is reported unreachable."""

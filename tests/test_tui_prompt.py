@@ -345,7 +345,7 @@ async def test_tether_r_without_an_id_starts_on_the_picked_session(fake_api: Fak
     app = TetherApp(HarnessOptions(project_dir=tui_env), pick_session=True)
     async with app.run_test(size=(120, 34)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, SessionPickerScreen) and bool(app.screen.shown))
-        assert app.harness.log is None, "the harness waits for the pick"
+        assert app.session_id is None, "the harness waits for the pick"
         await pilot.press("down", "up", "enter")
         await app.workers.wait_for_complete()
         assert app.harness.session_id == picked
@@ -355,7 +355,7 @@ async def test_tether_r_without_an_id_starts_on_the_picked_session(fake_api: Fak
         await until(pilot, lambda: isinstance(cancelled.screen, SessionPickerScreen))
         await pilot.press("escape")
         await cancelled.workers.wait_for_complete()
-    assert cancelled.exit_session_id is None and cancelled.harness.log is None
+    assert cancelled.exit_session_id is None and cancelled.session_id is None
 
 
 def test_age_in_the_largest_unit() -> None:

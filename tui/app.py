@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
+import importlib
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import App, ComposeResult
@@ -16,23 +19,20 @@ from textual.binding import Binding
 from textual.worker import WorkerCancelled
 
 from agent import events as ev
-from agent.harness import Harness, HarnessError, HarnessOptions
-from agent.pricing import price_of
-from agent.sandbox_client import SandboxError
-from session.events import Event, EventType
-from session.plaintext import assistant_text
-from session.store import SessionLog
-from tui.commands import COMMAND_ERRORS, COMMANDS, SlashCommandProvider, parse_command
+from agent.options import HarnessOptions
+from tui.commands import COMMANDS, SlashCommandProvider, command_errors, parse_command
 from tui.history import PromptHistory
 from tui.looks import use_looks
-from tui.permission import PermissionScreen
-from tui.plan import PlanScreen
 from tui.prompt import Completion, PromptArea, PromptBox, QueuedPrompts
 from tui.status import SessionStatus, StatusLine, context_tokens_of
-from tui.streaming_markdown import warm_highlighting
 from tui.tool_panels import EXPAND_KEY
 from tui.transcript import Transcript, session_usage
 from tui.widgets import ErrorMessage, Notice, UserMessage
+
+if TYPE_CHECKING:
+    from agent.harness import Harness
+    from session.events import Event
+    from session.store import SessionLog
 
 HINTS = "Enter sends · Shift+Enter new line · / commands · Shift+Tab permission mode · Esc interrupts · Ctrl+Q quits"
 """Shown on the first screen, before the first prompt."""
@@ -73,19 +73,21 @@ class TetherApp(App[int]):
         """What the user chose on the command line."""
         self.initial_prompt = initial_prompt
         """Sent as the first prompt once the session is ready (``tether "prompt"``); empty: none."""
-        self.harness = harness or Harness(options, self.on_agent_event)
-        """The session this app drives."""
+        self._harness = harness
+        """The session this app drives: made once the first screen is drawn (its imports take a while)."""
         self.status = self._fresh_status()
         """What the status bar shows."""
         self.pick_session = pick_session
         """Open the session picker first (``tether -r`` without an id); the harness starts on the picked session."""
         self.queued: list[str] = []
         """Prompts sent while a turn runs, sent in order when it ends."""
-        self.busy = False
-        """A turn or a command that changes the session is running."""
+        self.busy = True
+        """A turn, start-up, or a command that changes the session is running: prompts sent now are queued."""
         self.exit_session_id: str | None = None
         """The session to resume after the app exits (None: no session was kept)."""
         self._last_escape: float | None = None
+        self._first_paint = asyncio.Event()
+        """Set once the first screen is drawn: start-up's imports wait for it rather than share the CPU with it."""
 
     def compose(self) -> ComposeResult:
         # Kept: the stream's hot path reaches them thousands of times a turn, without a query.
@@ -95,22 +97,49 @@ class TetherApp(App[int]):
             history=PromptHistory.for_project(self.options.project_dir),
             commands=COMMANDS.complete,
             files=self.complete_files,
+            # A new session's prompt takes input at once (what is sent waits for the session); a resumed one's
+            # once its conversation is on screen; with the picker, once a session is picked.
+            disabled_prompt=self.pick_session or bool(self.options.resume or self.options.continue_latest),
         )
         self._status_line = StatusLine(self.status, id="status")
         yield self._status_line
 
+    @property
+    def harness(self) -> Harness:
+        """The session this app drives; made on first use (start-up makes it once the first screen is drawn)."""
+        if self._harness is None:
+            self._harness = self._new_harness()
+        return self._harness
+
+    @property
+    def session_id(self) -> str | None:
+        """The session's id once it is open (None before: while the picker or start-up runs)."""
+        log = self._harness.log if self._harness is not None else None
+        return log.session_id if log is not None else None
+
+    def _new_harness(self) -> Harness:
+        from agent.harness import Harness
+
+        return Harness(self.options, self.on_agent_event)
+
     def _fresh_status(self) -> SessionStatus:
+        from agent.pricing import price_of
+
+        model = self._harness.model.model if self._harness is not None else self.options.model_name
         return SessionStatus(
-            model=self.harness.model.model,
+            model=model,
             # An unpriced model says so from the start, not "$0.0000" until its first answer.
-            cost=0.0 if price_of(self.harness.model.model) is not None else None,
+            cost=0.0 if price_of(model) is not None else None,
             permission_mode=self.options.permission_mode,
-            host=self.harness.host_label,
+            host=self._harness.host_label if self._harness is not None else self.options.first_host,
         )
 
     def on_mount(self) -> None:
         self.query_one(Transcript).mount(Notice(HINTS, id="hints"))
         self._refresh_status()
+        if not self.prompt_area.disabled:
+            self.prompt_area.focus()
+        self.call_after_refresh(self._first_paint.set)
         if self.pick_session:
             self.pick_then_start()
         else:
@@ -153,7 +182,9 @@ class TetherApp(App[int]):
 
     async def complete_files(self, partial: str) -> list[Completion]:
         """Workspace paths starting with ``partial`` (``src/ma`` → ``@src/main.py``), from the sandbox."""
-        lease, client = self.harness.lease, self.harness.client
+        if self._harness is None:
+            return []
+        lease, client = self._harness.lease, self._harness.client
         if lease is None or lease.info is None or client is None:
             return []
         directory, _, stem = partial.rpartition("/")
@@ -177,6 +208,12 @@ class TetherApp(App[int]):
         if self.initial_prompt.strip():
             self.queued.append(self.initial_prompt)
             self.initial_prompt = ""
+        if self._harness is None:
+            # The harness's imports (gRPC, the session store, the workspace code) run on a thread, after the
+            # first screen is drawn: the prompt takes input meanwhile.
+            await self._first_paint.wait()
+            await asyncio.to_thread(importlib.import_module, "agent.harness")
+            gc.freeze()  # what was imported lives as long as the app: the collector need not walk it again
         starting = asyncio.ensure_future(self.harness.start())
         try:
             opened = asyncio.ensure_future(self.harness.session_opened.wait())
@@ -195,10 +232,15 @@ class TetherApp(App[int]):
                 prompt.disabled = False
                 prompt.focus()
             # While the sandbox starts the loop mostly waits: a thread readies code highlighting meanwhile.
+            from tui.streaming_markdown import warm_highlighting
+
             threading.Thread(target=warm_highlighting, name="warm-highlighting", daemon=True).start()
             try:
                 await starting
             except Exception as exc:  # noqa: BLE001 - whatever stops start-up must be shown, or the app hangs waiting
+                from agent.harness import HarnessError
+                from agent.sandbox_client import SandboxError
+
                 if isinstance(exc, (HarnessError, SandboxError)):
                     message = str(exc)
                 else:
@@ -294,7 +336,7 @@ class TetherApp(App[int]):
         assert command is not None
         try:
             await command.handler(self, args)
-        except COMMAND_ERRORS as exc:
+        except command_errors() as exc:
             await self._mount(ErrorMessage(f"/{name}: {exc}"))
 
     async def _turn_ended(self) -> None:
@@ -310,7 +352,7 @@ class TetherApp(App[int]):
         await self.harness.close()
         self.options.resume = resume
         self.options.continue_latest = False
-        self.harness = Harness(self.options, self.on_agent_event)
+        self._harness = self._new_harness()
         self.status = self._fresh_status()
         self.query_one("#status", StatusLine).status = self.status
         self.prompt_area.disabled = True
@@ -387,6 +429,8 @@ class TetherApp(App[int]):
         """Show the permission dialog and hand the answer back to the harness."""
         decision = ev.PermissionDecision(allow=False, reason="the dialog was closed without an answer")
         try:
+            from tui.permission import PermissionScreen
+
             decision = await self.push_screen_wait(PermissionScreen(request))
         finally:
             if not request.future.done():
@@ -404,8 +448,11 @@ class TetherApp(App[int]):
         streaming = self.query_one(Transcript).answer
         if streaming is not None and streaming.source.strip():
             return streaming.source
-        if self.harness.log is not None:
-            for event in reversed(self.harness.log.live_path()):
+        if self._harness is not None and self._harness.log is not None:
+            from session.events import EventType
+            from session.plaintext import assistant_text
+
+            for event in reversed(self._harness.log.live_path()):
                 if event.type == EventType.ASSISTANT and (text := assistant_text(event.payload)).strip():
                     return text
         return ""
@@ -429,6 +476,8 @@ class TetherApp(App[int]):
         """Show the plan and hand the user's answer back to the harness."""
         decision = ev.PlanDecision(approve=False)
         try:
+            from tui.plan import PlanScreen
+
             decision = await self.push_screen_wait(PlanScreen(request))
         finally:
             if not request.future.done():
@@ -448,12 +497,13 @@ class TetherApp(App[int]):
 
     def action_cycle_mode(self) -> None:
         """Shift+Tab: default → acceptEdits → plan → default (bypassPermissions only if started in it)."""
-        self.status.permission_mode = self.harness.cycle_permission_mode()
+        if self._harness is not None:
+            self.status.permission_mode = self._harness.cycle_permission_mode()
         self._refresh_status()
 
     def action_interrupt(self) -> None:
         """Esc: stop the running turn (model stream and tool) at once; twice on an empty, idle prompt: rewind."""
-        if self.harness.interrupt() or self.busy:
+        if (self._harness is not None and self._harness.interrupt()) or self.busy:
             self._last_escape = None
             return
         if self.prompt_area.disabled or self.prompt_area.text.strip():
@@ -475,7 +525,8 @@ class TetherApp(App[int]):
         if starting:  # (an empty list would wait for every worker, this one too)
             with contextlib.suppress(WorkerCancelled):
                 await self.workers.wait_for_complete(starting)
-        await self.harness.close()
-        # An unused new session is removed on close; only a kept one can be resumed.
-        self.exit_session_id = self.harness.log.session_id if self.harness.log is not None else None
+        if self._harness is not None:
+            await self._harness.close()
+            # An unused new session is removed on close; only a kept one can be resumed.
+            self.exit_session_id = self._harness.log.session_id if self._harness.log is not None else None
         self.exit(0)

@@ -12,16 +12,15 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from agent.sandbox_client import SandboxError
-from agent.workspace.changes import WorkspaceChangeError, prompts
-from session.cli import export_text
-from session.errors import SessionStoreError
 from tui.prompt import Completion
-from tui.rewind import RewindChoice, RewindScreen
 from tui.widgets import DiffView, ErrorMessage, Notice
 
 if TYPE_CHECKING:
     from tui.app import TetherApp
+    from tui.rewind import RewindChoice
+
+# The table is read to draw the first screen (completion, the palette); what a command runs is imported
+# when it runs, so gRPC, the session store and the workspace code are not on the way to the first paint.
 
 Handler = Callable[["TetherApp", str], Awaitable[None]]
 """Runs a command: the app, and the words after the command's name."""
@@ -201,6 +200,8 @@ async def _export(app: TetherApp, args: str) -> None:
     target = Path(words[0]).expanduser() if words else Path(f"tether-{log.session_id[:8]}.{format}")
     if not target.is_absolute():
         target = app.options.project_dir / target
+    from session.cli import export_text
+
     target.write_text(export_text(log, format), encoding="utf-8")
     await app.show(Notice(f"Exported the session to {target}"))
 
@@ -214,6 +215,9 @@ async def _quit(app: TetherApp, args: str) -> None:
 
 
 async def _rewind(app: TetherApp, args: str) -> None:
+    from agent.workspace.changes import prompts
+    from tui.rewind import RewindScreen
+
     harness = app.harness
     assert harness.log is not None
     listed = prompts(harness.log)
@@ -275,8 +279,14 @@ COMMANDS = CommandTable(
 )
 """Every slash command."""
 
-COMMAND_ERRORS = (WorkspaceChangeError, SessionStoreError, SandboxError, OSError)
-"""Failures a command reports in the transcript as ``/name: message``."""
+
+def command_errors() -> tuple[type[Exception], ...]:
+    """Failures a command reports in the transcript as ``/name: message``."""
+    from agent.sandbox_client import SandboxError
+    from agent.workspace.changes import WorkspaceChangeError
+    from session.errors import SessionStoreError
+
+    return (WorkspaceChangeError, SessionStoreError, SandboxError, OSError)
 
 
 class SlashCommandProvider(Provider):

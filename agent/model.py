@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import events as ev
+from agent.message_stream import API_EVENTS, MessageAccumulator, StreamEnded, StreamFormatError
 from agent.options import DEFAULT_MODEL
 from agent.pricing import cost_usd
 
@@ -186,7 +187,12 @@ class ModelClient:
                     raise ModelError(_describe_status_error(exc, attempt)) from exc
                 delay = _retry_after(exc) or self._backoff(attempt)
                 what = _error_type(exc) + (f" ({exc.status_code})" if exc.status_code != 200 else " mid-answer")
-            except (anthropic.APIConnectionError, anthropic.APIResponseValidationError, *_transport_errors()) as exc:  # type: ignore[misc]
+            except (
+                anthropic.APIConnectionError,
+                anthropic.APIResponseValidationError,
+                StreamEnded,
+                *_transport_errors(),
+            ) as exc:  # type: ignore[misc]
                 api_s += time.monotonic() - began
                 if attempt >= self.max_attempts:
                     raise ModelError(f"Could not reach the model after {attempt} tries: {exc}") from exc
@@ -204,51 +210,45 @@ class ModelClient:
         return delay * (0.8 + 0.4 * random.random())
 
     async def _stream_once(self, client, system, messages, tools, tool_choice, emit, quiet) -> ModelResponse:
-        kwargs: dict[str, Any] = dict(model=self.model, max_tokens=self.max_tokens, system=system, messages=messages)
+        import anthropic
+
+        body: dict[str, Any] = dict(
+            model=self.model, max_tokens=self.max_tokens, system=system, messages=messages, stream=True
+        )
         if tools:
-            kwargs["tools"] = tools
+            body["tools"] = tools
         if tool_choice:
-            kwargs["tool_choice"] = tool_choice
-        async with client.messages.stream(**kwargs) as stream:
+            body["tool_choice"] = tool_choice
+        # The SDK's request and stream reader, its errors and auth; the events as the JSON the API sent
+        # (``cast_to=object``), folded here: the typed events and the snapshot its stream helper rebuilds on
+        # every event cost as much as drawing the answer.
+        stream = await client.post(
+            "/v1/messages", cast_to=object, body=body, stream=True, stream_cls=anthropic.AsyncStream[object]
+        )
+        folded = MessageAccumulator()
+        async with stream:
             async for event in stream:
+                try:
+                    shown = folded.add(event)
+                except (KeyError, TypeError, StreamFormatError) as exc:
+                    raise ModelError(f"The model API sent a stream tether cannot read: {exc!r}") from None
                 if quiet:
                     continue
-                if self.stream_events and event.type in _RAW_EVENTS:
-                    await emit(ev.StreamEvent(_raw_event_dict(event)))
-                if event.type == "text":
-                    await emit(ev.TextDelta(event.text))
-                elif event.type == "thinking":
-                    await emit(ev.ThinkingDelta(event.thinking))
-            message = await stream.get_final_message()
-        usage = _usage_dict(message.usage)
+                if self.stream_events and event.get("type") in API_EVENTS:
+                    await emit(ev.StreamEvent(event))
+                if shown is not None:
+                    await emit(ev.TextDelta(shown[1]) if shown[0] == "text" else ev.ThinkingDelta(shown[1]))
+        if not folded.stopped:
+            raise StreamEnded("the model API's stream ended before the message did")
+        usage = _usage_dict(folded.usage)
         return ModelResponse(
-            id=message.id,
-            model=message.model,
-            content=[_block_dict(b) for b in message.content],
-            stop_reason=message.stop_reason,
+            id=str(folded.message.get("id", "")),
+            model=str(folded.message.get("model", self.model)),
+            content=folded.content(),
+            stop_reason=folded.stop_reason,
             usage=usage,
             cost_usd=cost_usd(self.model, usage),
         )
-
-
-_RAW_EVENTS = {
-    "message_start",
-    "message_delta",
-    "message_stop",
-    "content_block_start",
-    "content_block_delta",
-    "content_block_stop",
-}
-"""The API's own stream events; the SDK mixes its derived ones (``text``, ``input_json``...) in."""
-
-
-def _raw_event_dict(event: Any) -> dict[str, Any]:
-    """A stream event as the API sent it: the SDK's stop events carry snapshots the API never sent."""
-    if event.type == "message_stop":
-        return {"type": "message_stop"}
-    if event.type == "content_block_stop":
-        return {"type": "content_block_stop", "index": event.index}
-    return event.model_dump(mode="json")
 
 
 def _transport_errors() -> tuple[type[BaseException], ...]:
@@ -263,26 +263,13 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def _usage_dict(usage: Any) -> dict[str, int]:
+def _usage_dict(usage: dict[str, Any]) -> dict[str, int]:
     return {
-        "input_tokens": usage.input_tokens or 0,
-        "output_tokens": usage.output_tokens or 0,
-        "cache_creation_input_tokens": getattr(usage, "cache_creation_input_tokens", 0) or 0,
-        "cache_read_input_tokens": getattr(usage, "cache_read_input_tokens", 0) or 0,
+        "input_tokens": usage.get("input_tokens") or 0,
+        "output_tokens": usage.get("output_tokens") or 0,
+        "cache_creation_input_tokens": usage.get("cache_creation_input_tokens") or 0,
+        "cache_read_input_tokens": usage.get("cache_read_input_tokens") or 0,
     }
-
-
-def _block_dict(block: Any) -> dict[str, Any]:
-    """A content block as the API accepts it back: only the fields a request may carry."""
-    if block.type == "text":
-        return {"type": "text", "text": block.text}
-    if block.type == "tool_use":
-        return {"type": "tool_use", "id": block.id, "name": block.name, "input": block.input}
-    if block.type == "thinking":
-        return {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
-    if block.type == "redacted_thinking":
-        return {"type": "redacted_thinking", "data": block.data}
-    return block.model_dump(mode="json", exclude_none=True)
 
 
 def _error_type(exc: Any) -> str:

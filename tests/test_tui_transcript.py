@@ -200,3 +200,27 @@ async def test_a_live_session_prunes_old_entries_and_page_up_builds_them_again()
         assert isinstance(first_panel, ToolPanel) and first_panel.has_class("ok")
         assert "out-0" in first_panel.body.text.plain and re.fullmatch(r"exit 0 · \d+\.\d s", first_panel.ending)
         assert "echo 0" in str(first_panel._title.render())
+
+
+async def test_an_answer_streamed_in_pieces_is_drawn_exactly_as_the_whole_answer() -> None:
+    from textual.app import App, ComposeResult
+
+    answer = markdown_answer(6_000)
+
+    class Two(App[None]):
+        def compose(self) -> ComposeResult:
+            yield MarkdownView(classes="streamed")
+            yield MarkdownView(answer, classes="whole")
+
+    app = Two()
+    async with app.run_test(size=(100, 40)):
+        streamed = app.query_one(".streamed", MarkdownView)
+        for number, start in enumerate(range(0, len(answer), 8)):
+            streamed.append(answer[start : start + 8])
+            if number % 7 == 0:  # a frame now and then: blocks split off and the tail drawn from reused tokens
+                streamed.invalidate()
+                streamed.lines(96)
+        streamed.invalidate()
+        drawn = [line.text for line in streamed.lines(96)]
+        assert drawn == [line.text for line in app.query_one(".whole", MarkdownView).lines(96)]
+        assert any("def step_" in line for line in drawn) and drawn[-1].strip() == "LAST LINE OF THE ANSWER"

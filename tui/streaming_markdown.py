@@ -94,6 +94,15 @@ class BlockMarkdown(Markdown):
         self.inline_code_theme = CODE_THEME
 
 
+def _shifted(tokens: list[Token], first_line: int) -> list[Token]:
+    """``tokens`` of a block that starts on line ``first_line``, as if parsed from that line on (Rich reads no line maps, but keep them true)."""
+    if first_line:
+        for token in tokens:
+            if token.map:
+                token.map = [token.map[0] - first_line, token.map[1] - first_line]
+    return tokens
+
+
 class MarkdownView(RenderedLines):
     """Markdown that can grow: ``append`` a piece, and only the unfinished block is rendered again."""
 
@@ -128,22 +137,26 @@ class MarkdownView(RenderedLines):
         self._tail += text
         self.invalidate()
 
-    def _split_finished(self) -> None:
-        """Move the blocks of the tail that are followed by another block into the finished ones."""
+    def _split_finished(self) -> list[Token] | None:
+        """Move the blocks of the tail that are followed by another block into the finished ones.
+
+        Returns the tail's tokens when the tail is what was parsed (it then need not be parsed again
+        to be drawn), else None.
+        """
         self._tail_may_end = False
         blocks = split_blocks(self._tail)
         if len(blocks) < 2:
-            return
+            return blocks[0][1] if blocks and blocks[0][0] == 0 else None
         lines = self._tail.splitlines(keepends=True)
         for (first, tokens), (after, _) in zip(blocks, blocks[1:], strict=False):
             self._blocks.append("".join(lines[first:after]))
             self._tokens.append(tokens)
         self._tail = "".join(lines[blocks[-1][0] :])
+        return _shifted(blocks[-1][1], blocks[-1][0])
 
     def build(self, width: int) -> list[Strip]:
         """Finished blocks from the cache (rendered at most once per width), the tail rendered now."""
-        if self._tail_may_end:
-            self._split_finished()
+        tail_tokens = self._split_finished() if self._tail_may_end else None
         if width != self._rendered_width:
             self._rendered = []
             self._rendered_width = width
@@ -157,7 +170,7 @@ class MarkdownView(RenderedLines):
                 if lines:
                     lines.append(BLANK_LINE)
                 lines.extend(block_lines)
-        tail = self._render(console, self._tail, width) if self._tail.strip() else []
+        tail = self._render(console, self._tail, width, tail_tokens) if self._tail.strip() else []
         if tail and lines:
             lines.append(BLANK_LINE)
         return lines + tail

@@ -219,7 +219,8 @@ async def test_an_answer_streamed_in_pieces_is_drawn_exactly_as_the_whole_answer
             streamed.append(answer[start : start + 8])
             if number % 7 == 0:  # a frame now and then: blocks split off and the tail drawn from reused tokens
                 streamed.invalidate()
-                streamed.lines(96)
+                so_far = [line.text for line in MarkdownView(streamed.source).build(96)]
+                assert [line.text for line in streamed.lines(96)] == so_far, f"after {start + 8} characters"
         streamed.invalidate()
         drawn = [line.text for line in streamed.lines(96)]
         assert drawn == [line.text for line in app.query_one(".whole", MarkdownView).lines(96)]

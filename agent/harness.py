@@ -180,7 +180,8 @@ class Harness:
             raise
 
     async def _start(self) -> None:
-        preload_sdk()
+        if self.options.preload_sdk:
+            preload_sdk()
         opts = self.options
         store = SessionStore()
         try:

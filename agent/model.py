@@ -63,6 +63,14 @@ def preload_sdk() -> None:
         _tls_preload.start()
 
 
+async def sdk_imported() -> None:
+    """Return once ``anthropic`` is imported: waits for the preload off the event loop, else begins it."""
+    preload_sdk()
+    if _preload is not None and _preload.is_alive():
+        # Importing here would block the loop on the import lock until the other thread is done.
+        await asyncio.to_thread(_preload.join)
+
+
 def _prepare_tls_quietly() -> None:
     try:
         prepare_ssl_context()
@@ -154,6 +162,7 @@ class ModelClient:
 
         ``quiet`` streams without emitting text (for summaries the user does not read live).
         """
+        await sdk_imported()
         import anthropic
 
         client = self._sdk_client()

@@ -55,6 +55,9 @@ class HarnessOptions:
     """Say what is set up (workspace mode, sandbox) as status notices."""
     shared_host: SharedHost | None = None
     """An embedded host lent by the process that runs us (the resident harness); None = start our own."""
+    preload_sdk: bool = True
+    """Begin importing the ``anthropic`` SDK (seconds of CPU) as start-up begins; False: the driver begins it
+    when it suits it (the TUI: once a resumed conversation is on screen, which the import would slow)."""
     heartbeat_s: float = 0.0
     """Seconds between two looks at the sandbox host (its state and round trip, for a status bar); 0: none.
     The TUI uses ``HEARTBEAT_S``."""

@@ -71,6 +71,7 @@ class TetherApp(App[int]):
         use_looks(self.console)
         self.options = options
         """What the user chose on the command line."""
+        options.preload_sdk = False  # begun once the first screen that takes input is drawn (see _warm_up)
         self.initial_prompt = initial_prompt
         """Sent as the first prompt once the session is ready (``tether "prompt"``); empty: none."""
         self._harness = harness
@@ -231,10 +232,9 @@ class TetherApp(App[int]):
             if not starting.done():
                 prompt.disabled = False
                 prompt.focus()
-            # While the sandbox starts the loop mostly waits: a thread readies code highlighting meanwhile.
-            from tui.streaming_markdown import warm_highlighting
-
-            threading.Thread(target=warm_highlighting, name="warm-highlighting", daemon=True).start()
+                # Once the screen shows the conversation and a prompt that takes input, threads import the SDK
+                # and ready code highlighting while the sandbox starts (before, they would slow that screen).
+                self.call_after_refresh(self._warm_up)
             try:
                 await starting
             except Exception as exc:  # noqa: BLE001 - whatever stops start-up must be shown, or the app hangs waiting
@@ -263,6 +263,13 @@ class TetherApp(App[int]):
         if self.screen is self.screen_stack[0]:
             prompt.focus()
         await self._turn_ended()
+
+    def _warm_up(self) -> None:
+        from agent.model import preload_sdk
+        from tui.streaming_markdown import warm_highlighting
+
+        preload_sdk()
+        threading.Thread(target=warm_highlighting, name="warm-highlighting", daemon=True).start()
 
     def _usage_from_log(self, log: SessionLog, live_path: list[Event]) -> None:
         """Tokens and cost of the whole session (every branch was paid for); context: ``live_path``, the branch in effect."""

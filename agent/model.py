@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import events as ev
+from agent.background_import import import_in_background
 from agent.message_stream import API_EVENTS, MessageAccumulator, StreamEnded, StreamFormatError
 from agent.options import DEFAULT_MODEL
 from agent.pricing import cost_usd
@@ -56,8 +57,7 @@ def preload_sdk() -> None:
     """
     global _preload, _tls_preload
     if _preload is None:
-        _preload = threading.Thread(target=_import_sdk, name="anthropic-import", daemon=True)
-        _preload.start()
+        _preload = import_in_background("anthropic", name="anthropic-import", then=_freeze_imports)
     if _tls_preload is None and _ssl_context is None:
         _tls_preload = threading.Thread(target=_prepare_tls_quietly, name="tls-context", daemon=True)
         _tls_preload.start()
@@ -78,9 +78,7 @@ def _prepare_tls_quietly() -> None:
         pass
 
 
-def _import_sdk() -> None:
-    import anthropic  # noqa: F401
-
+def _freeze_imports() -> None:
     # The SDK's thousands of classes live as long as the process: out of the collector's sight, a full
     # collection no longer walks them (it took ~0.1 s each, several times during a long streamed answer).
     gc.freeze()

@@ -8,17 +8,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import importlib
 import threading
 import time
 from typing import TYPE_CHECKING
 
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.worker import WorkerCancelled
 
 from agent import events as ev
+from agent.background_import import import_in_background, note_interaction
 from agent.options import HarnessOptions
 from tui.commands import COMMANDS, SlashCommandProvider, command_errors, parse_command
 from tui.history import PromptHistory
@@ -135,6 +135,12 @@ class TetherApp(App[int]):
             host=self._harness.host_label if self._harness is not None else self.options.first_host,
         )
 
+    async def on_event(self, event: events.Event) -> None:
+        """Keys and the mouse come first: background imports pause while the user is active."""
+        if isinstance(event, events.InputEvent) and not isinstance(event, events.MouseMove):
+            note_interaction()
+        await super().on_event(event)
+
     def on_mount(self) -> None:
         self.query_one(Transcript).mount(Notice(HINTS, id="hints"))
         self._refresh_status()
@@ -213,7 +219,8 @@ class TetherApp(App[int]):
             # The harness's imports (gRPC, the session store, the workspace code) run on a thread, after the
             # first screen is drawn: the prompt takes input meanwhile.
             await self._first_paint.wait()
-            await asyncio.to_thread(importlib.import_module, "agent.harness")
+            importing = import_in_background("agent.harness", name="harness-import")
+            await asyncio.to_thread(importing.join)
             gc.freeze()  # what was imported lives as long as the app: the collector need not walk it again
         starting = asyncio.ensure_future(self.harness.start())
         try:

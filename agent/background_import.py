@@ -1,0 +1,66 @@
+"""Imports on a background thread that step aside while the user is typing or scrolling.
+
+Importing the ``anthropic`` SDK takes seconds of CPU, and a thread that holds the GIL
+that long halves the speed of the screen beside it. Imports proceed module by module,
+so a thread registered here pauses before its next module while the user has been
+active within ``QUIET_S``: keys are answered at full speed, and the import catches up
+in the pauses between them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+QUIET_S = 0.15
+"""After a key or a click, background imports wait this long for the screen to settle before going on."""
+
+_quiet_after = 0.0
+_yielding: set[int] = set()
+"""Ids of the threads that step aside."""
+
+
+def note_interaction() -> None:
+    """The user pressed a key or moved the mouse: background imports pause for ``QUIET_S``."""
+    global _quiet_after
+    _quiet_after = time.monotonic() + QUIET_S
+
+
+class _StepAside:
+    """A finder that finds nothing: it only holds a registered thread back before each module it imports.
+
+    Never a deadlock: the pause ends on its own within ``QUIET_S`` of the last interaction, even if
+    another thread is waiting for a module this one is importing.
+    """
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if threading.get_ident() in _yielding:
+            while (wait := _quiet_after - time.monotonic()) > 0:
+                time.sleep(min(wait, QUIET_S))
+        return None
+
+
+_FINDER = _StepAside()
+
+
+def import_in_background(*modules: str, name: str, then: Callable[[], None] | None = None) -> threading.Thread:
+    """Import ``modules`` on a daemon thread that steps aside for the user; ``then`` runs on it afterwards."""
+
+    def run() -> None:
+        _yielding.add(threading.get_ident())
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        finally:
+            _yielding.discard(threading.get_ident())
+        if then is not None:
+            then()
+
+    if _FINDER not in sys.meta_path:
+        sys.meta_path.insert(0, _FINDER)
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,54 @@
+"""Background imports step aside while the user is active, and finish once the user is quiet."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from agent import background_import
+from agent.background_import import import_in_background
+
+
+def _paused_in_finder(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code is background_import._StepAside.find_spec.__code__:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def test_a_background_import_waits_while_the_user_is_active_then_finishes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tether_bg_first.py").write_text("VALUE = 1\n")
+    (tmp_path / "tether_bg_second.py").write_text("import tether_bg_first\nVALUE = tether_bg_first.VALUE + 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    # The user is active for as long as the test says.
+    monkeypatch.setattr(background_import, "_quiet_after", time.monotonic() + 3600)
+    done = threading.Event()
+    thread = import_in_background("tether_bg_second", name="test-import", then=done.set)
+    try:
+        deadline = time.monotonic() + 30
+        while not _paused_in_finder(thread):
+            assert time.monotonic() < deadline, "the import never reached the point where it steps aside"
+            assert thread.is_alive(), "the import ran while the user was active"
+            time.sleep(0.005)  # polling a condition, bounded by the deadline
+        assert "tether_bg_second" not in sys.modules and not done.is_set()
+    finally:
+        monkeypatch.setattr(background_import, "_quiet_after", 0.0)  # the user is quiet: the import goes on
+        thread.join(timeout=30)
+    assert not thread.is_alive() and done.is_set()
+    assert sys.modules["tether_bg_second"].VALUE == 2
+    # Other threads never wait: this one imports while "the user" is active.
+    monkeypatch.setattr(background_import, "_quiet_after", time.monotonic() + 3600)
+    (tmp_path / "tether_bg_third.py").write_text("VALUE = 3\n")
+    import tether_bg_third  # type: ignore[import-not-found]
+
+    assert tether_bg_third.VALUE == 3
+    for name in ("tether_bg_first", "tether_bg_second", "tether_bg_third"):
+        sys.modules.pop(name, None)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import re
 from pathlib import Path
+
+from textual._styles_cache import StylesCache
+from textual.widget import Widget
 
 from agent.harness import HarnessOptions
 from bench.bench_transcript_session import write_session
@@ -190,6 +194,11 @@ async def test_a_live_session_prunes_old_entries_and_page_up_builds_them_again()
         transcript = app.query_one(Transcript)
         assert len(transcript.children) <= HIGH_WATER + 1, "old entries left the DOM"
         assert transcript.pruned > 0
+        # ... and left memory: no style cache (with the lines its widget drew) outlives its widget.
+        gc.collect()
+        alive = {id(w._styles_cache) for w in gc.get_objects() if isinstance(w, Widget)}
+        kept = [c for c in gc.get_objects() if isinstance(c, StylesCache) and id(c) not in alive]
+        assert kept == [], f"{len(kept)} removed widgets' drawn lines are still held"
         while len(transcript.query_children(".earlier")):
             await transcript.page(-1)
             await pilot.pause()

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from textual._styles_cache import StylesCache
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 
@@ -88,6 +89,7 @@ class Transcript(VerticalScroll):
     async def clear(self) -> None:
         """Remove every entry: the conversation shown is about to be replaced (rewind, resume, new session)."""
         await self.remove_children()
+        forget_removed_widgets()
         self.answer = None
         self.thinking = None
         self.tools.clear()
@@ -100,6 +102,7 @@ class Transcript(VerticalScroll):
         self.pruned += len(old)
         self._earlier.extend(factory for factory in map(rebuilder, old) if factory is not None)
         await self.remove_children(old)
+        forget_removed_widgets()
         notes = self.query_children(".earlier")
         if notes:
             notes.first(Notice).update(self._earlier_note())
@@ -221,6 +224,17 @@ def rebuilder(widget: Widget) -> Callable[[], Widget] | None:
     if isinstance(widget, (UserMessage, Notice, ErrorMessage)) and not widget.has_class("earlier"):
         return partial(type(widget), widget.content, classes=classes)
     return None
+
+
+def forget_removed_widgets() -> None:
+    """Let removed widgets' rendered lines be freed.
+
+    Textual (8.2) caches ``StylesCache.get_inner_outer`` with ``lru_cache`` on the instance method, so
+    its keys hold up to 1,024 widgets' style caches, each with every line it drew: without this, a
+    pruned transcript keeps the lines of a thousand removed entries. The cache holds pairs of colours,
+    made again on demand.
+    """
+    StylesCache.get_inner_outer.cache_clear()
 
 
 def history_entries(events: Iterable[Event]) -> list[Any]:

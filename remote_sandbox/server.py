@@ -31,6 +31,7 @@ from remote_sandbox.config import MAX_MESSAGE_BYTES, TRANSPORT_MESSAGE_BYTES, Ho
 from remote_sandbox.providers.base import Provider
 from remote_sandbox.registry import SandboxRegistry
 from remote_sandbox.service import SERVICE_NAME, SandboxService
+from remote_sandbox.write_messages import serve_write_file
 
 __all__ = ["SERVER_OPTIONS", "HostConfig", "HostStartError", "SandboxHost"]
 
@@ -94,6 +95,7 @@ class SandboxHost:
             self._server = grpc.aio.server(interceptors=[BearerTokenInterceptor(self.tokens)], options=SERVER_OPTIONS)
             service = SandboxService(self.sandboxes, self._provider, self.config)
             pb_grpc.add_SandboxServicer_to_server(service, self._server)
+            serve_write_file(self._server, SERVICE_NAME, service.WriteFile)
             self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
             reflection.enable_server_reflection(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -25,6 +24,9 @@ from remote_sandbox.atomic_write import AtomicWrite
 from remote_sandbox.config import MAX_MESSAGE_BYTES
 from remote_sandbox.file_reader import FileReader
 from remote_sandbox.providers.base import InvalidRequest, LimitExceeded
+
+Buffer = bytes | memoryview
+"""File data as the pipelines pass it on: bytes, or a view of a received message."""
 
 READ_BATCH_BYTES = 4 << 20
 """Bytes ReadFile reads per trip to a worker thread; the next batch is read while this one is sent."""
@@ -76,13 +78,16 @@ async def first_message(
     return messages, first
 
 
-async def _data_of(messages: AsyncIterator[Any], method: str, limit: int, too_large: str) -> AsyncIterator[bytes]:
-    """The data of the messages after the first; ``LimitExceeded(too_large)`` past ``limit`` bytes in all."""
+async def _data_of(messages: AsyncIterator[Any], method: str, limit: int, too_large: str) -> AsyncIterator[Buffer]:
+    """The data of the messages after the first; ``LimitExceeded(too_large)`` past ``limit`` bytes in all.
+
+    WriteFile's data may come as views of the received messages (``write_messages``).
+    """
     received = 0
     async for message in messages:
         if message.WhichOneof("part") != "data":
             raise InvalidRequest(f"{method} sent a second {message.WhichOneof('part')}; only data may follow the first")
-        data = message.data  # read once: each read of a bytes field copies it
+        data = message.data  # read once: each read of a protobuf bytes field copies it
         check_message_size(message, f"{method} message", len(data))
         received += len(data)
         if received > limit:
@@ -165,39 +170,32 @@ async def read_file(workspace: ws.Workspace, request: pb.ReadFileRequest) -> Asy
         _release_after_trip(reader, reading, FileReader.close, opened=lambda result: result[0])
 
 
-def _write_batch(
-    writer: AtomicWrite | None, open_writer: Callable[[], AtomicWrite], chunks: list[bytes]
-) -> AtomicWrite:
-    """Open the temp file unless open, and append ``chunks``: one trip to a worker thread."""
-    opened = writer is None
-    writer = writer or open_writer()
-    try:
-        writer.write_all(chunks)
-        return writer
-    except BaseException:
-        if opened:
-            writer.abort()
-        raise
+def _write_batch(writer: AtomicWrite, chunks: list[Buffer]) -> AtomicWrite:
+    """Append ``chunks`` to ``writer``: one trip to a worker thread."""
+    writer.write_all(chunks)
+    return writer
 
 
 async def write_file(
     workspace: ws.Workspace,
     header: pb.WriteFileHeader,
-    messages: AsyncIterator[pb.WriteFileRequest],
+    messages: AsyncIterator[Any],
     max_bytes: int,
     cancelled: Callable[[], bool],
 ) -> pb.FileInfo:
     """Write the file ``header`` names atomically from the data ``messages`` carry; nothing is written on failure."""
-    open_writer = functools.partial(workspace.open_for_write, header.path, header.mode, header.create_parents)
     too_large = (
         f"limit reached: max write bytes is {bytes_text(max_bytes)}, and {header.path} is larger; nothing was written"
     )
-    # Data is gathered into batches that worker threads write, one batch in flight while
-    # the next arrives. The first trip opens the temp file, so a file smaller than a batch
-    # costs one trip in all.
+    # The temp file is opened (the path resolved, checked and created) while the first data
+    # arrives, not after it: a 1 MiB file is all in by the time a trip would start. Data is
+    # then gathered into batches that worker threads write, one trip in flight while the
+    # next batch arrives; every trip returns the writer, so the last one releases it.
+    writing: asyncio.Future[AtomicWrite] = asyncio.ensure_future(
+        asyncio.to_thread(workspace.open_for_write, header.path, header.mode, header.create_parents)
+    )
     writer: AtomicWrite | None = None
-    writing: asyncio.Future[AtomicWrite] | None = None
-    pending: list[bytes] = []
+    pending: list[Buffer] = []
     pending_bytes = received = 0
     try:
         async for data in _data_of(messages, "WriteFile", max_bytes, too_large):
@@ -205,14 +203,12 @@ async def write_file(
             pending_bytes += len(data)
             received += len(data)
             if pending_bytes >= WRITE_BATCH_BYTES:
-                if writing is not None:
-                    writer = await asyncio.shield(writing)
-                writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, writer, open_writer, pending))
+                writer = await asyncio.shield(writing)
+                writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, writer, pending))
                 pending, pending_bytes = [], 0
-        if writing is not None:
-            writer = await asyncio.shield(writing)
-        if pending or writer is None:
-            writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, writer, open_writer, pending))
+        writer = await asyncio.shield(writing)
+        if pending:
+            writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, writer, pending))
             writer = await asyncio.shield(writing)
         if cancelled():
             # A cancelled upload ends its message stream as a finished one does, and the

@@ -18,15 +18,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from protos.file_data import Buffer, file_chunk
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from remote_sandbox import workspace as ws
 from remote_sandbox.atomic_write import AtomicWrite
 from remote_sandbox.config import MAX_MESSAGE_BYTES
 from remote_sandbox.file_reader import FileReader
 from remote_sandbox.providers.base import InvalidRequest, LimitExceeded
-
-Buffer = bytes | memoryview
-"""File data as the pipelines pass it on: bytes, or a view of a received message."""
 
 READ_BATCH_BYTES = 4 << 20
 """Bytes ReadFile reads per trip to a worker thread; the next batch is read while this one is sent."""
@@ -81,7 +79,7 @@ async def first_message(
 async def _data_of(messages: AsyncIterator[Any], method: str, limit: int, too_large: str) -> AsyncIterator[Buffer]:
     """The data of the messages after the first; ``LimitExceeded(too_large)`` past ``limit`` bytes in all.
 
-    WriteFile's data may come as views of the received messages (``write_messages``).
+    WriteFile's data may come as views of the received messages (``protos.file_data``).
     """
     received = 0
     async for message in messages:
@@ -132,10 +130,11 @@ def _release_after_trip(
 
 
 def _open_and_read(workspace: ws.Workspace, request: pb.ReadFileRequest) -> tuple[FileReader, list[bytes]]:
-    """Open the file ``request`` names and read its first batch: one trip to a worker thread."""
+    """Open the file ``request`` names and read its first batch, the first chunk with the size: one trip to a worker thread."""
     reader = workspace.open_reader(request.path, request.offset, request.length)
     try:
-        return reader, reader.read(READ_BATCH_BYTES)
+        batch = reader.read(READ_BATCH_BYTES)
+        return reader, [file_chunk(batch[0] if batch else b"", reader.size), *map(file_chunk, batch[1:])]
     except BaseException:
         reader.close()
         raise
@@ -143,11 +142,15 @@ def _open_and_read(workspace: ws.Workspace, request: pb.ReadFileRequest) -> tupl
 
 def _read_more(reader: FileReader) -> tuple[FileReader, list[bytes]]:
     """The next batch of ``reader``: one trip to a worker thread."""
-    return reader, reader.read(READ_BATCH_BYTES)
+    return reader, list(map(file_chunk, reader.read(READ_BATCH_BYTES)))
 
 
-async def read_file(workspace: ws.Workspace, request: pb.ReadFileRequest) -> AsyncGenerator[pb.FileChunk, None]:
-    """A file's bytes in ``READ_CHUNK`` chunks; the first carries the file size."""
+async def read_file(workspace: ws.Workspace, request: pb.ReadFileRequest) -> AsyncGenerator[bytes, None]:
+    """A file's bytes in ``READ_CHUNK`` chunks, as encoded ``FileChunk`` messages; the first carries the file size.
+
+    The chunks are encoded on the worker thread that reads them (``protos.file_data``):
+    the copy that encoding makes overlaps with sending the batch before.
+    """
     reader: FileReader | None = None
     reading: asyncio.Future[tuple[FileReader, list[bytes]]] | None = asyncio.ensure_future(
         asyncio.to_thread(_open_and_read, workspace, request)
@@ -156,13 +159,11 @@ async def read_file(workspace: ws.Workspace, request: pb.ReadFileRequest) -> Asy
         assert reading is not None
         opened, batch = await asyncio.shield(reading)
         reader = opened
-        yield pb.FileChunk(data=batch[0] if batch else b"", file_size=opened.size)
-        del batch[:1]
         while True:
             # The next batch is read while this one is sent: the disk and the socket overlap.
             reading = None if opened.done else asyncio.ensure_future(asyncio.to_thread(_read_more, opened))
-            for data in batch:
-                yield pb.FileChunk(data=data)
+            for chunk in batch:
+                yield chunk
             if reading is None:
                 break
             _, batch = await asyncio.shield(reading)

@@ -30,7 +30,7 @@ READ_BATCH_BYTES = 4 << 20
 """Bytes ReadFile reads per trip to a worker thread; the next batch is read while this one is sent."""
 
 WRITE_BATCH_BYTES = 4 << 20
-"""Bytes WriteFile gathers before a trip to a worker thread writes them; a smaller file takes one trip in all."""
+"""Most bytes WriteFile gathers while a trip to a worker thread writes the last ones; then it waits for that trip."""
 
 WRITE_DRAIN_BYTES = 256 << 20
 """How much of a refused upload (WriteFile, Import) is read and dropped before the
@@ -203,7 +203,12 @@ async def write_file(
             pending.append(data)
             pending_bytes += len(data)
             received += len(data)
-            if pending_bytes >= WRITE_BATCH_BYTES:
+            # A trip starts as soon as the last one is over, with whatever arrived meanwhile
+            # (so the disk keeps up with the wire and little is left to write at the end),
+            # or waits for it once a batch is due. A failed trip is only awaited then: the
+            # error is sent once the stream has ended, or is a batch long.
+            idle = writing.done() and writing.exception() is None
+            if idle or pending_bytes >= WRITE_BATCH_BYTES:
                 writer = await asyncio.shield(writing)
                 writing = asyncio.ensure_future(asyncio.to_thread(_write_batch, writer, pending))
                 pending, pending_bytes = [], 0

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import ctypes
+import functools
 import random
 import ssl
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -275,6 +278,7 @@ class SandboxClient:
 
     def __init__(self, target: str, token: str | None = None, *, ca_file: str | None = None) -> None:
         """Prepare to call ``target`` (grpc://h:p, grpcs://h:p or unix:///path) with bearer ``token``."""
+        keep_freed_memory()
         self.target = target
         """The host's address as given."""
         self._channel_target, self._tls = parse_target(target)
@@ -803,6 +807,37 @@ class SandboxClient:
             lambda requests: self.stub.Import(requests, metadata=self._metadata),
             messages(),
         )
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+"""glibc ``mallopt`` parameters (malloc.h)."""
+
+KEPT_FREE_BYTES = 64 << 20
+"""Freed memory glibc's malloc keeps for reuse in this process (see ``keep_freed_memory``)."""
+
+
+@functools.cache
+def keep_freed_memory() -> None:
+    """Have glibc's malloc reuse freed memory for file data instead of handing it back to the kernel.
+
+    Every message gRPC receives is a new bytes object (256 KiB of file data), and so is
+    a file's joined content. With glibc's defaults such blocks are mapped and unmapped
+    one by one, or trimmed off the heap once freed, and the next one faults its pages
+    in again, zeroed: 480 page faults per 1 MiB ReadFile, about 40% of the client's CPU
+    for it here (3.8 ms against 2.2 ms with this). Blocks up to the largest message now
+    come from the heap, and up to ``KEPT_FREE_BYTES`` of freed heap stay mapped. Only
+    glibc has these knobs; elsewhere this does nothing.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (musl has no mallopt)
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    mallopt(_M_MMAP_THRESHOLD, MAX_MESSAGE_BYTES + (1 << 16))
+    mallopt(_M_TRIM_THRESHOLD, KEPT_FREE_BYTES)
 
 
 def retry_pause(attempt: int) -> float:

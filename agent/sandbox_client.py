@@ -32,11 +32,12 @@ T = TypeVar("T")
 MAX_MESSAGE_BYTES = 16 << 20
 """Largest gRPC message either way (the host allows the same)."""
 
-WRITE_CHUNK = 256 * 1024
-"""Bytes of file data per WriteFile (and Import) message, the size the host reads files in.
-Measured here, alternating configurations in one run: 1 MiB went up in 5.6 ms in 256 KiB
-messages, 6.5 ms in 128 KiB and 8-9 ms in one 1 MiB message (no overlap between the two ends);
-100 MB at 390 MB/s in 256 KiB messages, 330 MB/s in 4 MiB and 240 MB/s in 64 KiB ones."""
+WRITE_CHUNK = 1 << 20
+"""Bytes of file data per WriteFile (and Import) message. Measured here, alternating sizes in one
+run on a loaded machine, with data messages encoded by hand (protos.file_data): 1 MiB went up in
+4.2 ms (p50) in 1 MiB messages, 4.4 ms in 512 KiB and 4.5 ms in 256 KiB ones; 100 MB in 113 ms
+in 1 MiB messages, 175 ms in 4 MiB and 200-250 ms in 256 KiB ones. (Through protobuf, which
+copied each message twice more, 256 KiB had been best.)"""
 
 _READ_FILE_METHOD = "/tether.sandbox.v1.Sandbox/ReadFile"
 """ReadFile's path, called with the chunks' data decoded as views (``protos.file_data``)."""

@@ -128,7 +128,7 @@ async def test_the_host_codes_file_data_without_protobuf(
         assert await client.read_file(sandbox.sandbox_id, "viewed.bin") == data
     assert info.size == len(data)
     assert viewed == [WRITE_CHUNK, WRITE_CHUNK, WRITE_CHUNK, 5]
-    assert encoded == [READ_CHUNK, READ_CHUNK, READ_CHUNK, 5]
+    assert encoded == [READ_CHUNK] * (len(data) // READ_CHUNK) + [len(data) % READ_CHUNK]
     assert (host_workspace(local_host, sandbox.sandbox_id) / "viewed.bin").read_bytes() == data
 
 

@@ -210,3 +210,40 @@ async def test_an_upload_that_is_not_the_size_it_announced_writes_nothing(local_
         await client.write_file(sandbox.sandbox_id, "empty.txt", b"")
         assert await client.read_file(sandbox.sandbox_id, "empty.txt") == b""
     assert sorted(os.listdir(host_workspace(local_host, sandbox.sandbox_id))) == ["empty.txt", "kept.txt"]
+
+
+async def test_an_announced_size_is_allocated_ahead_without_growing_the_file(local_host: RunningHost) -> None:
+    """The temp file gets blocks for the announced size at once, but its size is only what arrived."""
+    async with SandboxClient(local_host.target, local_host.token) as client:
+        sandbox = await client.provision(local_host.recipe)
+    workspace = host_workspace(local_host, sandbox.sandbox_id)
+    announced = 8 * WRITE_CHUNK
+    header = pb.WriteFileHeader(sandbox_id=sandbox.sandbox_id, path="ahead.bin", size=announced)
+    never = asyncio.Event()
+
+    async def messages() -> AsyncIterator[pb.WriteFileRequest]:
+        """The header and one chunk, then nothing: the call hangs until cancelled."""
+        yield pb.WriteFileRequest(header=header)
+        yield pb.WriteFileRequest(data=b"a" * WRITE_CHUNK)
+        await never.wait()
+
+    watch = DirectoryWatch(workspace)
+    try:
+        async with grpc.aio.insecure_channel(local_host.target.removeprefix("grpc://")) as channel:
+            call = pb_grpc.SandboxStub(channel).WriteFile(
+                messages(), metadata=(("authorization", f"Bearer {local_host.token}"),), timeout=WAIT_S
+            )
+            _, created = await asyncio.to_thread(watch.next_event, WAIT_S)
+            temp = workspace / created
+            deadline = asyncio.get_running_loop().time() + WAIT_S
+            while (st := os.stat(temp)).st_blocks * 512 < announced:
+                assert asyncio.get_running_loop().time() < deadline, f"{st.st_blocks} blocks, not {announced} bytes"
+                await asyncio.sleep(0.01)  # a bounded poll: the allocation runs on a worker thread, with no event
+            assert st.st_size <= WRITE_CHUNK, "the size is only what was written"
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        assert await asyncio.to_thread(watch.next_event, WAIT_S) == ("removed", created)
+    finally:
+        watch.close()
+    assert os.listdir(workspace) == []

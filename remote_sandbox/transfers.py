@@ -174,18 +174,6 @@ async def read_file(workspace: ws.Workspace, request: pb.ReadFileRequest) -> Asy
         _release_after_trip(reader, reading, FileReader.close, opened=lambda result: result[0])
 
 
-def _open_writer(workspace: ws.Workspace, header: pb.WriteFileHeader, max_bytes: int) -> AtomicWrite:
-    """Create the temp file ``header`` asks for, with room for the size it announces: one trip to a worker thread."""
-    writer = workspace.open_for_write(header.path, header.mode, header.create_parents)
-    try:
-        if header.HasField("size") and header.size <= max_bytes:
-            writer.reserve(header.size)
-        return writer
-    except BaseException:
-        writer.abort()
-        raise
-
-
 def _write_batch(writer: AtomicWrite, chunks: list[Buffer]) -> AtomicWrite:
     """Append ``chunks`` to ``writer``: one trip to a worker thread."""
     writer.write_all(chunks)
@@ -208,7 +196,7 @@ async def write_file(
     # then gathered into batches that worker threads write, one trip in flight while the
     # next batch arrives; every trip returns the writer, so the last one releases it.
     writing: asyncio.Future[AtomicWrite] = asyncio.ensure_future(
-        asyncio.to_thread(_open_writer, workspace, header, max_bytes)
+        asyncio.to_thread(workspace.open_for_write, header.path, header.mode, header.create_parents)
     )
     writer: AtomicWrite | None = None
     pending: list[Buffer] = []

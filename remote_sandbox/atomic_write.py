@@ -98,7 +98,7 @@ class AtomicWrite:
             view = view[written:]
         self.size += len(data)
 
-    def write_all(self, chunks: list[bytes]) -> None:
+    def write_all(self, chunks: list[bytes | memoryview]) -> None:
         """Append ``chunks`` in order, with as few system calls as the kernel allows."""
         assert self._fd is not None
         pending = [memoryview(chunk) for chunk in chunks if chunk]

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 from protos.tether.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from remote_sandbox.auth import BearerTokenInterceptor, TokenTable
 from remote_sandbox.config import MAX_MESSAGE_BYTES, TRANSPORT_MESSAGE_BYTES, HostConfig, HostStartError
+from remote_sandbox.file_rpcs import serve_file_transfers
 from remote_sandbox.providers.base import Provider
 from remote_sandbox.registry import SandboxRegistry
 from remote_sandbox.service import SERVICE_NAME, SandboxService
@@ -94,6 +95,7 @@ class SandboxHost:
             self._server = grpc.aio.server(interceptors=[BearerTokenInterceptor(self.tokens)], options=SERVER_OPTIONS)
             service = SandboxService(self.sandboxes, self._provider, self.config)
             pb_grpc.add_SandboxServicer_to_server(service, self._server)
+            serve_file_transfers(self._server, SERVICE_NAME, service)
             self._health = health.aio.HealthServicer()
             health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
             reflection.enable_server_reflection(

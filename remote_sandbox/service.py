@@ -220,8 +220,8 @@ class SandboxService(pb_grpc.SandboxServicer):
     # ----- files
 
     @_streaming
-    def ReadFile(self, call: _Call, request: pb.ReadFileRequest, context: Any) -> AsyncGenerator[pb.FileChunk, None]:
-        """Stream a file's bytes in ``READ_CHUNK`` chunks; the first carries the file size."""
+    def ReadFile(self, call: _Call, request: pb.ReadFileRequest, context: Any) -> AsyncGenerator[bytes, None]:
+        """Stream a file's bytes in ``READ_CHUNK`` chunks (encoded ``FileChunk``s); the first carries the file size."""
         entry = self._entry(call, request.sandbox_id)
         return self.registry.while_busy(entry, transfers.read_file(entry.workspace, request))
 

@@ -174,7 +174,7 @@ async def test_a_write_cancelled_while_a_batch_is_written_leaves_no_temp_file(lo
             call = pb_grpc.SandboxStub(channel).WriteFile(
                 messages(), metadata=(("authorization", f"Bearer {local_host.token}"),), timeout=WAIT_S
             )
-            # The first batch went to a worker thread, which made the temp file.
+            # The temp file was made (on a worker thread) once the header came in.
             kind, created = await asyncio.to_thread(watch.next_event, WAIT_S)
             assert kind == "created" and created.startswith(".partial.bin.tether-") and created.endswith(".tmp"), (
                 created

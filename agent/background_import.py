@@ -29,6 +29,13 @@ def note_interaction() -> None:
     _quiet_after = time.monotonic() + QUIET_S
 
 
+def wait_until_quiet() -> None:
+    """On a registered thread: pause until the user has been quiet for ``QUIET_S`` (elsewhere: return at once)."""
+    if threading.get_ident() in _yielding:
+        while (wait := _quiet_after - time.monotonic()) > 0:
+            time.sleep(min(wait, QUIET_S))
+
+
 class _StepAside:
     """A finder that finds nothing: it only holds a registered thread back before each module it imports.
 
@@ -37,30 +44,38 @@ class _StepAside:
     """
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if threading.get_ident() in _yielding:
-            while (wait := _quiet_after - time.monotonic()) > 0:
-                time.sleep(min(wait, QUIET_S))
+        wait_until_quiet()
         return None
 
 
 _FINDER = _StepAside()
 
 
-def import_in_background(*modules: str, name: str, then: Callable[[], None] | None = None) -> threading.Thread:
-    """Import ``modules`` on a daemon thread that steps aside for the user; ``then`` runs on it afterwards."""
+def run_in_background(work: Callable[[], object], *, name: str) -> threading.Thread:
+    """Run ``work`` on a daemon thread that steps aside for the user before each module it imports
+    (and wherever it calls ``wait_until_quiet``)."""
 
     def run() -> None:
         _yielding.add(threading.get_ident())
         try:
-            for module in modules:
-                importlib.import_module(module)
+            work()
         finally:
             _yielding.discard(threading.get_ident())
-        if then is not None:
-            then()
 
     if _FINDER not in sys.meta_path:
         sys.meta_path.insert(0, _FINDER)
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def import_in_background(*modules: str, name: str, then: Callable[[], None] | None = None) -> threading.Thread:
+    """Import ``modules`` on a daemon thread that steps aside for the user; ``then`` runs on it afterwards."""
+
+    def work() -> None:
+        for module in modules:
+            importlib.import_module(module)
+        if then is not None:
+            then()
+
+    return run_in_background(work, name=name)

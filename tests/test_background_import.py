@@ -16,7 +16,10 @@ from agent.background_import import import_in_background
 def _paused_in_finder(thread: threading.Thread) -> bool:
     frame = sys._current_frames().get(thread.ident or -1)
     while frame is not None:
-        if frame.f_code is background_import._StepAside.find_spec.__code__:
+        if frame.f_code in (
+            background_import._StepAside.find_spec.__code__,
+            background_import.wait_until_quiet.__code__,
+        ):
             return True
         frame = frame.f_back
     return False
@@ -52,3 +55,34 @@ def test_a_background_import_waits_while_the_user_is_active_then_finishes(
     assert tether_bg_third.VALUE == 3
     for name in ("tether_bg_first", "tether_bg_second", "tether_bg_third"):
         sys.modules.pop(name, None)
+
+
+def test_background_work_waits_where_it_asks_to_and_only_on_its_own_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(background_import, "_quiet_after", time.monotonic() + 3600)
+    background_import.wait_until_quiet()  # not a registered thread: returns at once, however active the user is
+    done = threading.Event()
+
+    def work() -> None:
+        background_import.wait_until_quiet()
+        done.set()
+
+    thread = background_import.run_in_background(work, name="test-work")
+    try:
+        deadline = time.monotonic() + 30
+        while not _waiting_until_quiet(thread):
+            assert time.monotonic() < deadline and thread.is_alive(), "the work did not wait for the user"
+            time.sleep(0.005)  # polling a condition, bounded by the deadline
+        assert not done.is_set()
+    finally:
+        monkeypatch.setattr(background_import, "_quiet_after", 0.0)
+        thread.join(timeout=30)
+    assert done.is_set()
+
+
+def _waiting_until_quiet(thread: threading.Thread) -> bool:
+    frame = sys._current_frames().get(thread.ident or -1)
+    while frame is not None:
+        if frame.f_code is background_import.wait_until_quiet.__code__:
+            return True
+        frame = frame.f_back
+    return False

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import threading
 import time
 from typing import TYPE_CHECKING
 
@@ -18,7 +17,7 @@ from textual.binding import Binding
 from textual.worker import WorkerCancelled
 
 from agent import events as ev
-from agent.background_import import import_in_background, note_interaction
+from agent.background_import import import_in_background, note_interaction, run_in_background
 from agent.options import HarnessOptions
 from tui.commands import COMMANDS, SlashCommandProvider, command_errors, parse_command
 from tui.history import PromptHistory
@@ -276,7 +275,7 @@ class TetherApp(App[int]):
         from tui.streaming_markdown import warm_highlighting
 
         preload_sdk()
-        threading.Thread(target=warm_highlighting, name="warm-highlighting", daemon=True).start()
+        run_in_background(warm_highlighting, name="warm-highlighting")
 
     def _usage_from_log(self, log: SessionLog, live_path: list[Event]) -> None:
         """Tokens and cost of the whole session (every branch was paid for); context: ``live_path``, the branch in effect."""

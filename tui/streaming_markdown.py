@@ -21,6 +21,7 @@ from rich.markdown import CodeBlock, Markdown
 from rich.syntax import Syntax, SyntaxTheme
 from textual.strip import Strip
 
+from agent.background_import import wait_until_quiet
 from tui.rendered import BLANK_LINE, RenderedLines, render_strips, trim_blank
 
 CODE_THEME = "ansi_dark"
@@ -60,6 +61,7 @@ COMMON_LANGUAGES = ("python", "bash", "json", "diff", "javascript", "typescript"
 def warm_highlighting() -> None:
     """Build the lexers answers use most, so the first code block of a stream does not pay for them."""
     for name in COMMON_LANGUAGES:
+        wait_until_quiet()  # each costs 10-60 ms of CPU: not while the user types or scrolls
         _lexer(name)
     _code_theme()
 

@@ -304,10 +304,14 @@ def _promote_young_objects() -> None:
     end up anyway: they live as long as the session. freeze() then unfreeze()
     moves them there directly. Young garbage cycles of anyone else wait for the
     next full collection instead of the next young one: a delay, not a leak.
-    Skipped when someone froze objects on purpose (e.g. before a fork):
-    unfreeze() would undo that.
+    When someone keeps objects frozen on purpose (the TUI freezes what it imported; a server
+    freezes before a fork), unfreeze() would undo that: the new objects join the frozen ones
+    instead. Frozen is not immortal: reference counting still frees them when the session goes.
     """
     # A small load is left to the young collection: it is cheap, and nothing else moves early.
-    if gc.get_count()[0] >= _PROMOTE_FROM_OBJECTS and gc.get_freeze_count() == 0:
-        gc.freeze()
-        gc.unfreeze()
+    if gc.get_count()[0] >= _PROMOTE_FROM_OBJECTS:
+        if gc.get_freeze_count() == 0:
+            gc.freeze()
+            gc.unfreeze()
+        else:
+            gc.freeze()

@@ -572,6 +572,8 @@ class SandboxClient:
             timeout_ms=timeout_ms,
             output_cap_bytes=output_cap,
             report_cwd=report_cwd,
+            # A short command's events then come in one message (ExecEvent.following), not one each.
+            batch_events=True,
         )
         if shell is not None:
             request.shell = shell
@@ -586,6 +588,8 @@ class SandboxClient:
                 async for event in call:
                     received = True
                     yield event
+                    for following in event.following:
+                        yield following
                 return
             except grpc.aio.AioRpcError as exc:
                 error = self._error(exc, "running the command")

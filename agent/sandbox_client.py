@@ -590,6 +590,10 @@ class SandboxClient:
                     yield event
                     for following in event.following:
                         yield following
+                    if (event.following[-1] if event.following else event).HasField("exited"):
+                        # Exited is the last event and the host sends it once the command is done with:
+                        # the call's status adds nothing, and waiting for it costs a round trip of the host's loop.
+                        return
                 return
             except grpc.aio.AioRpcError as exc:
                 error = self._error(exc, "running the command")

@@ -14,6 +14,7 @@ import pytest
 
 from agent.sandbox_client import SandboxClient
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
+from remote_sandbox.execution import loop as loop_module
 from remote_sandbox.execution.loop import _Held
 from remote_sandbox.execution.request import BATCH_MAX_BYTES
 from tests.fixtures.sandbox_host import RunningHost
@@ -40,7 +41,12 @@ async def messages(client: SandboxClient, request: pb.ExecRequest, metadata: obj
     return [m async for m in client.stub.Exec(request, metadata=metadata, timeout=WAIT_S)]
 
 
-async def test_a_short_command_comes_in_one_message(running: tuple[SandboxClient, str, object]) -> None:
+async def test_a_short_command_comes_in_one_message(
+    running: tuple[SandboxClient, str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hold far longer than the command, so a loaded machine cannot split the message:
+    # what ends it is the command's exit, not the hold's.
+    monkeypatch.setattr(loop_module, "BATCH_HOLD_S", WAIT_S)
     client, sandbox_id, metadata = running
     request = pb.ExecRequest(sandbox_id=sandbox_id, shell="echo out; echo err >&2; exit 3", batch_events=True)
     (only,) = await messages(client, request, metadata)

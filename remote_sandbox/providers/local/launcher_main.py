@@ -4,8 +4,8 @@ Run as ``python3 -I -S -c <this file's text> tether-launcher FD`` by the Python 
 the host's ``/usr`` (standard library only; the host never imports it). ``FD`` is a
 ``SOCK_SEQPACKET`` socket to the host: each request carries a command and its stdin,
 stdout and stderr (``SCM_RIGHTS``); the launcher starts it with one ``posix_spawn`` in
-a new session, reports its pid, and reports its wait status once its whole process
-group was killed and it was reaped. It exits when the host closes the socket.
+its own process group, reports its pid, and reports its wait status once its whole
+process group was killed and it was reaped. It exits when the host closes the socket.
 See ``remote_sandbox.providers.local.launcher`` for the host side.
 """
 
@@ -127,7 +127,13 @@ def find_program(name, path):
 
 
 def spawn(program, argv, env, fds):
-    """Start ``program`` in its own session with ``fds`` as its standard streams; its pid."""
+    """Start ``program`` in its own process group with ``fds`` as its standard streams; its pid.
+
+    A group, not a session: the launcher's session (bubblewrap's ``--new-session``) has
+    no terminal already, and a new session per command costs the kernel a scheduler
+    autogroup. Measured on a 2-core VM: inside the sandbox ``posix_spawn`` returned
+    0.3-0.8 ms later with ``setsid``, and an Exec of ``true`` took 0.1-0.4 ms longer.
+    """
     return os.posix_spawn(
         program,
         argv,
@@ -137,7 +143,7 @@ def spawn(program, argv, env, fds):
             (os.POSIX_SPAWN_DUP2, fds[1], 1),
             (os.POSIX_SPAWN_DUP2, fds[2], 2),
         ],
-        setsid=True,
+        setpgroup=0,
         setsigdef=DEFAULT_SIGNALS,
         setsigmask=[],
     )

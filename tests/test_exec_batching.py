@@ -53,6 +53,7 @@ async def test_a_short_command_comes_in_one_message(
     assert kinds(only)[0] == "started" and kinds(only)[-1] == "exited"
     assert set(kinds(only)[1:-1]) == {"output"}
     assert only.following[-1].exited.exit_code == 3
+    assert only.started.pid > 0, "a command that ended at once still has its pid told"
     flat = [e async for e in client.exec_stream(sandbox_id, shell="echo out; echo err >&2; exit 3")]
     assert [e.WhichOneof("event") for e in flat] == kinds(only)
     outputs = {(e.output.stream, e.output.data) for e in flat if e.HasField("output")}

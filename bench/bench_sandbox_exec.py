@@ -20,14 +20,16 @@ shared with other jobs at load 3-9, so every figure is a same-run comparison):
 - In the launcher, ``posix_spawn`` with ``setsid`` took 1.07 ms against 0.25 ms with its own
   process group only (a new session makes the kernel create a scheduler autogroup): commands
   now start in a process group of the launcher's terminal-less session; 0.1-0.4 ms per Exec.
-- The launcher tells a command's pid with its end when that comes within 2 ms, so the host
-  wakes once instead of twice while it runs: 0.65-0.9 ms per Exec at load 8.
+- The launcher tells a command's pid with its end when that comes within 5 ms, so the host
+  wakes once instead of twice while it runs: 0.65-0.9 ms per Exec at load 8 (with 2 ms;
+  5 ms gave 0.1-0.2 ms more, a loaded machine's ``true`` often taking longer than 2 ms).
 - Left: about 0.7 ms from the client's call to the servicer and 0.5 ms from the host's yield
   to the client (grpc.aio's poller thread and loop wake-ups on each side), the launcher's two
   socket hops (0.1 ms each), and the child's own exec, as in the baseline.
 
-Ten alternating runs each of this script, this branch against the one before (load 6-9):
-p50 ratio median 2.52 (1.9-3.3) against 2.94 (2.1-3.5).
+All together, in one run against a host and client of the code before (two hosts at once,
+calls alternating, load 4-6): p50 ratio 2.41-2.79 against 2.78-3.09, 0.35-0.55 ms less per
+Exec. Separate runs of this script swing by more than that under such load (2.1-3.7).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ DEFAULT_SIGNALS = [s for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, si
 
 # A command's pid is told this late at most: one that ends sooner is told in one message with
 # its end ("ran"), which spares the host a wake-up while the command runs.
-ANNOUNCE_AFTER_S = 0.002
+ANNOUNCE_AFTER_S = 0.005
 
 
 class Launcher:

@@ -602,6 +602,8 @@ class SandboxClient:
             timeout_ms=timeout_ms,
             output_cap_bytes=output_cap,
             report_cwd=report_cwd,
+            # A short command's events then come in one message (ExecEvent.following), not one each.
+            batch_events=True,
         )
         if shell is not None:
             request.shell = shell
@@ -611,11 +613,20 @@ class SandboxClient:
         attempt = 0
         while True:
             call = self.stub.Exec(request, metadata=self._metadata, timeout=limit + EXEC_DEADLINE_MARGIN_S)
-            received = False
+            received = ended = False
             try:
-                async for event in call:
+                while (event := await call.read()) is not grpc.aio.EOF:
+                    assert isinstance(event, pb.ExecEvent)
                     received = True
                     yield event
+                    for following in event.following:
+                        yield following
+                    if (event.following[-1] if event.following else event).HasField("exited"):
+                        # Exited is the last event, sent once the command is done with: the call's
+                        # status adds nothing, and waiting for it (or cancelling the call) costs
+                        # both ends a round of their loops. The call ends on its own.
+                        ended = True
+                        return
                 return
             except grpc.aio.AioRpcError as exc:
                 error = self._error(exc, "running the command")
@@ -624,8 +635,9 @@ class SandboxClient:
                 if received or not unsent or attempt >= RETRY_ATTEMPTS:
                     raise error from None
             finally:
-                # Closing the stream early (or a cancelled task) must stop the command on the host.
-                call.cancel()
+                if not ended:
+                    # Closing the stream early (or a cancelled task) must stop the command on the host.
+                    call.cancel()
             await asyncio.sleep(retry_pause(attempt))
 
     async def exec(

@@ -212,6 +212,7 @@ class SandboxService(pb_grpc.SandboxServicer):
             timeout_s=request.timeout_ms / 1000 if request.timeout_ms else DEFAULT_EXEC_TIMEOUT_S,
             output_cap=request.output_cap_bytes or DEFAULT_OUTPUT_CAP,
             report_cwd=request.report_cwd,
+            batch_events=request.batch_events,
         )
         with self.registry.running_command(entry):
             async for event in self.provider.exec(entry.record, spec):

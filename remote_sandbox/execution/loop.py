@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
-from remote_sandbox.execution.request import DRAIN_AFTER_EXIT_S
+from remote_sandbox.execution.request import BATCH_HOLD_S, BATCH_MAX_BYTES, DRAIN_AFTER_EXIT_S
 from remote_sandbox.execution.status import ExitStatus
 from remote_sandbox.execution.stream import EventBuffer
 from remote_sandbox.output_cap import OutputCap
@@ -91,6 +91,43 @@ class Cleanups:
             await asyncio.gather(*self._pending, return_exceptions=True)
 
 
+class _Held:
+    """A command's first events, held back to go out as one ``ExecEvent`` (its ``following``) when batching."""
+
+    def __init__(self, batch: bool, first: pb.ExecEvent) -> None:
+        """Hold ``first`` (Started) if ``batch``, else nothing: every event goes out at once."""
+        self.first = first
+        """The event the others follow."""
+        self.events: list[pb.ExecEvent] = [first] if batch else []
+        """Held events, in order; empty once flushed (or when not batching)."""
+        self._bytes = 0
+
+    def add(self, event: pb.ExecEvent, size: int) -> bool:
+        """Hold one more event of ``size`` output bytes; True when enough is held that it should go now."""
+        self.events.append(event)
+        self._bytes += size
+        return self._bytes >= BATCH_MAX_BYTES
+
+    def flush(self) -> pb.ExecEvent:
+        """The held events as one, holding nothing from now on."""
+        first, *rest = self.events
+        first.following.extend(rest)
+        self.events = []
+        return first
+
+    def last(self, event: pb.ExecEvent) -> list[pb.ExecEvent]:
+        """What is left to send when ``event`` (Exited) ends the stream."""
+        if not self.events:
+            return [event]
+        self.events.append(event)
+        return [self.flush()]
+
+
+def _earlier(deadline: float | None, other: float) -> float:
+    """The earlier of a deadline (None: never) and ``other``."""
+    return other if deadline is None else min(deadline, other)
+
+
 def output_event(stream: str, data: bytes) -> pb.ExecEvent:
     """An Output event for ``out`` or ``err`` bytes."""
     return pb.ExecEvent(output=pb.Output(stream=OUTPUT_STREAMS[stream], data=data))
@@ -112,17 +149,28 @@ async def run_command(
     try:
         if not await command.start(deadline):
             # No way to start it in time (a pids limit exhausted, say): nothing ran.
-            yield pb.ExecEvent(started=pb.Started(pid=0))
+            held = _Held(spec.batch_events, pb.ExecEvent(started=pb.Started(pid=0)))
+            if not held.events:
+                yield held.first
             finished = True
             duration_ms = int((loop.time() - started_at) * 1000)
-            yield pb.ExecEvent(exited=pb.Exited(exit_code=-1, timed_out=True, duration_ms=duration_ms))
+            exited = pb.ExecEvent(exited=pb.Exited(exit_code=-1, timed_out=True, duration_ms=duration_ms))
+            for event in held.last(exited):
+                yield event
             return
-        yield pb.ExecEvent(started=pb.Started(pid=command.pid))
+        held = _Held(spec.batch_events, pb.ExecEvent(started=pb.Started(pid=command.pid)))
+        if not held.events:
+            yield held.first
+        hold_until = loop.time() + BATCH_HOLD_S
         events = command.events
         open_streams = {"out", "err"}
         timed_out = draining = killed_running = False
         while open_streams or not command.ended:
-            item = await events.get(deadline)
+            item = await events.get(deadline if not held.events else _earlier(deadline, hold_until))
+            if item is None and held.events:
+                # The hold is over (or the deadline came first): what is held goes now, then on as usual.
+                yield held.flush()
+                continue
             if item is None:
                 if draining:
                     break  # only output held by processes that left the group is left: stop waiting
@@ -136,7 +184,10 @@ async def run_command(
                 if data is None:
                     open_streams.discard(stream)
                 elif head := cap.take(stream, data):
-                    yield output_event(stream, head)
+                    if not held.events:
+                        yield output_event(stream, head)
+                    elif held.add(output_event(stream, head), len(head)):
+                        yield held.flush()
                 continue
             await command.notice(stream, data)
             if command.ended and command.kill_group_on_exit and not draining:
@@ -152,7 +203,7 @@ async def run_command(
         # A leader that had exited before the deadline keeps its own status; one the timeout killed got SIGKILL.
         status = ExitStatus(-1, signal.SIGKILL) if killed_running else command.status()
         finished = True
-        yield pb.ExecEvent(
+        exited = pb.ExecEvent(
             exited=pb.Exited(
                 exit_code=status.exit_code,
                 signal=status.signal,
@@ -166,6 +217,8 @@ async def run_command(
                 duration_ms=int((loop.time() - started_at) * 1000),
             )
         )
+        for event in held.last(exited):
+            yield event
     finally:
         cap.close()
         if finished:

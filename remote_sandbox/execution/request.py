@@ -6,13 +6,28 @@ import re
 
 from remote_sandbox.providers.base import SPILL_MOUNT, ExecSpec, InvalidRequest
 
-__all__ = ["DRAIN_AFTER_EXIT_S", "QUEUE_HIGH_WATER", "SETUP_TIMEOUT_S", "SPILL_MOUNT", "validate"]
+__all__ = [
+    "BATCH_HOLD_S",
+    "BATCH_MAX_BYTES",
+    "DRAIN_AFTER_EXIT_S",
+    "QUEUE_HIGH_WATER",
+    "SETUP_TIMEOUT_S",
+    "SPILL_MOUNT",
+    "validate",
+]
 
 SETUP_TIMEOUT_S = 600.0
 """Wall-clock limit of each recipe setup command."""
 
 DRAIN_AFTER_EXIT_S = 2.0
 """After a kill, how long output held open by processes that left the group is still read."""
+
+BATCH_HOLD_S = 0.010
+"""With ``batch_events``, how long a command's first events are held to go out together: a command done
+by then costs one gRPC message, not one per event (each costs both ends a few hundred microseconds)."""
+
+BATCH_MAX_BYTES = 64 * 1024
+"""Held output past this many bytes goes out at once, hold or not."""
 
 QUEUE_HIGH_WATER = 64
 """Output chunks buffered per command before reading its pipes pauses (back-pressure up to the gRPC stream)."""

@@ -73,6 +73,8 @@ class ExecSpec:
     """Bytes of output streamed before the rest goes only to the spill file."""
     report_cwd: bool = False
     """Report the shell's final working directory in ``Exited.cwd``."""
+    batch_events: bool = False
+    """The consumer reads ``ExecEvent.following``: a young command's first events may come in one event."""
 
 
 @dataclass

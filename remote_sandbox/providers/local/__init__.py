@@ -14,8 +14,10 @@ every command gets its own bubblewrap instead. Without bubblewrap (not installed
 or namespaces are not allowed here) commands are plain processes of the host
 user: no security boundary, and the provider says so loudly.
 
-Every command runs in its own session and process group. When it ends, times
-out, or its consumer goes away, the whole group is killed with SIGKILL. A
+Every command runs in its own process group (through the launcher, in the
+launcher's session, which has no terminal; otherwise in a session of its own).
+When it ends, times out, or its consumer goes away, the whole group is killed
+with SIGKILL. A
 process that leaves its group (``setsid``) lives on in the sandbox, as in a
 container, until the sandbox is destroyed: then bubblewrap dies and its pid
 namespace, with every process in it, goes too; so it does when the host dies

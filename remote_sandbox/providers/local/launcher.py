@@ -177,7 +177,7 @@ class Launcher:
                 return
 
     def _handle(self, message: dict[str, object]) -> None:
-        """Act on one message: ready, started, failed or exited."""
+        """Act on one message: ready, started, failed, exited, or ran (started and exited)."""
         op = message["op"]
         if op == "ready":
             if self._ready is not None and not self._ready.done():
@@ -186,13 +186,16 @@ class Launcher:
         request_id = message["id"]
         if not isinstance(request_id, int):
             raise TypeError("request id is not a number")
-        if op == "started":
+        if op in ("started", "ran"):
             pid = message["pid"]
             if not isinstance(pid, int):
                 raise TypeError("pid is not a number")
             future = self._started.pop(request_id, None)
             if future is not None and not future.done():
                 future.set_result(pid)
+            if op == "ran":
+                # A command that ended before its pid was told: both in one message.
+                self._exited(request_id, message["status"])
         elif op == "failed":
             future = self._started.pop(request_id, None)
             failed = self._running.pop(request_id, None)
@@ -201,14 +204,17 @@ class Launcher:
             if future is not None and not future.done():
                 future.set_exception(SandboxNotRunning(f"could not start the command: {message['error']}"))
         elif op == "exited":
-            status = message["status"]
-            if not isinstance(status, int):
-                raise TypeError("status is not a number")
-            process = self._running.pop(request_id, None)
-            if process is not None:
-                process.on_exit(status)
+            self._exited(request_id, message["status"])
         else:
             raise ValueError(f"unknown message {op!r}")
+
+    def _exited(self, request_id: int, status: object) -> None:
+        """The command ``request_id`` ended with wait status ``status``."""
+        if not isinstance(status, int):
+            raise TypeError("status is not a number")
+        process = self._running.pop(request_id, None)
+        if process is not None:
+            process.on_exit(status)
 
     def stop(self, why: str = "") -> None:
         """Kill bubblewrap, and with its pid namespace every process of the sandbox; fail whatever waits."""

@@ -4,8 +4,9 @@ Run as ``python3 -I -S -c <this file's text> tether-launcher FD`` by the Python 
 the host's ``/usr`` (standard library only; the host never imports it). ``FD`` is a
 ``SOCK_SEQPACKET`` socket to the host: each request carries a command and its stdin,
 stdout and stderr (``SCM_RIGHTS``); the launcher starts it with one ``posix_spawn`` in
-a new session, reports its pid, and reports its wait status once its whole process
-group was killed and it was reaped. It exits when the host closes the socket.
+its own process group, reports its pid, and reports its wait status once its whole
+process group was killed and it was reaped (both in one message when the command ends
+within ``ANNOUNCE_AFTER_S``). It exits when the host closes the socket.
 See ``remote_sandbox.providers.local.launcher`` for the host side.
 """
 
@@ -16,9 +17,14 @@ import selectors
 import signal
 import socket
 import sys
+import time
 
 # Commands get the dispositions a shell would give them, not Python's.
 DEFAULT_SIGNALS = [s for s in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGQUIT) if s]
+
+# A command's pid is told this late at most: one that ends sooner is told in one message with
+# its end ("ran"), which spares the host a wake-up while the command runs.
+ANNOUNCE_AFTER_S = 0.005
 
 
 class Launcher:
@@ -28,6 +34,7 @@ class Launcher:
         """Serve requests arriving on ``sock``."""
         self.sock = sock
         self.leaders = {}  # pid -> request id
+        self.unannounced = {}  # pid -> when its "started" is due
 
     def send(self, message):
         """One message to the host."""
@@ -59,7 +66,16 @@ class Launcher:
             self.send({"op": "failed", "id": request["id"], "error": "%s: %s" % (argv[0], error.strerror)})  # noqa: UP031 - runs on Python 3.8
             return
         self.leaders[pid] = request["id"]
-        self.send({"op": "started", "id": request["id"], "pid": pid})
+        self.unannounced[pid] = time.monotonic() + ANNOUNCE_AFTER_S
+
+    def announce(self):
+        """Tell the pids of commands that have run ``ANNOUNCE_AFTER_S``; the time until the next is due, or None."""
+        now = time.monotonic()
+        for pid, due in list(self.unannounced.items()):
+            if due <= now:
+                del self.unannounced[pid]
+                self.send({"op": "started", "id": self.leaders[pid], "pid": pid})
+        return max(min(self.unannounced.values()) - now, 0) if self.unannounced else None
 
     def kill(self, request):
         """SIGKILL the group of the command the host names."""
@@ -89,7 +105,9 @@ class Launcher:
                     pass
             _, status = os.waitpid(info.si_pid, 0)
             code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            if request_id is not None:
+            if request_id is not None and self.unannounced.pop(info.si_pid, None) is not None:
+                self.send({"op": "ran", "id": request_id, "pid": info.si_pid, "status": code})
+            elif request_id is not None:
                 self.send({"op": "exited", "id": request_id, "status": code})
 
     def receive(self):
@@ -127,7 +145,13 @@ def find_program(name, path):
 
 
 def spawn(program, argv, env, fds):
-    """Start ``program`` in its own session with ``fds`` as its standard streams; its pid."""
+    """Start ``program`` in its own process group with ``fds`` as its standard streams; its pid.
+
+    A group, not a session: the launcher's session (bubblewrap's ``--new-session``) has
+    no terminal already, and a new session per command costs the kernel a scheduler
+    autogroup. Measured on a 2-core VM: inside the sandbox ``posix_spawn`` returned
+    0.3-0.8 ms later with ``setsid``, and an Exec of ``true`` took 0.1-0.4 ms longer.
+    """
     return os.posix_spawn(
         program,
         argv,
@@ -137,7 +161,7 @@ def spawn(program, argv, env, fds):
             (os.POSIX_SPAWN_DUP2, fds[1], 1),
             (os.POSIX_SPAWN_DUP2, fds[2], 2),
         ],
-        setsid=True,
+        setpgroup=0,
         setsigdef=DEFAULT_SIGNALS,
         setsigmask=[],
     )
@@ -160,7 +184,7 @@ def main():
     selector.register(wake_read, selectors.EVENT_READ)
     launcher.send({"op": "ready"})
     while True:
-        for key, _ in selector.select():
+        for key, _ in selector.select(launcher.announce()):
             if key.fileobj is sock:
                 if not launcher.receive():
                     sys.exit(0)

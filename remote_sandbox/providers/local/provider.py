@@ -50,12 +50,12 @@ class LocalSandbox:
     destroyed: bool = False
     """Whether ``destroy`` ran."""
 
-    @property
+    @functools.cached_property
     def tmp(self) -> Path:
         """The host directory that is the sandbox's /tmp."""
         return self.root / "tmp"
 
-    @property
+    @functools.cached_property
     def spill(self) -> Path:
         """The host directory of the spill area."""
         return self.root / "spill"
@@ -237,9 +237,8 @@ class LocalProvider(Provider):
         assert self.bwrap is not None
         return isolation.bwrap_args(self.bwrap, self._static_args, record, sandbox.tmp, sandbox.spill)
 
-    def _command(self, sandbox: LocalSandbox, record: SandboxRecord, spec: ExecSpec) -> LocalCommand:
+    def _command(self, sandbox: LocalSandbox, record: SandboxRecord, spec: ExecSpec, exec_id: str) -> LocalCommand:
         """The command that will run ``spec``: through the launcher, one bubblewrap, or plain."""
-        exec_id = secrets.token_hex(8)
         report = spec.report_cwd and spec.shell is not None
         cwd_host = sandbox.spill / f"exec-{exec_id}.cwd" if report else None
         cwd_file = f"{record.spill_mount}/exec-{exec_id}.cwd" if report else None
@@ -268,8 +267,9 @@ class LocalProvider(Provider):
         if not isinstance(sandbox, LocalSandbox) or sandbox.destroyed:
             raise SandboxNotFound(f"sandbox {record.sandbox_id} is gone")
         validate(spec)
-        command = self._command(sandbox, record, spec)
-        spill_file = sandbox.spill / f"exec-{secrets.token_hex(8)}.log"
+        exec_id = secrets.token_hex(8)
+        command = self._command(sandbox, record, spec, exec_id)
+        spill_file = sandbox.spill / f"exec-{exec_id}.log"
         return run_command(command, spec, spill_file, record.spill_mount, self._cleanups)
 
     async def close(self) -> None:

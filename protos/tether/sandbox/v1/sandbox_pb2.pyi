@@ -120,7 +120,7 @@ class DestroyResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class ExecRequest(_message.Message):
-    __slots__ = ("sandbox_id", "argv", "shell", "cwd", "env", "stdin", "timeout_ms", "output_cap_bytes", "report_cwd")
+    __slots__ = ("sandbox_id", "argv", "shell", "cwd", "env", "stdin", "timeout_ms", "output_cap_bytes", "report_cwd", "batch_events")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -137,6 +137,7 @@ class ExecRequest(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_CAP_BYTES_FIELD_NUMBER: _ClassVar[int]
     REPORT_CWD_FIELD_NUMBER: _ClassVar[int]
+    BATCH_EVENTS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     argv: Argv
     shell: str
@@ -146,7 +147,8 @@ class ExecRequest(_message.Message):
     timeout_ms: int
     output_cap_bytes: int
     report_cwd: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., argv: _Optional[_Union[Argv, _Mapping]] = ..., shell: _Optional[str] = ..., cwd: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., stdin: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., output_cap_bytes: _Optional[int] = ..., report_cwd: _Optional[bool] = ...) -> None: ...
+    batch_events: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., argv: _Optional[_Union[Argv, _Mapping]] = ..., shell: _Optional[str] = ..., cwd: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., stdin: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., output_cap_bytes: _Optional[int] = ..., report_cwd: _Optional[bool] = ..., batch_events: _Optional[bool] = ...) -> None: ...
 
 class Argv(_message.Message):
     __slots__ = ("args",)
@@ -155,14 +157,16 @@ class Argv(_message.Message):
     def __init__(self, args: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ExecEvent(_message.Message):
-    __slots__ = ("started", "output", "exited")
+    __slots__ = ("started", "output", "exited", "following")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     EXITED_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWING_FIELD_NUMBER: _ClassVar[int]
     started: Started
     output: Output
     exited: Exited
-    def __init__(self, started: _Optional[_Union[Started, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., exited: _Optional[_Union[Exited, _Mapping]] = ...) -> None: ...
+    following: _containers.RepeatedCompositeFieldContainer[ExecEvent]
+    def __init__(self, started: _Optional[_Union[Started, _Mapping]] = ..., output: _Optional[_Union[Output, _Mapping]] = ..., exited: _Optional[_Union[Exited, _Mapping]] = ..., following: _Optional[_Iterable[_Union[ExecEvent, _Mapping]]] = ...) -> None: ...
 
 class Started(_message.Message):
     __slots__ = ("pid",)

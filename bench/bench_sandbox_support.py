@@ -49,16 +49,18 @@ class BenchHost:
 
 @contextlib.contextmanager
 def host_process(
-    provider: str = "local", *, image: str = "", extra_args: list[str] | None = None
+    provider: str = "local", *, image: str = "", extra_args: list[str] | None = None, unix_socket: bool = False
 ) -> Iterator[BenchHost]:
-    """Run a sandbox host on ``127.0.0.1:0`` with a fresh state dir; stop it and remove everything after."""
+    """Run a sandbox host on ``127.0.0.1:0`` (or a unix socket, as the embedded host listens) with a fresh
+    state dir; stop it and remove everything after."""
     work = scratch(f"host-{provider}")
+    listen = f"unix://{work / 'host.sock'}" if unix_socket else "127.0.0.1:0"
     token = secrets.token_hex(16)
     token_file = work / "tokens"
     token_file.write_text(f"bench {token}\n")
     token_file.chmod(0o600)
     args = [
-        sys.executable, "-m", "remote_sandbox", "serve", "--listen", "127.0.0.1:0", "--provider", provider,
+        sys.executable, "-m", "remote_sandbox", "serve", "--listen", listen, "--provider", provider,
         "--token-file", str(token_file), "--state-dir", str(work / "state"), "--log-level", "WARNING",
         *(["--default-image", image] if image else []), *(extra_args or []),
     ]  # fmt: skip
@@ -69,7 +71,9 @@ def host_process(
         line = process.stdout.readline().decode().strip()
         if not line.startswith(READY_PREFIX):
             raise SystemExit(f"bench: the sandbox host did not start:\n{(work / 'host-stderr.log').read_text()}")
-        yield BenchHost(f"grpc://{line[len(READY_PREFIX) :]}", token, process.pid, work / "state")
+        address = line[len(READY_PREFIX) :]
+        target = address if address.startswith("unix://") else f"grpc://{address}"
+        yield BenchHost(target, token, process.pid, work / "state")
     finally:
         process.terminate()
         try:

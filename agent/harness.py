@@ -17,7 +17,7 @@ from agent.hosts import HostListError, HostSpec, load_host_settings, parse_host_
 from agent.lease import RUN_LABEL, SandboxLease
 from agent.loop import AgentLoop, Emit
 from agent.model import ModelClient, preload_sdk
-from agent.options import EMBEDDED, HarnessOptions
+from agent.options import EMBEDDED, HarnessError, HarnessOptions
 from agent.permissions import (
     PermissionGate,
     PermissionSettings,
@@ -43,10 +43,8 @@ from agent.workspace.session import SessionWorkspace, WorkspaceError, workspace_
 from agent.workspace.settings import MODES, WorkspaceSettings
 from protos.recipes import load_recipe, recipe_to_dict
 from session.store import (
-    AmbiguousSessionId,
     EventType,
     SessionLog,
-    SessionNotFound,
     SessionStore,
     SessionStoreError,
 )
@@ -70,10 +68,6 @@ def last_sandbox(log: SessionLog) -> tuple[str, str, int] | None:
                 int(payload.get("generation", 1)),
             )
     return found
-
-
-class HarnessError(Exception):
-    """Start-up failed in a way the user must fix; the message says how."""
 
 
 class Harness:
@@ -201,22 +195,8 @@ class Harness:
             raise HarnessError(f"tether: {exc}") from exc
         if opts.workspace and opts.workspace not in MODES:
             raise HarnessError(f"tether: --workspace must be one of {', '.join(MODES)}, not {opts.workspace!r}")
-        log = None
-        try:
-            if opts.resume:
-                log = store.open(opts.resume)
-            elif opts.continue_latest:
-                log = store.latest(opts.project_dir)
-                if log is None:
-                    raise HarnessError(f"tether: no session to continue in {opts.project_dir}")
-        except AmbiguousSessionId as exc:
-            raise HarnessError(f"tether: cannot resume: {exc}; give more of the id") from None
-        except SessionNotFound:
-            raise HarnessError(
-                f"tether: cannot resume: no session matches {opts.resume!r} (`tether sessions list` shows them)"
-            ) from None
-        except SessionStoreError as exc:
-            raise HarnessError(f"tether: cannot open the session: {exc}") from None
+        log = opts.open_resumed()
+        opts.resumed_log = None  # taken: a later harness on these options opens what they name then
         self.resumed_log = log
         self.session_opened.set()
         # A resumed session works on the project it was started in, wherever tether runs now.

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from agent.embedded_host import SharedHost
+    from session.store import SessionLog
 
 DEFAULT_MODEL = "claude-sonnet-5-5"
 """The model used when neither ``--model`` nor ``TETHER_MODEL`` names one."""
@@ -22,6 +23,10 @@ EMBEDDED = "embedded"
 
 HEARTBEAT_S = 5.0
 """Seconds between two looks at the sandbox host (the TUI's status bar: host state and round trip)."""
+
+
+class HarnessError(Exception):
+    """Start-up failed in a way the user must fix; the message says how."""
 
 
 @dataclass
@@ -55,12 +60,43 @@ class HarnessOptions:
     """Say what is set up (workspace mode, sandbox) as status notices."""
     shared_host: SharedHost | None = None
     """An embedded host lent by the process that runs us (the resident harness); None = start our own."""
+    resumed_log: SessionLog | None = None
+    """The session to resume, already opened by the driver (the TUI draws it before the harness is imported);
+    None: ``resume`` / ``continue_latest`` are opened at start."""
     preload_sdk: bool = True
     """Begin importing the ``anthropic`` SDK (seconds of CPU) as start-up begins; False: the driver begins it
     when it suits it (the TUI: once a resumed conversation is on screen, which the import would slow)."""
     heartbeat_s: float = 0.0
     """Seconds between two looks at the sandbox host (its state and round trip, for a status bar); 0: none.
     The TUI uses ``HEARTBEAT_S``."""
+
+    def open_resumed(self) -> SessionLog | None:
+        """The session ``resume`` or ``continue_latest`` names, opened; None for a new session.
+
+        Raises ``HarnessError`` with what to do when there is no such session or it cannot be read.
+        """
+        if self.resumed_log is not None:
+            return self.resumed_log
+        if not (self.resume or self.continue_latest):
+            return None
+        from session.store import AmbiguousSessionId, SessionNotFound, SessionStore, SessionStoreError
+
+        store = SessionStore()
+        try:
+            if self.resume:
+                return store.open(self.resume)
+            log = store.latest(self.project_dir)
+        except AmbiguousSessionId as exc:
+            raise HarnessError(f"tether: cannot resume: {exc}; give more of the id") from None
+        except SessionNotFound:
+            raise HarnessError(
+                f"tether: cannot resume: no session matches {self.resume!r} (`tether sessions list` shows them)"
+            ) from None
+        except SessionStoreError as exc:
+            raise HarnessError(f"tether: cannot open the session: {exc}") from None
+        if log is None:
+            raise HarnessError(f"tether: no session to continue in {self.project_dir}")
+        return log
 
     @property
     def model_name(self) -> str:

@@ -18,7 +18,7 @@ from textual.worker import WorkerCancelled
 
 from agent import events as ev
 from agent.background_import import import_in_background, note_interaction, run_in_background
-from agent.options import HarnessOptions
+from agent.options import HarnessError, HarnessOptions
 from tui.commands import COMMANDS, SlashCommandProvider, command_errors, parse_command
 from tui.history import PromptHistory
 from tui.looks import use_looks
@@ -214,9 +214,23 @@ class TetherApp(App[int]):
         if self.initial_prompt.strip():
             self.queued.append(self.initial_prompt)
             self.initial_prompt = ""
+        prompt = self.query_one("#prompt", PromptArea)
+        shown = False
         if self._harness is None:
-            # The harness's imports (gRPC, the session store, the workspace code) run on a thread, after the
-            # first screen is drawn: the prompt takes input meanwhile.
+            if self.options.resume or self.options.continue_latest:
+                # A resumed conversation needs only the session store: it is drawn, and the prompt takes
+                # input, before the harness is imported.
+                try:
+                    self.options.resumed_log = self.options.open_resumed()
+                except HarnessError as exc:
+                    await self._start_failed(str(exc), prompt)
+                    return
+                if self.options.resumed_log is not None:
+                    await self._show_resumed(self.options.resumed_log)
+                    shown = True
+                    self._take_input(prompt)
+            # The harness's imports (gRPC, the workspace code) run on a thread, after the first screen is
+            # drawn: the prompt takes input meanwhile.
             await self._first_paint.wait()
             importing = import_in_background("agent.harness", name="harness-import")
             await asyncio.to_thread(importing.join)
@@ -227,34 +241,20 @@ class TetherApp(App[int]):
             await asyncio.wait([starting, opened], return_when=asyncio.FIRST_COMPLETED)
             opened.cancel()
             resumed = self.harness.resumed_log
-            if resumed is not None:
-                live_path = resumed.live_path()
-                for hints in self.query("#hints"):
-                    await hints.remove()  # a resumed session's own conversation takes their place
-                await self.query_one(Transcript).show_history(live_path)
-                self._usage_from_log(resumed, live_path)
-                self._refresh_status()
-            prompt = self.query_one("#prompt", PromptArea)
-            if not starting.done():
-                prompt.disabled = False
-                prompt.focus()
-                # Once the screen shows the conversation and a prompt that takes input, threads import the SDK
-                # and ready code highlighting while the sandbox starts (before, they would slow that screen).
-                self.call_after_refresh(self._warm_up)
+            if resumed is not None and not shown:
+                await self._show_resumed(resumed)
+            if not starting.done() and not shown:
+                self._take_input(prompt)
             try:
                 await starting
             except Exception as exc:  # noqa: BLE001 - whatever stops start-up must be shown, or the app hangs waiting
-                from agent.harness import HarnessError
                 from agent.sandbox_client import SandboxError
 
                 if isinstance(exc, (HarnessError, SandboxError)):
                     message = str(exc)
                 else:
                     message = f"tether could not start: {type(exc).__name__}: {exc}"
-                self.status.sandbox_state = "unavailable"
-                prompt.disabled = True
-                await self._mount(ErrorMessage(message))
-                self._refresh_status()
+                await self._start_failed(message, prompt)
                 return
         finally:
             if not starting.done():  # quit while starting: stop start-up before the harness is closed
@@ -270,6 +270,30 @@ class TetherApp(App[int]):
             prompt.focus()
         await self._turn_ended()
 
+    async def _show_resumed(self, log: SessionLog) -> None:
+        """Draw a resumed session's conversation, in place of the first screen's hints, and its usage."""
+        live_path = log.live_path()
+        for hints in self.query("#hints"):
+            await hints.remove()
+        await self.query_one(Transcript).show_history(live_path)
+        self._usage_from_log(log, live_path)
+        self._refresh_status()
+
+    def _take_input(self, prompt: PromptArea) -> None:
+        """The prompt takes input (what is sent waits for the session)."""
+        prompt.disabled = False
+        prompt.focus()
+        # Once the screen shows the conversation and a prompt that takes input, threads import the SDK and
+        # ready code highlighting while the sandbox starts (before, they would slow that screen down).
+        self.call_after_refresh(self._warm_up)
+
+    async def _start_failed(self, message: str, prompt: PromptArea) -> None:
+        """Start-up cannot go on: say why on screen (never a silent hang) and take no prompts."""
+        self.status.sandbox_state = "unavailable"
+        prompt.disabled = True
+        await self._mount(ErrorMessage(message))
+        self._refresh_status()
+
     def _warm_up(self) -> None:
         from agent.model import preload_sdk
         from tui.streaming_markdown import warm_highlighting
@@ -281,8 +305,8 @@ class TetherApp(App[int]):
         """Tokens and cost of the whole session (every branch was paid for); context: ``live_path``, the branch in effect."""
         self.status.tokens, self.status.cost = session_usage(log.events())
         self.status.context_tokens = context_tokens_of(live_path)
-        if self.harness.loop is not None:  # the session's cost goes on from where it was
-            self.harness.loop.totals.cost_usd = self.status.cost
+        if self._harness is not None and self._harness.loop is not None:  # the session's cost goes on
+            self._harness.loop.totals.cost_usd = self.status.cost
 
     async def redraw_conversation(self) -> None:
         """Show exactly the conversation now in effect (after a rewind), and the status that goes with it."""
@@ -365,6 +389,7 @@ class TetherApp(App[int]):
         await self.harness.close()
         self.options.resume = resume
         self.options.continue_latest = False
+        self.options.resumed_log = None
         self._harness = self._new_harness()
         self.status = self._fresh_status()
         self.query_one("#status", StatusLine).status = self.status

@@ -115,6 +115,8 @@ async def test_a_resumed_session_shows_its_conversation_and_its_tokens(
         assert "resumed-output-42" in screen and "The answer is" in screen, screen[-6000:]
         assert f"{tokens_before:,} tokens" in screen
         assert not resumed.query_one("#prompt", PromptArea).disabled
+        # Drawn plain first (the screen comes up sooner), in colour once the prompt takes input.
+        assert all(view.highlight_code for view in resumed.query(MarkdownView))
         await resumed.action_quit()
 
 
@@ -234,3 +236,27 @@ async def test_an_answer_streamed_in_pieces_is_drawn_exactly_as_the_whole_answer
         drawn = [line.text for line in streamed.lines(96)]
         assert drawn == [line.text for line in app.query_one(".whole", MarkdownView).lines(96)]
         assert any("def step_" in line for line in drawn) and drawn[-1].strip() == "LAST LINE OF THE ANSWER"
+
+
+async def test_code_drawn_plain_takes_the_same_room_and_gets_its_colours_later() -> None:
+    from textual.app import App, ComposeResult
+
+    answer = "Before:\n\n```python\ndef step(x: int) -> int:\n    return x * 2  # doubled\n```\n\nAfter.\n"
+
+    class One(App[None]):
+        def compose(self) -> ComposeResult:
+            view = MarkdownView(answer)
+            view.highlight_code = False
+            yield view
+
+    app = One()
+    async with app.run_test(size=(80, 20)):
+        view = app.query_one(MarkdownView)
+        plain = view.lines(76)
+        code_colours = {seg.style.color for line in plain if "def step" in line.text for seg in line if seg.style}
+        view.highlight()
+        view.invalidate()
+        coloured = view.lines(76)
+        assert [line.text for line in coloured] == [line.text for line in plain], "colours only: nothing moves"
+        line = next(line for line in coloured if "def step" in line.text)
+        assert len({seg.style.color for seg in line if seg.style}) > len(code_colours), "the code is in colour now"

@@ -296,6 +296,8 @@ class TetherApp(App[int]):
 
     def _warm_up(self) -> None:
         from agent.model import preload_sdk
+
+        self.query_one(Transcript).highlight_history()
         from tui.streaming_markdown import warm_highlighting
 
         preload_sdk()

@@ -74,9 +74,19 @@ def _code_theme() -> SyntaxTheme:
 class _CodeBlock(CodeBlock):
     """Rich's code block, with the lexer and theme looked up once per process, not once per block."""
 
+    highlight = True
+
+    @classmethod
+    def create(cls, markdown: Markdown, token: Token) -> CodeBlock:
+        block = super().create(markdown, token)
+        block.highlight = getattr(markdown, "highlight_code", True)  # type: ignore[attr-defined]
+        return block
+
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         code = str(self.text).rstrip()
-        yield Syntax(code, _lexer(self.lexer_name), theme=_code_theme(), word_wrap=True, padding=1)
+        # Unhighlighted, a block takes the same room: colours come later without moving anything.
+        lexer = _lexer(self.lexer_name) if self.highlight else TextLexer()
+        yield Syntax(code, lexer, theme=_code_theme(), word_wrap=True, padding=1)
 
 
 class BlockMarkdown(Markdown):
@@ -84,8 +94,9 @@ class BlockMarkdown(Markdown):
 
     elements: Any = {**Markdown.elements, "fence": _CodeBlock, "code_block": _CodeBlock}
 
-    def __init__(self, markup: str, tokens: list[Token] | None = None) -> None:
+    def __init__(self, markup: str, tokens: list[Token] | None = None, *, highlight_code: bool = True) -> None:
         # Not Markdown.__init__: it builds a new parser each time.
+        self.highlight_code = highlight_code
         self.markup = markup
         self.parsed = tokens if tokens is not None else _parser().parse(markup)
         self.code_theme = CODE_THEME
@@ -122,6 +133,8 @@ class MarkdownView(RenderedLines):
         self._tail_may_end = False
         self._rendered: list[list[Strip]] = []
         self._rendered_width = -1
+        self.highlight_code = True
+        """Colour code blocks; False draws them plain (a resumed screen comes up sooner), see ``highlight``."""
         if source:
             self.append(source)
 
@@ -138,6 +151,13 @@ class MarkdownView(RenderedLines):
             self._tail_may_end = True
         self._tail += text
         self.invalidate()
+
+    def highlight(self) -> None:
+        """Draw code blocks in colour from now on (they keep their place: only their colours change)."""
+        if not self.highlight_code:
+            self.highlight_code = True
+            self._rendered_width = -1  # finished blocks are drawn again, once
+            self.invalidate()
 
     def _split_finished(self) -> list[Token] | None:
         """Move the blocks of the tail that are followed by another block into the finished ones.
@@ -164,7 +184,9 @@ class MarkdownView(RenderedLines):
             self._rendered_width = width
         console = self.app.console
         for index in range(len(self._rendered), len(self._blocks)):
-            self._rendered.append(self._render(console, self._blocks[index], width, self._tokens[index]))
+            self._rendered.append(
+                self._render(console, self._blocks[index], width, self._tokens[index], self.highlight_code)
+            )
             self._tokens[index] = None  # the parse is only needed once; a new width parses again
         lines: list[Strip] = []
         for block_lines in self._rendered:
@@ -172,11 +194,13 @@ class MarkdownView(RenderedLines):
                 if lines:
                     lines.append(BLANK_LINE)
                 lines.extend(block_lines)
-        tail = self._render(console, self._tail, width, tail_tokens) if self._tail.strip() else []
+        tail = self._render(console, self._tail, width, tail_tokens, self.highlight_code) if self._tail.strip() else []
         if tail and lines:
             lines.append(BLANK_LINE)
         return lines + tail
 
     @staticmethod
-    def _render(console: Console, text: str, width: int, tokens: list[Token] | None = None) -> list[Strip]:
-        return trim_blank(render_strips(console, BlockMarkdown(text, tokens), width))
+    def _render(
+        console: Console, text: str, width: int, tokens: list[Token] | None = None, highlight_code: bool = True
+    ) -> list[Strip]:
+        return trim_blank(render_strips(console, BlockMarkdown(text, tokens, highlight_code=highlight_code), width))

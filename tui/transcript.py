@@ -180,10 +180,19 @@ class Transcript(VerticalScroll):
         entries = history_entries(events)
         self._earlier = entries[:-RESUME_ENTRIES]
         widgets = [build() for build in entries[-RESUME_ENTRIES:]]
+        for widget in widgets:
+            if isinstance(widget, MarkdownView):
+                # Code in colour a moment later (``highlight_history``): the first screen comes up sooner.
+                widget.highlight_code = False
         if self._earlier:
             widgets.insert(0, Notice(self._earlier_note(), classes="pruned earlier"))
         await self.mount_all(widgets)
         self.scroll_end(animate=False, immediate=True)
+
+    def highlight_history(self) -> None:
+        """Colour the code of a resumed conversation, drawn plain at first."""
+        for view in self.query_children(MarkdownView):
+            view.highlight()
 
     def _earlier_note(self) -> str:
         return f"… {len(self._earlier):,} earlier entries (PageUp here shows more)"

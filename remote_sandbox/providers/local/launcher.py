@@ -232,9 +232,11 @@ class Launcher:
         error = LauncherError(f"the sandbox's command launcher stopped{': ' + why if why else ''}")
         if self._ready is not None and not self._ready.done():
             self._ready.set_exception(error)
+        # A command whose pid was not told yet may have been running (the launcher tells it late, with its
+        # end, see ANNOUNCE_AFTER_S): like every other command, it went with the namespace (SIGKILL below).
         for future in self._started.values():
             if not future.done():
-                future.set_exception(error)
+                future.set_result(0)
         self._started.clear()
         # The pid namespace went with bubblewrap: SIGKILL is what every command got.
         for process in self._running.values():

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -13,7 +12,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from session.durable import fsync_directory
 from session.errors import SessionStoreError, describe_os_error
@@ -306,20 +305,29 @@ def _make_directory(directory: Path) -> list[Path]:
     return created
 
 
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_SYNCFS = getattr(_LIBC, "syncfs", None)
-if _SYNCFS is not None:
-    _SYNCFS.argtypes = [ctypes.c_int]
-    _SYNCFS.restype = ctypes.c_int
+@functools.cache
+def _libc_syncfs() -> Any:
+    """The C library's syncfs, or None where it has none (loaded when first needed: opening a session does not)."""
+    import ctypes
+    import ctypes.util
+
+    syncfs = getattr(ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True), "syncfs", None)
+    if syncfs is not None:
+        syncfs.argtypes = [ctypes.c_int]
+        syncfs.restype = ctypes.c_int
+    return syncfs
 
 
 def _syncfs(directory: Path) -> bool:
     """syncfs(2) the file system holding directory; False where the C library has no syncfs."""
-    if _SYNCFS is None:
+    syncfs = _libc_syncfs()
+    if syncfs is None:
         return False
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        if _SYNCFS(fd) != 0:
+        if syncfs(fd) != 0:
+            import ctypes
+
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
     finally:

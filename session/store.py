@@ -5,13 +5,12 @@ from __future__ import annotations
 import builtins
 import re
 import uuid
-from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from session.blobs import BlobStore
 from session.errors import AmbiguousSessionId, SessionNotFound, SessionStoreError
 from session.events import FORMAT_VERSION, Event, EventType
-from session.index import SearchHit, SessionIndex, SessionSummary
 from session.log import LEAF, EventNotFound, SessionLog
 from session.paths import (
     LOG_SUFFIX,
@@ -21,6 +20,9 @@ from session.paths import (
     project_root,
     projects_root,
 )
+
+if TYPE_CHECKING:
+    from session.index import SearchHit, SessionIndex, SessionSummary
 
 __all__ = [
     "LEAF",
@@ -35,6 +37,16 @@ __all__ = [
     "SessionStoreError",
     "SessionSummary",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``SearchHit`` and ``SessionSummary``, from the index module, imported when first asked for."""
+    if name in ("SearchHit", "SessionSummary"):
+        from session import index
+
+        return getattr(index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _ID_PREFIX = re.compile(r"[0-9a-f-]{1,36}")
 
@@ -51,6 +63,8 @@ class SessionStore:
     def index(self) -> SessionIndex:
         """The listing and search index (opened on first use)."""
         if self._index is None:
+            from session.index import SessionIndex  # sqlite: not needed to open a session by id
+
             self._index = SessionIndex(self.home)
         return self._index
 
@@ -122,6 +136,8 @@ def _load(path: Path) -> SessionLog:
 
 def _tether_version() -> str:
     """The installed tether version, or 'unknown' when run from a bare checkout."""
+    from importlib import metadata  # ~10 ms to import: only a new session needs it
+
     try:
         return metadata.version("tether")
     except metadata.PackageNotFoundError:

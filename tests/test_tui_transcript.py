@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import re
 from pathlib import Path
@@ -115,7 +116,9 @@ async def test_a_resumed_session_shows_its_conversation_and_its_tokens(
         assert "resumed-output-42" in screen and "The answer is" in screen, screen[-6000:]
         assert f"{tokens_before:,} tokens" in screen
         assert not resumed.query_one("#prompt", PromptArea).disabled
-        # Drawn plain first (the screen comes up sooner), in colour once the prompt takes input.
+        # Drawn plain first (the screen comes up sooner), in colour once the prompt takes input and the
+        # lexers are built.
+        await asyncio.wait_for(resumed.query_one(Transcript).history_coloured.wait(), 30)
         assert all(view.highlight_code for view in resumed.query(MarkdownView))
         await resumed.action_quit()
 
@@ -128,18 +131,31 @@ async def test_a_long_resumed_session_shows_its_newest_entries_and_earlier_ones_
         await pilot.pause()
         transcript = app.query_one(Transcript)
         shown = len(transcript.children)
-        assert shown == RESUME_ENTRIES + 1  # and the note saying how many are earlier
+        # The newest entries, as many as fill the screen, and the note saying how many
+        # are earlier.
+        assert 2 <= shown <= RESUME_ENTRIES + 1
+        assert transcript.virtual_size.height > transcript.size.height, "the screen is full"
         assert "LAST LINE OF THE ANSWER" in screen_text(app), "the newest entries, at the bottom"
         assert transcript.children[-1].source.startswith("Answer 199.")
-        while transcript.scroll_y > 0:
+        note, oldest_shown = transcript.children[0], transcript.children[1]
+        earlier = 500 - (shown - 1)  # 400 messages make 500 entries
+        assert str(note.render()) == f"… {earlier} earlier entries (scroll up or PageUp for more)"
+        at_top = oldest_shown.virtual_region.y  # its row on screen when the view is at the top
+        for _ in range(20):  # up a page at a time, until the view reaches the top and earlier entries come
             await pilot.press("pageup")
             await pilot.pause()
-        assert len(transcript.children) == shown
-        earlier = 500 - RESUME_ENTRIES  # 400 messages make 500 entries
-        assert f"… {earlier} earlier entries (PageUp here shows more)" in screen_text(app)
-        await pilot.press("pageup")
+            if len(transcript.children) > shown:
+                break
+        added = len(transcript.children) - shown
+        assert 0 < added <= EARLIER_BATCH
+        assert oldest_shown.virtual_region.y > at_top, "built above what was shown"
+        # The view did not jump to the top of what was built: what was on screen stayed where it was.
+        assert oldest_shown.virtual_region.y - transcript.scroll_y == at_top
+        assert f"… {earlier - added} earlier entries" in str(note.render())
+        # Scrolled to the top of what was built (as the mouse wheel does), more are built.
+        transcript.scroll_to(y=0, animate=False, immediate=True)
         await pilot.pause()
-        assert len(transcript.children) == shown + EARLIER_BATCH
+        assert len(transcript.children) > shown + added
         assert app.focused is app.query_one("#prompt", PromptArea)
         await app.action_quit()
 
@@ -260,3 +276,10 @@ async def test_code_drawn_plain_takes_the_same_room_and_gets_its_colours_later()
         assert [line.text for line in coloured] == [line.text for line in plain], "colours only: nothing moves"
         line = next(line for line in coloured if "def step" in line.text)
         assert len({seg.style.color for seg in line if seg.style}) > len(code_colours), "the code is in colour now"
+
+
+def test_the_languages_of_shown_code_are_found_for_their_lexers_to_be_built_first() -> None:
+    answer = (
+        "```Python\nx = 1\n```\n\n   ~~~~ bash {.numbered}\necho\n~~~~\n\n```\nplain\n```\n\n    ```json\nnot a fence\n"
+    )
+    assert MarkdownView(answer).code_languages() == ["python", "bash"]

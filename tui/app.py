@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.screen import Screen
 from textual.worker import WorkerCancelled
 
 from agent import events as ev
@@ -39,6 +40,14 @@ ESC_TWICE_SECONDS = 0.8
 """Two presses of Esc on an empty, idle prompt within this many seconds open rewind."""
 COPY_ANSWER_KEY = "ctrl+t"
 """Copies the last answer's Markdown to the clipboard (``/copy`` does the same)."""
+
+
+class MainScreen(Screen[None]):
+    """The transcript, the prompt and the status bar."""
+
+    # Only the prompt takes focus on its own. Were the transcript focused while a resumed session's prompt
+    # waits for the conversation to be drawn, moving focus to the prompt would restyle every entry (~30 ms).
+    AUTO_FOCUS = "#prompt"
 
 
 class TetherApp(App[int]):
@@ -88,6 +97,8 @@ class TetherApp(App[int]):
         self._last_escape: float | None = None
         self._first_paint = asyncio.Event()
         """Set once the first screen is drawn: start-up's imports wait for it rather than share the CPU with it."""
+        self._input_shown = asyncio.Event()
+        """Set once a screen whose prompt takes input is drawn (a resumed one: with its conversation)."""
 
     def compose(self) -> ComposeResult:
         # Kept: the stream's hot path reaches them thousands of times a turn, without a query.
@@ -133,6 +144,9 @@ class TetherApp(App[int]):
             permission_mode=self.options.permission_mode,
             host=self._harness.host_label if self._harness is not None else self.options.first_host,
         )
+
+    def get_default_screen(self) -> Screen:
+        return MainScreen(id="_default")
 
     async def on_event(self, event: events.Event) -> None:
         """Keys and the mouse come first: background imports pause while the user is active."""
@@ -230,8 +244,11 @@ class TetherApp(App[int]):
                     shown = True
                     self._take_input(prompt)
             # The harness's imports (gRPC, the workspace code) run on a thread, after the first screen is
-            # drawn: the prompt takes input meanwhile.
+            # drawn (a resumed one: with the conversation and a prompt that takes input): the prompt takes
+            # input meanwhile, and the thread does not share the CPU with drawing that screen.
             await self._first_paint.wait()
+            if shown:
+                await self._input_shown.wait()
             importing = import_in_background("agent.harness", name="harness-import")
             await asyncio.to_thread(importing.join)
             gc.freeze()  # what was imported lives as long as the app: the collector need not walk it again
@@ -295,13 +312,26 @@ class TetherApp(App[int]):
         self._refresh_status()
 
     def _warm_up(self) -> None:
-        from agent.model import preload_sdk
+        """The screen takes input: import the SDK, and colour a resumed conversation's code once its lexers are built.
 
-        self.query_one(Transcript).highlight_history()
+        The lexers are built on a thread (each compiles its patterns: 10-60 ms), so the first keys after
+        the screen comes up are not held up by them; only the colouring itself runs here.
+        """
+        self._input_shown.set()
+        from agent.model import preload_sdk
         from tui.streaming_markdown import warm_highlighting
 
+        transcript = self.query_one(Transcript)
+        languages = transcript.code_languages()
+        loop = asyncio.get_running_loop()
+
+        def warm() -> None:
+            warm_highlighting(languages)
+            with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
+                loop.call_soon_threadsafe(transcript.highlight_history)
+
         preload_sdk()
-        run_in_background(warm_highlighting, name="warm-highlighting")
+        run_in_background(warm, name="warm-highlighting")
 
     def _usage_from_log(self, log: SessionLog, live_path: list[Event]) -> None:
         """Tokens and cost of the whole session (every branch was paid for); context: ``live_path``, the branch in effect."""

@@ -7,6 +7,8 @@ only the block still growing, so the cost of a delta does not grow with the answ
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from functools import lru_cache
 from typing import Any
 
@@ -54,13 +56,22 @@ def _lexer(name: str) -> Lexer:
         return TextLexer()
 
 
+_FENCE_LANGUAGE = re.compile(r"^ {0,3}(?:`{3,}(?!`)|~{3,}(?!~))[ \t]*([^\s`{]+)", re.MULTILINE)
+"""The language named on a fenced code block's opening line."""
+
+
+def code_languages(markdown: str) -> list[str]:
+    """The languages of ``markdown``'s fenced code blocks (an opening fence's first word, in any case)."""
+    return [name.lower() for name in _FENCE_LANGUAGE.findall(markdown)]
+
+
 COMMON_LANGUAGES = ("python", "bash", "json", "diff", "javascript", "typescript", "toml", "yaml")
 """Lexers made ready before the first answer: each compiles its patterns on first use (10–60 ms)."""
 
 
-def warm_highlighting() -> None:
-    """Build the lexers answers use most, so the first code block of a stream does not pay for them."""
-    for name in COMMON_LANGUAGES:
+def warm_highlighting(languages: Iterable[str] = ()) -> None:
+    """Build the lexers of ``languages`` and those answers use most, so no code block drawn later pays for them."""
+    for name in dict.fromkeys([*languages, *COMMON_LANGUAGES]):
         wait_until_quiet()  # each costs 10-60 ms of CPU: not while the user types or scrolls
         _lexer(name)
     _code_theme()
@@ -151,6 +162,10 @@ class MarkdownView(RenderedLines):
             self._tail_may_end = True
         self._tail += text
         self.invalidate()
+
+    def code_languages(self) -> list[str]:
+        """The languages of this Markdown's fenced code blocks."""
+        return code_languages(self.source)
 
     def highlight(self) -> None:
         """Draw code blocks in colour from now on (they keep their place: only their colours change)."""

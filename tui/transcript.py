@@ -29,10 +29,15 @@ HIGH_WATER = 120
 LOW_WATER = 80
 """Entries left after pruning."""
 RESUME_ENTRIES = 12
-"""Entries of a resumed session built at start: more than a screen, few enough that the prompt is not kept
-waiting for the rest to be rendered (each must be rendered to be laid out)."""
+"""At most this many entries of a resumed session are built at start; the newest, and only as many as fill
+``RESUME_SCREENS`` screens (each must be rendered to be laid out, and the prompt waits for them)."""
+RESUME_SCREENS = 1.5
+"""Screens' worth of rows (estimated from the entries' text) built at start when resuming."""
 EARLIER_BATCH = 40
-"""Older entries built at a time when PageUp reaches the top."""
+"""At most this many older entries are built at a time when the view reaches the top (as many as fill
+``EARLIER_SCREENS`` screens)."""
+EARLIER_SCREENS = 2
+"""Screens' worth of rows (estimated) of older entries built at a time."""
 YIELD_EVERY = 1 / 20
 """Longest time (seconds) a stream keeps the event loop from keys and frames (a frame costs ~10 ms)."""
 
@@ -69,11 +74,19 @@ class Transcript(VerticalScroll):
         self.expanded = False
         """Whether folded output and thinking are shown whole (the expand key)."""
         self._yielded = 0.0
+        self.history_coloured = asyncio.Event()
+        """Set once a resumed conversation's code, drawn plain at first, is drawn in colour."""
         self._earlier: list[Callable[[], Widget]] = []
+        self._showing_earlier = False
 
     def on_mount(self) -> None:
-        """Stay at the bottom while the user has not scrolled up."""
+        """Stay at the bottom while the user has not scrolled up; reaching the top shows earlier entries."""
         self.anchor()
+        self.watch(self, "scroll_y", self._scrolled, init=False)
+
+    def _scrolled(self, scroll_y: float) -> None:
+        if scroll_y == 0 and self._earlier and not self._showing_earlier:
+            self.call_later(self.show_earlier)
 
     async def add(self, *widgets: Widget) -> None:
         """Append entries at the bottom, pruning the oldest past the high-water mark.
@@ -176,10 +189,10 @@ class Transcript(VerticalScroll):
             await asyncio.sleep(0)
 
     async def show_history(self, events: Iterable[Event]) -> None:
-        """Show a resumed session's live path: its newest ``RESUME_ENTRIES`` entries; the rest on PageUp."""
+        """Show a resumed session's live path: its newest entries, enough to fill the screen; the rest on PageUp."""
         entries = history_entries(events)
-        self._earlier = entries[:-RESUME_ENTRIES]
-        widgets = [build() for build in entries[-RESUME_ENTRIES:]]
+        widgets = self._newest(entries, RESUME_ENTRIES, RESUME_SCREENS)
+        self._earlier = entries[: len(entries) - len(widgets)]
         for widget in widgets:
             if isinstance(widget, MarkdownView):
                 # Code in colour a moment later (``highlight_history``): the first screen comes up sooner.
@@ -189,34 +202,73 @@ class Transcript(VerticalScroll):
         await self.mount_all(widgets)
         self.scroll_end(animate=False, immediate=True)
 
+    def code_languages(self) -> list[str]:
+        """The languages of the code blocks shown, each once."""
+        return list(dict.fromkeys(name for view in self.query_children(MarkdownView) for name in view.code_languages()))
+
     def highlight_history(self) -> None:
         """Colour the code of a resumed conversation, drawn plain at first."""
         for view in self.query_children(MarkdownView):
             view.highlight()
+        self.history_coloured.set()
+
+    def _newest(self, builders: list[Callable[[], Widget]], most: int, screens: float) -> list[Widget]:
+        """The newest of ``builders`` built: at most ``most``, and no more than fill about ``screens`` screens."""
+        width = max(self.app.size.width - 4, 20)
+        rows_wanted = screens * self.app.size.height
+        widgets: list[Widget] = []
+        rows = 0
+        for build in reversed(builders[-most:]):
+            widgets.append(build())
+            rows += _estimated_rows(widgets[-1], width)
+            if rows >= rows_wanted:
+                break
+        widgets.reverse()
+        return widgets
 
     def _earlier_note(self) -> str:
-        return f"… {len(self._earlier):,} earlier entries (PageUp here shows more)"
+        return f"… {len(self._earlier):,} earlier entries (scroll up or PageUp for more)"
 
     async def page(self, direction: int) -> None:
         """Scroll a page up (-1) or down (1); at the top of a resumed session, show earlier entries first."""
         if direction < 0 and self.scroll_y == 0 and self._earlier:
-            await self.show_earlier()
+            await self.show_earlier(then_page_up=True)
+            return
         # Not animated: a page at once, as terminals scroll, and nothing left running on the next key.
         if direction < 0:
             self.scroll_page_up(animate=False)
         else:
             self.scroll_page_down(animate=False)
 
-    async def show_earlier(self) -> None:
-        """Build the next ``EARLIER_BATCH`` older entries (of a resumed session, or pruned), above the ones shown."""
-        batch = self._earlier[-EARLIER_BATCH:]
-        del self._earlier[-EARLIER_BATCH:]
+    async def show_earlier(self, *, then_page_up: bool = False) -> None:
+        """Build the next older entries (of a resumed session, or pruned) above the ones shown.
+
+        What is on screen stays where it is: once they are laid out, the view moves down by what was
+        added above it (and then up a page, for PageUp).
+        """
+        if self._showing_earlier or not self._earlier:
+            return
+        self._showing_earlier = True
         note = self.query_children(".earlier").first(Notice)
-        await self.mount_all([build() for build in batch], after=note)
+        batch = self._newest(self._earlier, EARLIER_BATCH, EARLIER_SCREENS)
+        del self._earlier[len(self._earlier) - len(batch) :]
+        shown = [child for child in self.children if child is not note]
+        kept = shown[0] if shown else None
+        kept_at = kept.virtual_region.y - self.scroll_y if kept is not None else 0
+        await self.mount_all(batch, after=note)
         if self._earlier:
             note.update(self._earlier_note())
         else:
             await note.remove()
+        # Not awaited: this may run in the transcript's own task, which is the one that lays it out.
+        self.call_after_refresh(self._keep_in_view, kept, kept_at, then_page_up)
+
+    def _keep_in_view(self, kept: Widget | None, kept_at: int, page_up: bool) -> None:
+        if kept is not None:
+            self.scroll_to(y=kept.virtual_region.y - kept_at, animate=False, immediate=True)
+        if page_up:
+            self.scroll_page_up(animate=False)
+        self._showing_earlier = False
 
 
 def rebuilder(widget: Widget) -> Callable[[], Widget] | None:
@@ -244,6 +296,13 @@ def forget_removed_widgets() -> None:
     made again on demand.
     """
     StylesCache.get_inner_outer.cache_clear()
+
+
+def _estimated_rows(widget: Widget, width: int) -> int:
+    """Rows ``widget`` will take at ``width``, from its text and without rendering it (a guess, low rather than high)."""
+    if isinstance(widget, MarkdownView):
+        return sum(1 + len(line) // width for line in widget.source.splitlines())
+    return 3  # a prompt, a notice, a tool call's title: at least this
 
 
 def history_entries(events: Iterable[Event]) -> list[Any]:

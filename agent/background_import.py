@@ -29,6 +29,11 @@ def note_interaction() -> None:
     _quiet_after = time.monotonic() + QUIET_S
 
 
+def quiet_in() -> float:
+    """Seconds until the user will have been quiet for ``QUIET_S`` (0: quiet now)."""
+    return max(0.0, _quiet_after - time.monotonic())
+
+
 def wait_until_quiet() -> None:
     """On a registered thread: pause until the user has been quiet for ``QUIET_S`` (elsewhere: return at once)."""
     if threading.get_ident() in _yielding:

@@ -167,12 +167,19 @@ class MarkdownView(RenderedLines):
         """The languages of this Markdown's fenced code blocks."""
         return code_languages(self.source)
 
-    def highlight(self) -> None:
-        """Draw code blocks in colour from now on (they keep their place: only their colours change)."""
-        if not self.highlight_code:
-            self.highlight_code = True
-            self._rendered_width = -1  # finished blocks are drawn again, once
-            self.invalidate()
+    def highlight(self) -> bool:
+        """Draw code blocks in colour from now on (they keep their place: only their colours change).
+
+        Returns whether the view is drawn again (not if it has no code in a named language).
+        """
+        if self.highlight_code:
+            return False
+        self.highlight_code = True
+        if not self.code_languages():
+            return False  # unnamed or indented code is drawn plain either way
+        self._rendered_width = -1  # finished blocks are drawn again, once
+        self.invalidate()
+        return True
 
     def _split_finished(self) -> list[Token] | None:
         """Move the blocks of the tail that are followed by another block into the finished ones.

@@ -18,6 +18,7 @@ from textual.containers import VerticalScroll
 from textual.widget import Widget
 
 from agent import events as ev
+from agent.background_import import quiet_in
 from session.events import Event, EventType
 from session.plaintext import content_text
 from tui.streaming_markdown import MarkdownView
@@ -78,6 +79,7 @@ class Transcript(VerticalScroll):
         """Set once a resumed conversation's code, drawn plain at first, is drawn in colour."""
         self._earlier: list[Callable[[], Widget]] = []
         self._showing_earlier = False
+        self._to_colour: list[MarkdownView] = []
 
     def on_mount(self) -> None:
         """Stay at the bottom while the user has not scrolled up; reaching the top shows earlier entries."""
@@ -207,9 +209,23 @@ class Transcript(VerticalScroll):
         return list(dict.fromkeys(name for view in self.query_children(MarkdownView) for name in view.code_languages()))
 
     def highlight_history(self) -> None:
-        """Colour the code of a resumed conversation, drawn plain at first."""
-        for view in self.query_children(MarkdownView):
-            view.highlight()
+        """Colour the code of a resumed conversation, drawn plain at first.
+
+        A view a frame, the newest (on screen) first, and only while the user is not typing or scrolling:
+        each is rendered again, and keys pressed meanwhile are not kept waiting for that.
+        """
+        self._to_colour = list(self.query_children(MarkdownView))
+        self._colour_next()
+
+    def _colour_next(self) -> None:
+        if self._to_colour and (wait := quiet_in()) > 0:
+            self.set_timer(wait, self._colour_next)  # not while the user types or scrolls
+            return
+        while self._to_colour:
+            view = self._to_colour.pop()
+            if view.is_attached and view.highlight():
+                self.call_after_refresh(self._colour_next)
+                return
         self.history_coloured.set()
 
     def _newest(self, builders: list[Callable[[], Widget]], most: int, screens: float) -> list[Widget]:

@@ -42,6 +42,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from protos.grpc_engine import choose_io_engine  # noqa: E402
+
+choose_io_engine()  # as tether's command line does, before grpc is imported
+
 from agent.sandbox_client import SandboxClient  # noqa: E402
 from bench.bench_sandbox_support import (  # noqa: E402
     TEST_IMAGE,

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import TypeVar
 
+from protos.grpc_engine import choose_io_engine
 from remote_sandbox.config import (
     DEFAULT_MAX_EXECS_PER_SANDBOX,
     DEFAULT_MAX_SANDBOXES_PER_TENANT,
@@ -189,6 +190,7 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    choose_io_engine()  # before grpc is imported, which the next line does
     # Imported here: argument errors and --help stay fast.
     from remote_sandbox.auth import TokenFileError, load_token_file, token_file_is_private
 

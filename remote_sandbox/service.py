@@ -120,6 +120,12 @@ def _streaming(method: Callable[..., AsyncGenerator[Any, None]]) -> Callable[...
     return handler
 
 
+async def _settled(sending: asyncio.Future[None]) -> None:
+    """Wait until ``sending`` is done; if it failed, so did the call, which its next write or status reports."""
+    with contextlib.suppress(Exception):
+        await sending
+
+
 class SandboxService(pb_grpc.SandboxServicer):
     """The Sandbox service: tenants' sandboxes, commands and files."""
 
@@ -215,8 +221,19 @@ class SandboxService(pb_grpc.SandboxServicer):
             batch_events=request.batch_events,
         )
         with self.registry.running_command(entry):
-            async for event in self.provider.exec(entry.record, spec):
-                yield event
+            # The headers go out now, while the command starts, not with its first event: a client
+            # asks for a message only once the headers came, so with the event it would wake twice.
+            headers: asyncio.Future[None] | None = asyncio.ensure_future(context.send_initial_metadata(()))
+            try:
+                async for event in self.provider.exec(entry.record, spec):
+                    if headers is not None:
+                        await _settled(headers)
+                        headers = None
+                    yield event
+            finally:
+                if headers is not None:
+                    # A status must not go out while the headers are on their way: it would carry them again.
+                    await _settled(headers)
 
     # ----- files
 

@@ -120,6 +120,11 @@ def _streaming(method: Callable[..., AsyncGenerator[Any, None]]) -> Callable[...
     return handler
 
 
+def _ends(event: pb.ExecEvent) -> bool:
+    """Whether ``event`` carries the command's Exited (itself, or last of the events it brings along)."""
+    return (event.following[-1] if event.following else event).HasField("exited")
+
+
 async def _settled(sending: asyncio.Future[None]) -> None:
     """Wait until ``sending`` is done; if it failed, so did the call, which its next write or status reports."""
     with contextlib.suppress(Exception):
@@ -220,7 +225,8 @@ class SandboxService(pb_grpc.SandboxServicer):
             report_cwd=request.report_cwd,
             batch_events=request.batch_events,
         )
-        with self.registry.running_command(entry):
+        with contextlib.ExitStack() as running:
+            running.enter_context(self.registry.running_command(entry))
             # The headers go out now, while the command starts, not with its first event: a client
             # asks for a message only once the headers came, so with the event it would wake twice.
             headers: asyncio.Future[None] | None = asyncio.ensure_future(context.send_initial_metadata(()))
@@ -229,6 +235,9 @@ class SandboxService(pb_grpc.SandboxServicer):
                     if headers is not None:
                         await _settled(headers)
                         headers = None
+                    if _ends(event):
+                        # The command is over: its sandbox is idle again before the client hears so.
+                        running.close()
                     yield event
             finally:
                 if headers is not None:

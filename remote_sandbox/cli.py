@@ -16,6 +16,7 @@ import shutil
 import signal
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -225,7 +226,8 @@ def main(argv: list[str]) -> int:
         reap_interval_s=args.reap_interval,
     )
     try:
-        return asyncio.run(_serve(config, exit_with_parent=args.exit_with_parent))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve(config, exit_with_parent=args.exit_with_parent))
     except HostStartError as exc:
         print(f"tether sandbox serve: {exc}", file=sys.stderr)
         return 1
@@ -234,6 +236,15 @@ def main(argv: list[str]) -> int:
     finally:
         for directory in args.remove_on_exit:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed, else None (asyncio's own)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(config: HostConfig, *, exit_with_parent: bool) -> int:

@@ -227,10 +227,13 @@ class SandboxService(pb_grpc.SandboxServicer):
         )
         with contextlib.ExitStack() as running:
             running.enter_context(self.registry.running_command(entry))
-            # The headers go out now, while the command starts, not with its first event: a client
+            # The headers go out now, before the command starts, not with its first event: a client
             # asks for a message only once the headers came, so with the event it would wake twice.
+            # One turn of the loop lets them leave (and the client take them) before the launcher
+            # spawns, rather than beside it: 0.1-0.2 ms less per Exec on a busy 2-core machine.
             headers: asyncio.Future[None] | None = asyncio.ensure_future(context.send_initial_metadata(()))
             try:
+                await asyncio.sleep(0)
                 async for event in self.provider.exec(entry.record, spec):
                     if headers is not None:
                         await _settled(headers)

@@ -16,12 +16,9 @@ choice is made only for the releases it was measured on.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import re
 import sys
 from collections.abc import MutableMapping
-from pathlib import Path
 
 POLLING_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 """``GRPC_EXPERIMENTS``: connections through iomgr, polled by the thread that waits on the completion queue."""
@@ -31,16 +28,18 @@ MEASURED_RELEASES = ("1.85.",)
 
 
 def installed_grpc_version() -> str:
-    """The installed grpcio's version, read without importing grpc (which would start its core); "" if unknown."""
-    spec = importlib.util.find_spec("grpc")
-    if spec is None or spec.origin is None:
-        return ""
-    try:
-        text = (Path(spec.origin).parent / "_grpcio_metadata.py").read_text()
-    except OSError:
-        return ""
-    found = re.search(r"__version__\s*=\s*['\"]+([^'\"]+)", text)
-    return found.group(1) if found else ""
+    """The version of the grpc that ``import grpc`` would find, read without importing it (which would start
+    its core) and with nothing but ``os``: this runs as every ``tether`` command starts. "" if unknown."""
+    for entry in sys.path:
+        try:
+            with open(os.path.join(entry or ".", "grpc", "_grpcio_metadata.py"), encoding="utf-8") as metadata:
+                text = metadata.read()
+        except OSError:
+            continue
+        # The file is one line: __version__ = """1.85.3"""
+        _, equals, value = text.partition("__version__")[2].partition("=")
+        return value.strip().splitlines()[0].strip("'\" ") if equals and value.strip() else ""
+    return ""
 
 
 def choose_io_engine(environ: MutableMapping[str, str] | None = None) -> bool:

@@ -7,7 +7,7 @@ wakes the event loop. With the EventEngine client and listener turned off,
 the completion-queue thread polls the sockets itself: one thread hop less
 per message on either side. Measured on a 2-core VM (calls alternating in
 one run): a bare grpc.aio call 0.13-0.25 ms faster (1.15-1.44 ms before), an
-Exec of ``true`` through the embedded host 0.1-0.3 ms faster.
+Exec of ``true`` through a host subprocess 0.03-0.27 ms faster (4 runs, load 1.3-2.5).
 
 Experiment names are internal to gRPC and change between releases, and an
 unknown one is logged on stderr whatever ``GRPC_VERBOSITY`` says: the

@@ -65,9 +65,10 @@ through the completion-queue thread), our code to the launcher 0.14, the launche
 0.13, to the write 0.07, from the write to the client's return 0.16-0.24. The host's loop
 thread spends about 1.1 ms of CPU per Exec (a bare grpc.aio server 0.3-0.4 ms), the
 client's 0.6 ms: on a machine whose other core is busy elsewhere they queue behind each
-other. The ratio swings with the load: 2.42-2.78 between runs of this script at load 1.5-3
-(target met in 1 run of 7), 2.1-3.1 in the same-run comparisons; a quiet machine was not to
-be had (the previous round saw 2.97-3.27 there, its plain spawn being fastest). What is left
+other. The ratio swings with that other job: 2.42-3.29 between runs of this script (met in 2
+of 13; two runs of the code before, interleaved with two of this: 3.23 and 3.66 against 2.57
+and 3.12), 2.1-3.1 in the same-run comparisons; a quiet machine was not to be had (the
+previous round saw 2.97-3.27 there, its plain spawn being fastest). What is left
 is gRPC's: two thread hops per message on each side (completion-queue thread, event loop),
 a completion-queue round for the request message, and grpc.aio's own task turns. Going
 further takes another transport for the embedded host's Exec (a unix-socket protocol of its

@@ -16,9 +16,11 @@ import shutil
 import signal
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from protos.grpc_engine import choose_io_engine
 from remote_sandbox.config import (
     DEFAULT_MAX_EXECS_PER_SANDBOX,
     DEFAULT_MAX_SANDBOXES_PER_TENANT,
@@ -189,6 +191,7 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    choose_io_engine()  # before grpc is imported, which the next line does
     # Imported here: argument errors and --help stay fast.
     from remote_sandbox.auth import TokenFileError, load_token_file, token_file_is_private
 
@@ -223,7 +226,8 @@ def main(argv: list[str]) -> int:
         reap_interval_s=args.reap_interval,
     )
     try:
-        return asyncio.run(_serve(config, exit_with_parent=args.exit_with_parent))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            return runner.run(_serve(config, exit_with_parent=args.exit_with_parent))
     except HostStartError as exc:
         print(f"tether sandbox serve: {exc}", file=sys.stderr)
         return 1
@@ -232,6 +236,15 @@ def main(argv: list[str]) -> int:
     finally:
         for directory in args.remove_on_exit:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed, else None (asyncio's own)."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def _serve(config: HostConfig, *, exit_with_parent: bool) -> int:

@@ -120,6 +120,17 @@ def _streaming(method: Callable[..., AsyncGenerator[Any, None]]) -> Callable[...
     return handler
 
 
+def _ends(event: pb.ExecEvent) -> bool:
+    """Whether ``event`` carries the command's Exited (itself, or last of the events it brings along)."""
+    return (event.following[-1] if event.following else event).HasField("exited")
+
+
+async def _settled(sending: asyncio.Future[None]) -> None:
+    """Wait until ``sending`` is done; if it failed, so did the call, which its next write or status reports."""
+    with contextlib.suppress(Exception):
+        await sending
+
+
 class SandboxService(pb_grpc.SandboxServicer):
     """The Sandbox service: tenants' sandboxes, commands and files."""
 
@@ -214,9 +225,27 @@ class SandboxService(pb_grpc.SandboxServicer):
             report_cwd=request.report_cwd,
             batch_events=request.batch_events,
         )
-        with self.registry.running_command(entry):
-            async for event in self.provider.exec(entry.record, spec):
-                yield event
+        with contextlib.ExitStack() as running:
+            running.enter_context(self.registry.running_command(entry))
+            # The headers go out now, before the command starts, not with its first event: a client
+            # asks for a message only once the headers came, so with the event it would wake twice.
+            # One turn of the loop lets them leave (and the client take them) before the launcher
+            # spawns, rather than beside it: 0.1-0.2 ms less per Exec on a busy 2-core machine.
+            headers: asyncio.Future[None] | None = asyncio.ensure_future(context.send_initial_metadata(()))
+            try:
+                await asyncio.sleep(0)
+                async for event in self.provider.exec(entry.record, spec):
+                    if headers is not None:
+                        await _settled(headers)
+                        headers = None
+                    if _ends(event):
+                        # The command is over: its sandbox is idle again before the client hears so.
+                        running.close()
+                    yield event
+            finally:
+                if headers is not None:
+                    # A status must not go out while the headers are on their way: it would carry them again.
+                    await _settled(headers)
 
     # ----- files
 

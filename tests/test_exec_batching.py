@@ -7,6 +7,7 @@ one, whichever way they came.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
@@ -87,6 +88,28 @@ async def test_a_long_command_starts_before_it_ends(running: tuple[SandboxClient
     finally:
         call.cancel()
     assert await call.code() == grpc.StatusCode.CANCELLED
+
+
+async def test_the_headers_come_while_the_command_runs(
+    running: tuple[SandboxClient, str, object], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing is held back for long here: before the command ends, only the headers can reach the client.
+    monkeypatch.setattr(loop_module, "BATCH_HOLD_S", WAIT_S)
+    client, sandbox_id, metadata = running
+    assert (await client.exec(sandbox_id, shell="mkfifo gate")).exit_code == 0
+    request = pb.ExecRequest(sandbox_id=sandbox_id, shell="read line < gate; echo $line", batch_events=True)
+    call = client.stub.Exec(request, metadata=metadata, timeout=WAIT_S)
+    try:
+        # Sent with the first message, the headers would wait for the command, which waits for the gate.
+        await asyncio.wait_for(call.initial_metadata(), WAIT_S)
+        assert (await client.exec(sandbox_id, shell="echo open > gate")).exit_code == 0
+        only = await call.read()
+        assert isinstance(only, pb.ExecEvent)
+        assert kinds(only)[0] == "started" and kinds(only)[-1] == "exited"
+        assert b"".join(e.output.data for e in only.following) == b"open\n"
+        assert only.following[-1].exited.exit_code == 0
+    finally:
+        call.cancel()
 
 
 def test_held_output_goes_out_once_it_is_large() -> None:

@@ -237,6 +237,9 @@ def _quiet_grpc_core() -> None:
     """
     os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     os.environ.setdefault("GRPC_TRACE", "")
+    from protos.grpc_engine import choose_io_engine
+
+    choose_io_engine()  # the sandbox client's calls, and the embedded host's (it inherits the environment)
 
 
 def _positive_int(text: str) -> int:

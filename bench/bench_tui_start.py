@@ -50,7 +50,7 @@ def time_to(name: str, command: list[str], env: dict, cwd: Path, *seen: Callable
     try:
         return [screen.wait_for(check) - start for check in seen]
     finally:
-        screen.close()
+        screen.close(wait=True)  # its shutdown (a sandbox host's, Claude Code's) is not the next start's
 
 
 def main() -> int:

@@ -138,24 +138,32 @@ async def test_a_long_resumed_session_shows_its_newest_entries_and_earlier_ones_
         assert "LAST LINE OF THE ANSWER" in screen_text(app), "the newest entries, at the bottom"
         assert transcript.children[-1].source.startswith("Answer 199.")
         note, oldest_shown = transcript.children[0], transcript.children[1]
+        oldest_shown_at = oldest_shown.virtual_region.y
         earlier = 500 - (shown - 1)  # 400 messages make 500 entries
         assert str(note.render()) == f"… {earlier} earlier entries (scroll up or PageUp for more)"
-        at_top = oldest_shown.virtual_region.y  # its row on screen when the view is at the top
-        for _ in range(20):  # up a page at a time, until the view reaches the top and earlier entries come
-            await pilot.press("pageup")
-            await pilot.pause()
-            if len(transcript.children) > shown:
-                break
+        # Within a screen of the top, earlier entries are built above, and what is on screen does not move.
+        transcript.scroll_to(y=2, animate=False, immediate=True)
+        await pilot.pause()
+        await pilot.pause()
         added = len(transcript.children) - shown
         assert 0 < added <= EARLIER_BATCH
-        assert oldest_shown.virtual_region.y > at_top, "built above what was shown"
-        # The view did not jump to the top of what was built: what was on screen stayed where it was.
-        assert oldest_shown.virtual_region.y - transcript.scroll_y == at_top
+        assert oldest_shown.virtual_region.y - transcript.scroll_y == oldest_shown_at - 2
         assert f"… {earlier - added} earlier entries" in str(note.render())
+        # Paging up, more are built before the top is reached: every PageUp shows something new, and the
+        # note is never reached.
+        for _ in range(6):
+            before = screen_text(app)
+            await pilot.press("pageup")
+            await pilot.pause()
+            assert screen_text(app) != before
+            assert "earlier entries" not in screen_text(app)
+        assert len(transcript.children) > shown + added
         # Scrolled to the top of what was built (as the mouse wheel does), more are built.
+        built = len(transcript.children)
         transcript.scroll_to(y=0, animate=False, immediate=True)
         await pilot.pause()
-        assert len(transcript.children) > shown + added
+        await pilot.pause()
+        assert len(transcript.children) > built
         assert app.focused is app.query_one("#prompt", PromptArea)
         await app.action_quit()
 

@@ -37,7 +37,7 @@ RESUME_SCREENS = 1.5
 EARLIER_BATCH = 40
 """At most this many older entries are built at a time when the view reaches the top (as many as fill
 ``EARLIER_SCREENS`` screens)."""
-EARLIER_SCREENS = 2
+EARLIER_SCREENS = 1
 """Screens' worth of rows (estimated) of older entries built at a time."""
 YIELD_EVERY = 1 / 20
 """Longest time (seconds) a stream keeps the event loop from keys and frames (a frame costs ~10 ms)."""
@@ -87,8 +87,16 @@ class Transcript(VerticalScroll):
         self.watch(self, "scroll_y", self._scrolled, init=False)
 
     def _scrolled(self, scroll_y: float) -> None:
-        if scroll_y == 0 and self._earlier and not self._showing_earlier:
-            self.call_later(self.show_earlier)
+        # Scrolled up to within a screen of the top, the next older entries are built (once this scroll is on
+        # screen), so that scrolling on seldom waits for them; what is on screen does not move. Not at the
+        # bottom: a resumed screen that is barely taller than the view is not built further unasked.
+        if (
+            scroll_y <= self.size.height
+            and scroll_y < self.max_scroll_y
+            and self._earlier
+            and not self._showing_earlier
+        ):
+            self.call_after_refresh(self.show_earlier)
 
     async def add(self, *widgets: Widget) -> None:
         """Append entries at the bottom, pruning the oldest past the high-water mark.

@@ -80,6 +80,8 @@ class Transcript(VerticalScroll):
         self._earlier: list[Callable[[], Widget]] = []
         self._showing_earlier = False
         self._to_colour: list[MarkdownView] = []
+        self._colouring = False
+        self._prefetching = False
 
     def on_mount(self) -> None:
         """Stay at the bottom while the user has not scrolled up; reaching the top shows earlier entries."""
@@ -87,15 +89,24 @@ class Transcript(VerticalScroll):
         self.watch(self, "scroll_y", self._scrolled, init=False)
 
     def _scrolled(self, scroll_y: float) -> None:
-        # Scrolled up to within a screen of the top, the next older entries are built (once this scroll is on
-        # screen), so that scrolling on seldom waits for them; what is on screen does not move. Not at the
-        # bottom: a resumed screen that is barely taller than the view is not built further unasked.
-        if (
-            scroll_y <= self.size.height
-            and scroll_y < self.max_scroll_y
-            and self._earlier
-            and not self._showing_earlier
-        ):
+        # At the top, the next older entries are built once this scroll is on screen. Within a screen of it,
+        # they are built ahead, once the user pauses, so that scrolling on seldom waits for them. Either way
+        # what is on screen does not move. Not at the bottom: a resumed screen barely taller than the view is
+        # not built further unasked.
+        if not self._earlier or self._showing_earlier or scroll_y >= self.max_scroll_y:
+            return
+        if scroll_y == 0:
+            self.call_after_refresh(self.show_earlier)
+        elif scroll_y <= self.size.height and not self._prefetching:
+            self._prefetching = True
+            self._prefetch()
+
+    def _prefetch(self) -> None:
+        if (wait := quiet_in()) > 0:
+            self.set_timer(wait, self._prefetch)
+            return
+        self._prefetching = False
+        if self._earlier and self.scroll_y <= self.size.height and self.scroll_y < self.max_scroll_y:
             self.call_after_refresh(self.show_earlier)
 
     async def add(self, *widgets: Widget) -> None:
@@ -222,8 +233,14 @@ class Transcript(VerticalScroll):
         A view a frame, the newest (on screen) first, and only while the user is not typing or scrolling:
         each is rendered again, and keys pressed meanwhile are not kept waiting for that.
         """
-        self._to_colour = list(self.query_children(MarkdownView))
-        self._colour_next()
+        self._colour(list(self.query_children(MarkdownView)))
+
+    def _colour(self, views: list[MarkdownView]) -> None:
+        """Colour ``views`` (drawn plain) in the background: the last first."""
+        self._to_colour.extend(views)
+        if not self._colouring:
+            self._colouring = True
+            self._colour_next()
 
     def _colour_next(self) -> None:
         if self._to_colour and (wait := quiet_in()) > 0:
@@ -234,6 +251,7 @@ class Transcript(VerticalScroll):
             if view.is_attached and view.highlight():
                 self.call_after_refresh(self._colour_next)
                 return
+        self._colouring = False
         self.history_coloured.set()
 
     def _newest(self, builders: list[Callable[[], Widget]], most: int, screens: float) -> list[Widget]:
@@ -279,7 +297,11 @@ class Transcript(VerticalScroll):
         shown = [child for child in self.children if child is not note]
         kept = shown[0] if shown else None
         kept_at = kept.virtual_region.y - self.scroll_y if kept is not None else 0
+        plain = [widget for widget in batch if isinstance(widget, MarkdownView)]
+        for view in plain:
+            view.highlight_code = False  # in colour a moment later: drawn plain, a batch costs ~30% less
         await self.mount_all(batch, after=note)
+        self._colour(plain)
         if self._earlier:
             note.update(self._earlier_note())
         else:

@@ -129,6 +129,7 @@ class Transcript(VerticalScroll):
         self.tools.clear()
         self.pruned = 0
         self._earlier = []
+        self._to_colour.clear()
 
     async def prune(self, count: int) -> None:
         """Remove the ``count`` oldest entries from the DOM; PageUp at the top builds them again."""
@@ -214,10 +215,6 @@ class Transcript(VerticalScroll):
         entries = history_entries(events)
         widgets = self._newest(entries, RESUME_ENTRIES, RESUME_SCREENS)
         self._earlier = entries[: len(entries) - len(widgets)]
-        for widget in widgets:
-            if isinstance(widget, MarkdownView):
-                # Code in colour a moment later (``highlight_history``): the first screen comes up sooner.
-                widget.highlight_code = False
         if self._earlier:
             widgets.insert(0, Notice(self._earlier_note(), classes="pruned earlier"))
         await self.mount_all(widgets)
@@ -255,13 +252,19 @@ class Transcript(VerticalScroll):
         self.history_coloured.set()
 
     def _newest(self, builders: list[Callable[[], Widget]], most: int, screens: float) -> list[Widget]:
-        """The newest of ``builders`` built: at most ``most``, and no more than fill about ``screens`` screens."""
+        """The newest of ``builders`` built: at most ``most``, and no more than fill about ``screens`` screens.
+
+        Their code is drawn plain, coloured a moment later (``_colour``): plain, they cost ~30% less to draw,
+        and the screen they are waited for comes up sooner.
+        """
         width = max(self.app.size.width - 4, 20)
         rows_wanted = screens * self.app.size.height
         widgets: list[Widget] = []
         rows = 0
         for build in reversed(builders[-most:]):
             widgets.append(build())
+            if isinstance(widgets[-1], MarkdownView):
+                widgets[-1].highlight_code = False
             rows += _estimated_rows(widgets[-1], width)
             if rows >= rows_wanted:
                 break
@@ -297,11 +300,8 @@ class Transcript(VerticalScroll):
         shown = [child for child in self.children if child is not note]
         kept = shown[0] if shown else None
         kept_at = kept.virtual_region.y - self.scroll_y if kept is not None else 0
-        plain = [widget for widget in batch if isinstance(widget, MarkdownView)]
-        for view in plain:
-            view.highlight_code = False  # in colour a moment later: drawn plain, a batch costs ~30% less
         await self.mount_all(batch, after=note)
-        self._colour(plain)
+        self._colour([widget for widget in batch if isinstance(widget, MarkdownView)])
         if self._earlier:
             note.update(self._earlier_note())
         else:

@@ -112,3 +112,16 @@ def test_resident_client_path_never_imports_textual_or_the_sdk() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "False"]
+
+
+def test_the_tui_start_path_leaves_markdown_and_the_sdk_for_later() -> None:
+    # A new session's first screen shows no Markdown and sends nothing: markdown-it, Pygments and Rich's
+    # Markdown (~20 ms), the harness and the SDK are imported on threads once the prompt takes input.
+    code = (
+        "import sys\n"
+        "import tui.cli, tui.app\n"
+        "print(*(name in sys.modules for name in "
+        "('markdown_it', 'pygments', 'rich.markdown', 'tui.streaming_markdown', 'agent.harness', 'anthropic')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False"] * 6

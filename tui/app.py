@@ -312,20 +312,23 @@ class TetherApp(App[int]):
         self._refresh_status()
 
     def _warm_up(self) -> None:
-        """The screen takes input: import the SDK, and colour a resumed conversation's code once its lexers are built.
+        """The screen takes input: import the SDK and the Markdown renderer, and colour a resumed conversation's
+        code once its lexers are built.
 
-        The lexers are built on a thread (each compiles its patterns: 10-60 ms), so the first keys after
-        the screen comes up are not held up by them; only the colouring itself runs here.
+        The renderer is imported and the lexers are built on a thread (each lexer compiles its patterns:
+        10-60 ms), so the first keys after the screen comes up are not held up by them; only the colouring
+        itself runs here.
         """
         self._input_shown.set()
         from agent.model import preload_sdk
-        from tui.streaming_markdown import warm_highlighting
 
         transcript = self.query_one(Transcript)
         languages = transcript.code_languages()
         loop = asyncio.get_running_loop()
 
         def warm() -> None:
+            from tui.streaming_markdown import warm_highlighting  # a new session's first answer will need it
+
             warm_highlighting(languages)
             with contextlib.suppress(RuntimeError):  # the app has ended meanwhile
                 loop.call_soon_threadsafe(transcript.highlight_history)

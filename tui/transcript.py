@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from textual._styles_cache import StylesCache
 from textual.containers import VerticalScroll
@@ -21,9 +21,11 @@ from agent import events as ev
 from agent.background_import import quiet_in
 from session.events import Event, EventType
 from session.plaintext import content_text
-from tui.streaming_markdown import MarkdownView
 from tui.tool_panels import FoldedText, ThinkingBlock, ToolPanel
 from tui.widgets import DiffView, ErrorMessage, Notice, UserMessage
+
+if TYPE_CHECKING:
+    from tui.streaming_markdown import MarkdownView
 
 HIGH_WATER = 120
 """Entries kept in the DOM before the oldest are pruned (kept as the little it takes to build them again)."""
@@ -159,7 +161,7 @@ class Transcript(VerticalScroll):
         """Show one harness event; False if it is not the transcript's to show."""
         if isinstance(event, ev.TextDelta):
             if self.answer is None:
-                self.answer = MarkdownView(classes="assistant")
+                self.answer = _markdown_view()(classes="assistant")
                 await self.add(self.answer)
             self.answer.append(event.text)
             await self._let_the_screen_in()
@@ -222,7 +224,7 @@ class Transcript(VerticalScroll):
 
     def code_languages(self) -> list[str]:
         """The languages of the code blocks shown, each once."""
-        return list(dict.fromkeys(name for view in self.query_children(MarkdownView) for name in view.code_languages()))
+        return list(dict.fromkeys(name for view in self._markdown_views() for name in view.code_languages()))
 
     def highlight_history(self) -> None:
         """Colour the code of a resumed conversation, drawn plain at first.
@@ -230,7 +232,11 @@ class Transcript(VerticalScroll):
         A view a frame, the newest (on screen) first, and only while the user is not typing or scrolling:
         each is rendered again, and keys pressed meanwhile are not kept waiting for that.
         """
-        self._colour(list(self.query_children(MarkdownView)))
+        self._colour(self._markdown_views())
+
+    def _markdown_views(self) -> list[MarkdownView]:
+        # By type name: before the first answer the module is not imported, and there are none.
+        return list(self.query_children("MarkdownView"))  # type: ignore[arg-type]
 
     def _colour(self, views: list[MarkdownView]) -> None:
         """Colour ``views`` (drawn plain) in the background: the last first."""
@@ -263,7 +269,7 @@ class Transcript(VerticalScroll):
         rows = 0
         for build in reversed(builders[-most:]):
             widgets.append(build())
-            if isinstance(widgets[-1], MarkdownView):
+            if isinstance(widgets[-1], _markdown_view()):
                 widgets[-1].highlight_code = False
             rows += _estimated_rows(widgets[-1], width)
             if rows >= rows_wanted:
@@ -301,7 +307,7 @@ class Transcript(VerticalScroll):
         kept = shown[0] if shown else None
         kept_at = kept.virtual_region.y - self.scroll_y if kept is not None else 0
         await self.mount_all(batch, after=note)
-        self._colour([widget for widget in batch if isinstance(widget, MarkdownView)])
+        self._colour([widget for widget in batch if isinstance(widget, _markdown_view())])
         if self._earlier:
             note.update(self._earlier_note())
         else:
@@ -317,11 +323,22 @@ class Transcript(VerticalScroll):
         self._showing_earlier = False
 
 
+def _markdown_view() -> type[MarkdownView]:
+    """The streaming Markdown widget, imported when first needed.
+
+    Its imports (markdown-it, Pygments, Rich's Markdown: ~20 ms) would otherwise delay a new session's
+    first screen, which shows no Markdown; the app imports them on a thread once the prompt takes input.
+    """
+    from tui.streaming_markdown import MarkdownView
+
+    return MarkdownView
+
+
 def rebuilder(widget: Widget) -> Callable[[], Widget] | None:
     """What it takes to build ``widget`` again (its text, not its rendered lines); None for what is not kept."""
     classes = " ".join(widget.classes)
-    if isinstance(widget, MarkdownView):
-        return partial(MarkdownView, widget.source, classes=classes)
+    if isinstance(widget, _markdown_view()):
+        return partial(type(widget), widget.source, classes=classes)
     if isinstance(widget, ThinkingBlock):
         return partial(_thinking, widget.text.plain)
     if isinstance(widget, ToolPanel):
@@ -346,7 +363,7 @@ def forget_removed_widgets() -> None:
 
 def _estimated_rows(widget: Widget, width: int) -> int:
     """Rows ``widget`` will take at ``width``, from its text and without rendering it (a guess, low rather than high)."""
-    if isinstance(widget, MarkdownView):
+    if isinstance(widget, _markdown_view()):
         return sum(1 + len(line) // width for line in widget.source.splitlines())
     return 3  # a prompt, a notice, a tool call's title: at least this
 
@@ -369,7 +386,7 @@ def history_entries(events: Iterable[Event]) -> list[Any]:
                 if not isinstance(block, dict):
                     continue
                 if block.get("type") == "text" and str(block.get("text", "")).strip():
-                    entries.append(lambda text=block["text"]: MarkdownView(text, classes="assistant"))
+                    entries.append(lambda text=block["text"]: _markdown_view()(text, classes="assistant"))
                 elif block.get("type") == "thinking" and block.get("thinking"):
                     entries.append(lambda text=block["thinking"]: _thinking(text))
                 elif block.get("type") == "tool_use":

@@ -17,7 +17,6 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.worker import WorkerCancelled
 
-from agent import events as ev
 from agent.background_import import import_in_background, note_interaction, run_in_background
 from agent.options import HarnessError, HarnessOptions
 from tui.commands import COMMANDS, SlashCommandProvider, command_errors, parse_command
@@ -30,6 +29,7 @@ from tui.transcript import Transcript, session_usage
 from tui.widgets import ErrorMessage, Notice, UserMessage
 
 if TYPE_CHECKING:
+    from agent import events as ev
     from agent.harness import Harness
     from session.events import Event
     from session.store import SessionLog
@@ -456,6 +456,8 @@ class TetherApp(App[int]):
 
     async def on_agent_event(self, event: ev.AgentEvent) -> None:
         """Show one event from the harness."""
+        from agent import events as ev  # imported with the harness, before any event: not on the first screen's path
+
         if type(event) is ev.TextDelta:
             # The stream's hot path (thousands a turn): straight to the answer being written.
             if self._transcript.answer is not None and not self._status_line.thinking:
@@ -500,7 +502,9 @@ class TetherApp(App[int]):
     @work(exit_on_error=False)
     async def ask_permission(self, request: ev.PermissionRequest) -> None:
         """Show the permission dialog and hand the answer back to the harness."""
-        decision = ev.PermissionDecision(allow=False, reason="the dialog was closed without an answer")
+        from agent.events import PermissionDecision
+
+        decision = PermissionDecision(allow=False, reason="the dialog was closed without an answer")
         try:
             from tui.permission import PermissionScreen
 
@@ -547,7 +551,9 @@ class TetherApp(App[int]):
     @work(exit_on_error=False)
     async def ask_plan(self, request: ev.PlanApprovalRequest) -> None:
         """Show the plan and hand the user's answer back to the harness."""
-        decision = ev.PlanDecision(approve=False)
+        from agent.events import PlanDecision
+
+        decision = PlanDecision(approve=False)
         try:
             from tui.plan import PlanScreen
 

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rich.text import Text
 from textual.widgets import Static
 
-from agent import events as ev
 from session.events import Event, EventType
+
+if TYPE_CHECKING:
+    from agent import events as ev
 
 CONTEXT_WINDOW = 200_000
 """Tokens of context the Claude models take (the percentage shown is of this)."""
@@ -59,6 +62,8 @@ class SessionStatus:
 
     def apply(self, event: ev.AgentEvent) -> bool:
         """Take one event into account; True if the bar changed."""
+        from agent import events as ev  # imported with the harness, before any event: not on the first screen's path
+
         if isinstance(event, ev.UsageUpdate):
             used = (
                 event.input_tokens

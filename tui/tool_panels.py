@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -23,8 +23,10 @@ from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
-from agent.tools.views import CallView
 from tui.rendered import RenderedLines, render_strips
+
+if TYPE_CHECKING:
+    from agent.tools.views import CallView
 
 FOLD_LINES = 12
 """Output longer than this many lines is folded."""

@@ -17,7 +17,6 @@ from textual._styles_cache import StylesCache
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 
-from agent import events as ev
 from agent.background_import import quiet_in
 from session.events import Event, EventType
 from session.plaintext import content_text
@@ -25,6 +24,7 @@ from tui.tool_panels import FoldedText, ThinkingBlock, ToolPanel
 from tui.widgets import DiffView, ErrorMessage, Notice, UserMessage
 
 if TYPE_CHECKING:
+    from agent import events as ev
     from tui.streaming_markdown import MarkdownView
 
 HIGH_WATER = 120
@@ -159,6 +159,8 @@ class Transcript(VerticalScroll):
 
     async def show(self, event: ev.AgentEvent) -> bool:
         """Show one harness event; False if it is not the transcript's to show."""
+        from agent import events as ev  # imported with the harness, before any event: not on the first screen's path
+
         if isinstance(event, ev.TextDelta):
             if self.answer is None:
                 self.answer = _markdown_view()(classes="assistant")

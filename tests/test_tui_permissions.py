@@ -11,6 +11,7 @@ import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from textual import events
 from textual.message import Message
 from textual.screen import Screen
@@ -295,3 +296,24 @@ async def test_escape_stops_a_running_command_at_once(fake_api: FakeMessagesAPI,
         await app.action_quit()
     said = fake_api.message_requests[-1].body["messages"][-1]["content"][0]["content"]
     assert "nterrupted" in said and "begun" in said, "the partial output reached the model"
+
+
+async def test_a_call_s_duration_leaves_out_the_time_the_dialog_waited(
+    fake_api: FakeMessagesAPI, tui_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tui import tool_panels
+
+    now = [0.0]
+    monkeypatch.setattr(tool_panels, "clock", lambda: now[0])
+    fake_api.script(reply(tool_use("Bash", {"command": "echo waited"})), reply(text("done")))
+    watched = Watched(HarnessOptions(project_dir=tui_env, permission_mode="default"))
+    app = watched.app
+    async with app.run_test(size=(120, 40), message_hook=watched.hook) as pilot:
+        await type_prompt(pilot, app, "go")
+        await watched.screen(PermissionScreen)
+        now[0] = 95.0  # the user read the dialog for a minute and a half
+        await pilot.press("y")
+        await _turn_over(pilot, watched)
+        panel = app.query_one(tool_panels.ToolPanel)
+        assert panel.ending == "exit 0 · 0.0 s", panel.ending
+        await app.action_quit()

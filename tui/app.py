@@ -510,6 +510,8 @@ class TetherApp(App[int]):
 
             decision = await self.push_screen_wait(PermissionScreen(request))
         finally:
+            if (panel := self._transcript.tools.get(request.tool_use_id)) is not None:
+                panel.runs_from_now()  # the time the dialog waited for the user is not the command's
             if not request.future.done():
                 request.future.set_result(decision)
 

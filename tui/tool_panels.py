@@ -263,6 +263,10 @@ class ToolPanel(Widget, can_focus=True):
         self.output += text
         self.body.set_text(Text(self.output.rstrip("\n")))
 
+    def runs_from_now(self) -> None:
+        """The call was waiting for the user (a permission dialog): its duration counts from now."""
+        self.started = clock()
+
     def finish(self, content: str, is_error: bool, *, timed: bool = True) -> None:
         """Show how the call ended; a call that streamed nothing shows what the model saw.
 

@@ -25,6 +25,7 @@ from agent.tools.base import Tool, ToolContext, ToolInputError, ToolResult
 from agent.tools.catalog import default_tools
 from agent.tools.views import CallView
 from agent.workspace.checkpoints import Checkpointer
+from session.plaintext import counted
 
 __all__ = ["ToolCall", "ToolSet", "default_tools", "schema_problem"]
 
@@ -335,7 +336,7 @@ class ToolSet:
             after = f", taken after tool call {keeper.last_tool}" if keeper.last_tool else ""
             return (
                 f"{start}, with the workspace restored as of checkpoint {keeper.seq}{after} "
-                f"({len(keeper.state):,} files); {wait}. Changes made after that checkpoint, including any "
+                f"({counted(len(keeper.state), 'file')}); {wait}. Changes made after that checkpoint, including any "
                 "by this call, are not in it. The shell goes back to its directory if that still exists. "
                 "Check the state of what this call was doing before going on."
             )

@@ -10,6 +10,11 @@ TITLE_MAX_CHARS = 80
 """A title made from a prompt is cut to this many characters."""
 
 
+def counted(number: int, noun: str) -> str:
+    """``number`` with ``noun``, plural unless it is one: ``1 file``, ``1,024 files``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
 def content_text(content: Any) -> str:
     """The text of a content value: a string, or the text blocks of a block list."""
     if isinstance(content, str):

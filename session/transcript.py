@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from session.events import Event, EventType
-from session.plaintext import content_text
+from session.plaintext import content_text, counted
 
 _LONGEST_BACKTICKS = re.compile(r"`+")
 
@@ -89,9 +89,10 @@ def _host_line(payload: dict[str, Any]) -> str:
 
 def _checkpoint_line(payload: dict[str, Any]) -> str:
     """A workspace checkpoint in one line: its number, why it was taken, and the workspace's size."""
-    files = payload.get("files", "?")
-    size = payload.get("bytes", "?")
-    return f"*Checkpoint {payload.get('seq', '?')} ({payload.get('label', '?')}): {files} files, {size} bytes*"
+    files, size = payload.get("files"), payload.get("bytes")
+    files_text = counted(files, "file") if isinstance(files, int) else "? files"
+    size_text = counted(size, "byte") if isinstance(size, int) else "? bytes"
+    return f"*Checkpoint {payload.get('seq', '?')} ({payload.get('label', '?')}): {files_text}, {size_text}*"
 
 
 def _fence(text: str, language: str = "") -> str:

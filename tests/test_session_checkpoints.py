@@ -228,4 +228,4 @@ def test_a_malformed_set_entry_is_a_readable_error(log: SessionLog) -> None:
 
 def test_the_transcript_shows_a_checkpoint_in_one_line(log: SessionLog) -> None:
     _checkpoint(log, {}, {"a": _file("abc")}, 7)
-    assert "*Checkpoint 7 (tool): 1 files, 3 bytes*" in render_markdown(log.live_path())
+    assert "*Checkpoint 7 (tool): 1 file, 3 bytes*" in render_markdown(log.live_path())

@@ -224,4 +224,4 @@ def test_show_lists_checkpoints_compactly(store: SessionStore, project: Path) ->
     )
     shown = _run_cli(store.home, project, "show", log.session_id)
     assert shown.returncode == 0, shown.stderr
-    assert "*Checkpoint 3 (tool): 1 files, 5 bytes*" in shown.stdout
+    assert "*Checkpoint 3 (tool): 1 file, 5 bytes*" in shown.stdout

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from rich.text import Text
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
+from session.plaintext import counted
 from tui.prompt import Completion
 from tui.widgets import DiffView, ErrorMessage, Notice
 
@@ -173,7 +174,7 @@ async def _sandbox(app: TetherApp, args: str) -> None:
         count = checkpointer.seq + 1
         newest = f", newest after {checkpointer.last_tool}" if checkpointer.last_tool else ""
         lines.append(f"Workspace: {workspace.mode} ({workspace.project_dir})")
-        lines.append(f"Checkpoints: {count} ({len(checkpointer.state)} files{newest})")
+        lines.append(f"Checkpoints: {count} ({counted(len(checkpointer.state), 'file')}{newest})")
     await app.show(Notice("\n".join(lines)))
 
 

@@ -20,6 +20,7 @@ from agent.workspace.upload import upload_project
 from protos.tether.sandbox.v1 import sandbox_pb2 as pb
 from session.checkpoints import diff_states, record_checkpoint
 from session.log import SessionLog
+from session.plaintext import counted
 
 Emit = Callable[[ev.AgentEvent], Awaitable[None]]
 
@@ -169,13 +170,14 @@ class SessionWorkspace:
             await self.emit(
                 ev.Status(
                     f"Sandbox lost ({self._loss()}) — restored checkpoint {summary.seq} "
-                    f"({summary.files:,} files) in {summary.seconds:.1f} s."
+                    f"({counted(summary.files, 'file')}) in {summary.seconds:.1f} s."
                 )
             )
         elif summary.files:
             await self.emit(
                 ev.Status(
-                    f"Workspace restored from checkpoint {summary.seq} ({summary.files:,} files) in {summary.seconds:.1f} s."
+                    f"Workspace restored from checkpoint {summary.seq} ({counted(summary.files, 'file')}) "
+                    f"in {summary.seconds:.1f} s."
                 )
             )
         self.restores += 1
@@ -220,7 +222,7 @@ class SessionWorkspace:
         keeper.forget_host_state()
         await self.emit(
             ev.Status(
-                f"Uploaded {result.files:,} files ({result.bytes / 1e6:.1f} MB) of {self.project_dir} "
+                f"Uploaded {counted(result.files, 'file')} ({result.bytes / 1e6:.1f} MB) of {self.project_dir} "
                 f"into the sandbox in {time.perf_counter() - started:.1f} s."
             )
         )

@@ -107,8 +107,14 @@ class SessionStore:
         return matches[0]
 
     def latest(self, project_dir: Path) -> SessionLog | None:
-        """The project's most recently updated session, or None if it has none."""
+        """The project's most recently updated session with a prompt in it, or None if it has none.
+
+        A session left without one (tether quit, or was killed, before the first prompt) has nothing to
+        continue: the one before it is meant.
+        """
         for summary in self.index.list(project_dir):
+            if not summary.message_count:
+                continue
             try:
                 return _load(summary.path)
             except SessionStoreError:

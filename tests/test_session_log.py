@@ -338,13 +338,23 @@ def test_open_by_unique_prefix_and_ambiguity(store: SessionStore, project: Path,
             store.open(missing)
 
 
-def test_latest_is_the_most_recently_updated_session(store: SessionStore, project: Path) -> None:
+def test_latest_is_the_most_recently_updated_session_with_a_prompt(store: SessionStore, project: Path) -> None:
     assert store.latest(project) is None
-    older = write_log_file(store.home, project, [("meta", meta_payload(project))], timestamp="2025-01-01T00:00:00.000Z")
-    newer = write_log_file(store.home, project, [("meta", meta_payload(project))], timestamp="2025-06-01T00:00:00.000Z")
+
+    def session(when: str, *prompts: str) -> Path:
+        events = [("meta", meta_payload(project)), *(("user", {"content": prompt}) for prompt in prompts)]
+        return write_log_file(store.home, project, events, timestamp=when)
+
+    older = session("2025-01-01T00:00:00.000Z", "first")
+    newer = session("2025-06-01T00:00:00.000Z", "second")
     latest = store.latest(project)
     assert latest is not None and latest.path == newer
     store.open(older.stem).append("user", {"content": "older, but touched last"})
+    latest = store.latest(project)
+    assert latest is not None and latest.path == older
+    # Quit (or killed) before its first prompt: nothing to continue there, the one before is meant.
+    store.create(project).close()
+    assert store.list(project)[0].message_count == 0, "the empty session is the newest"
     latest = store.latest(project)
     assert latest is not None and latest.path == older
 

@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--continue",
         dest="continue_latest",
         action="store_true",
-        help="continue the newest session of this project",
+        help="continue the newest session of this project (one with a prompt in it)",
     )
     parser.add_argument(
         "-r",

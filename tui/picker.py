@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+from rich.console import Group
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -161,8 +162,12 @@ class SessionPickerScreen(Screen[str | None]):
                 log.close()
         except SessionStoreError as exc:
             text = f"Cannot read this session: {exc}"
-        head = f"{summary.session_id}\n{shown_path(summary.project_dir)}\n\n"
-        self.query_one("#picker-preview-text", Static).update(Text(head + text[:PREVIEW_CHARS]))
+        from tui.streaming_markdown import BlockMarkdown
+
+        head = Text(f"{summary.session_id}\n{shown_path(summary.project_dir)}\n", style="dim")
+        # As the transcript draws it; code plain, so moving through the list never waits for a lexer.
+        body = BlockMarkdown(text[:PREVIEW_CHARS], highlight_code=False)
+        self.query_one("#picker-preview-text", Static).update(Group(head, body))
 
     @on(OptionList.OptionSelected, "#picker-list")
     def _selected(self, event: OptionList.OptionSelected) -> None:

@@ -9,6 +9,8 @@ in the pauses between them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 import sys
 import threading
@@ -78,9 +80,33 @@ def import_in_background(*modules: str, name: str, then: Callable[[], None] | No
     """Import ``modules`` on a daemon thread that steps aside for the user; ``then`` runs on it afterwards."""
 
     def work() -> None:
-        for module in modules:
-            importlib.import_module(module)
-        if then is not None:
-            then()
+        try:
+            for module in modules:
+                importlib.import_module(module)
+        finally:
+            if then is not None:
+                then()
 
     return run_in_background(work, name=name)
+
+
+async def imported_in_background(*modules: str, name: str) -> None:
+    """Import ``modules`` on a thread that steps aside for the user; return once it is done (or has failed).
+
+    Awaiting it starts no other thread: ``asyncio.to_thread`` would start one (and import its executor) on
+    the loop, each a wait for the GIL while the import thread holds it.
+    """
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def finished() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+            loop.call_soon_threadsafe(_resolve, done)
+
+    import_in_background(*modules, name=name, then=finished)
+    await done
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():  # not if cancelled
+        future.set_result(None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import threading
 import time
@@ -86,3 +87,25 @@ def _waiting_until_quiet(thread: threading.Thread) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+async def test_awaiting_a_background_import_starts_no_other_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "tether_bg_awaited.py").write_text("VALUE = 4\n")
+    (tmp_path / "tether_bg_broken.py").write_text("raise ImportError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the broken import's thread ends with it
+    monkeypatch.setattr(background_import, "_quiet_after", 0.0)
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(background_import.imported_in_background("tether_bg_awaited", name="test-await"), 30)
+        assert sys.modules["tether_bg_awaited"].VALUE == 4
+        # A failed import ends the wait too (whoever needs the module then gets the error itself).
+        await asyncio.wait_for(background_import.imported_in_background("tether_bg_broken", name="test-await"), 30)
+        assert "tether_bg_broken" not in sys.modules
+        # No executor was made to wait on the thread (asyncio.to_thread would have made one).
+        assert loop._default_executor is None  # type: ignore[attr-defined]
+    finally:
+        for name in ("tether_bg_awaited", "tether_bg_broken"):
+            sys.modules.pop(name, None)

@@ -121,3 +121,34 @@ async def test_an_unpriced_model_shows_cost_unknown_from_the_start(fake_api: Fak
         await pilot.pause()
         assert "$0.0000" in screen_text(priced) and "cost unknown" not in screen_text(priced)
         await priced.action_quit()
+
+
+async def test_the_terminal_driver_tells_background_imports_of_a_key_from_its_input_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop hears of a key only once it gets the GIL from the threads importing at start-up: the
+    # driver's own input thread tells them, so that they stand aside before the key is handled.
+    import threading
+
+    from textual.app import App
+
+    from agent import background_import
+
+    app = TetherApp(HarnessOptions(project_dir=tmp_path))
+    driver_class = app.get_driver_class()
+    assert issubclass(driver_class, App.get_driver_class(app)), "Textual's driver for this platform"
+    posted: list[Message] = []
+    monkeypatch.setattr(driver_class, "send_message", lambda self, message: posted.append(message))
+    driver = driver_class(app)
+
+    def input_thread(event: events.Event) -> None:
+        thread = threading.Thread(target=driver.process_message, args=(event,))
+        thread.start()
+        thread.join()
+
+    monkeypatch.setattr(background_import, "_quiet_after", 0.0)
+    input_thread(events.MouseMove(None, 1, 1, 0, 0, 0, False, False, False))
+    assert background_import.quiet_in() == 0, "moving the mouse over the screen is not using it"
+    input_thread(events.Key("pageup", None))
+    assert background_import.quiet_in() > 0, "a key pauses background imports at once"
+    assert [type(message) for message in posted] == [events.MouseMove, events.Key], "and still reaches the app"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import time
 from typing import TYPE_CHECKING
@@ -14,10 +15,12 @@ from typing import TYPE_CHECKING
 from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.driver import Driver
+from textual.message import Message
 from textual.screen import Screen
 from textual.worker import WorkerCancelled
 
-from agent.background_import import import_in_background, note_interaction, run_in_background
+from agent.background_import import imported_in_background, note_interaction, run_in_background
 from agent.options import HarnessError, HarnessOptions
 from tui.commands import COMMANDS, SlashCommandProvider, command_errors, parse_command
 from tui.history import PromptHistory
@@ -40,6 +43,23 @@ ESC_TWICE_SECONDS = 0.8
 """Two presses of Esc on an empty, idle prompt within this many seconds open rewind."""
 COPY_ANSWER_KEY = "ctrl+t"
 """Copies the last answer's Markdown to the clipboard (``/copy`` does the same)."""
+
+
+def _is_interaction(event: Message) -> bool:
+    return isinstance(event, events.InputEvent) and not isinstance(event, events.MouseMove)
+
+
+@functools.cache
+def _noting_interactions(driver: type[Driver]) -> type[Driver]:
+    """``driver``, calling ``note_interaction`` from its input thread for each key or click."""
+
+    class NotingDriver(driver):  # type: ignore[valid-type, misc]
+        def process_message(self, message: Message) -> None:
+            if _is_interaction(message):
+                note_interaction()
+            super().process_message(message)
+
+    return NotingDriver
 
 
 class MainScreen(Screen[None]):
@@ -148,10 +168,19 @@ class TetherApp(App[int]):
     def get_default_screen(self) -> Screen:
         return MainScreen(id="_default")
 
+    def get_driver_class(self) -> type[Driver]:
+        """Textual's driver for this terminal, which tells background imports of each key or click at once.
+
+        The event loop hears of a key only once it gets the GIL from the threads importing at start-up (the
+        SDK, the harness); told by the driver's input thread, they stand aside at their next module, and the
+        key is answered sooner.
+        """
+        return _noting_interactions(super().get_driver_class())
+
     async def on_event(self, event: events.Event) -> None:
         """Keys and the mouse come first: background imports pause while the user is active."""
-        if isinstance(event, events.InputEvent) and not isinstance(event, events.MouseMove):
-            note_interaction()
+        if _is_interaction(event):
+            note_interaction()  # the driver has said so in a terminal; not in tests' headless one
         await super().on_event(event)
 
     def on_mount(self) -> None:
@@ -249,8 +278,7 @@ class TetherApp(App[int]):
             await self._first_paint.wait()
             if shown:
                 await self._input_shown.wait()
-            importing = import_in_background("agent.harness", name="harness-import")
-            await asyncio.to_thread(importing.join)
+            await imported_in_background("agent.harness", name="harness-import")
             gc.freeze()  # what was imported lives as long as the app: the collector need not walk it again
         starting = asyncio.ensure_future(self.harness.start())
         try:

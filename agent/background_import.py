@@ -77,15 +77,20 @@ def run_in_background(work: Callable[[], object], *, name: str) -> threading.Thr
 
 
 def import_in_background(*modules: str, name: str, then: Callable[[], None] | None = None) -> threading.Thread:
-    """Import ``modules`` on a daemon thread that steps aside for the user; ``then`` runs on it afterwards."""
+    """Import ``modules`` on a daemon thread that steps aside for the user; ``then`` runs on it afterwards.
+
+    A module that fails to import is left alone: whoever needs it imports it again and gets the error
+    there (a traceback from this thread would only be printed over the screen).
+    """
 
     def work() -> None:
         try:
             for module in modules:
                 importlib.import_module(module)
-        finally:
-            if then is not None:
-                then()
+        except Exception:  # noqa: BLE001, S110 - see the docstring
+            pass
+        if then is not None:
+            then()
 
     return run_in_background(work, name=name)
 

@@ -95,7 +95,8 @@ async def test_awaiting_a_background_import_starts_no_other_thread(
     (tmp_path / "tether_bg_awaited.py").write_text("VALUE = 4\n")
     (tmp_path / "tether_bg_broken.py").write_text("raise ImportError('broken on purpose')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # the broken import's thread ends with it
+    failures: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
     monkeypatch.setattr(background_import, "_quiet_after", 0.0)
     loop = asyncio.get_running_loop()
     try:
@@ -104,6 +105,10 @@ async def test_awaiting_a_background_import_starts_no_other_thread(
         # A failed import ends the wait too (whoever needs the module then gets the error itself).
         await asyncio.wait_for(background_import.imported_in_background("tether_bg_broken", name="test-await"), 30)
         assert "tether_bg_broken" not in sys.modules
+        for thread in threading.enumerate():
+            if thread.name == "test-await":
+                thread.join(timeout=30)
+        assert not failures, "the failure is left to whoever imports the module; no traceback over the screen"
         # No executor was made to wait on the thread (asyncio.to_thread would have made one).
         assert loop._default_executor is None  # type: ignore[attr-defined]
     finally:

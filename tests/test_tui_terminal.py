@@ -59,10 +59,13 @@ class Terminal:
                 raise AssertionError(f"the screen never showed {what}:\n{screen}")
             time.sleep(0.05)  # polling the screen: there is nothing else to wait on
 
+    def close(self) -> None:
+        """End the terminal and what runs in it."""
+        subprocess.run(["tmux", "-L", self.server, "kill-server"], check=False, capture_output=True)
 
-@pytest.fixture
-def terminal(tether_env: TetherEnv, fake_api: FakeMessagesAPI) -> Iterator[Terminal]:
-    """``tether`` started in tmux in the test's project, pointed at the fake API."""
+
+def start_terminal(tether_env: TetherEnv, fake_api: FakeMessagesAPI, *args: str) -> Terminal:
+    """``tether ARGS`` started in tmux in the test's project, pointed at the fake API."""
     server = f"tether-test-{secrets.token_hex(4)}"
     env = {
         **tether_env.env,
@@ -71,14 +74,7 @@ def terminal(tether_env: TetherEnv, fake_api: FakeMessagesAPI) -> Iterator[Termi
         "TERM": "xterm-256color",
     }
     command = " ".join(
-        [
-            "env",
-            "-i",
-            *(shlex.quote(f"{k}={v}") for k, v in env.items()),
-            *map(shlex.quote, TETHER),
-            "--permission-mode",
-            "bypassPermissions",
-        ]
+        ["env", "-i", *(shlex.quote(f"{k}={v}") for k, v in env.items()), *map(shlex.quote, TETHER), *args]
     )
     subprocess.run(
         [
@@ -95,14 +91,21 @@ def terminal(tether_env: TetherEnv, fake_api: FakeMessagesAPI) -> Iterator[Termi
             "34",
             "-c",
             str(tether_env.project),
-            command,
-        ],
+        ]
+        + [command],
         check=True,
     )
+    return Terminal(server)
+
+
+@pytest.fixture
+def terminal(tether_env: TetherEnv, fake_api: FakeMessagesAPI) -> Iterator[Terminal]:
+    """``tether`` started in tmux in the test's project, pointed at the fake API."""
+    term = start_terminal(tether_env, fake_api, "--permission-mode", "bypassPermissions")
     try:
-        yield Terminal(server)
+        yield term
     finally:
-        subprocess.run(["tmux", "-L", server, "kill-server"], check=False, capture_output=True)
+        term.close()
 
 
 def test_a_prompt_typed_in_a_real_terminal_is_answered_and_the_status_bar_counts(
@@ -139,3 +142,24 @@ def test_esc_during_a_long_command_kills_it_in_the_sandbox(
     while host_pids(["sleep", seconds]):
         assert time.monotonic() < deadline, "the interrupted command still runs in the sandbox"
         time.sleep(0.05)
+
+
+def test_what_is_typed_while_a_continued_session_is_drawn_reaches_the_prompt(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv
+) -> None:
+    fake_api.script(reply(text("The first answer.")), reply(text("The second answer.")))
+    api_env = {"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
+    first = tether_env.run("-p", "the first prompt", env=api_env)
+    assert first.returncode == 0, first.stderr
+    term = start_terminal(tether_env, fake_api, "-c")
+    try:
+        # Typed at once: the keys wait in the terminal until tether reads them, before its prompt takes
+        # input (that waits for the conversation to be drawn).
+        term.keys("-l", "typed at once")
+        term.keys("Enter")
+        screen = term.wait_for(lambda s: "The second answer." in s, "the answer to what was typed at once")
+        assert "the first prompt" in screen and "The first answer." in screen, "the session was continued"
+    finally:
+        term.close()
+    sent = fake_api.message_requests[-1].body["messages"][-1]
+    assert [block["text"] for block in sent["content"] if block["type"] == "text"] == ["typed at once"], sent

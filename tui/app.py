@@ -10,7 +10,7 @@ import contextlib
 import functools
 import gc
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from textual import events, work
 from textual.app import App, ComposeResult
@@ -69,6 +69,12 @@ class MainScreen(Screen[None]):
     # waits for the conversation to be drawn, moving focus to the prompt would restyle every entry (~30 ms).
     AUTO_FOCUS = "#prompt"
 
+    def on_key(self, event: events.Key) -> None:
+        """Typing before the prompt takes input (a resumed conversation is being drawn) is kept for it, not lost."""
+        if cast("TetherApp", self.app).keep_early_key(event):
+            event.stop()
+            event.prevent_default()
+
 
 class TetherApp(App[int]):
     """tether's terminal UI."""
@@ -119,6 +125,10 @@ class TetherApp(App[int]):
         """Set once the first screen is drawn: start-up's imports wait for it rather than share the CPU with it."""
         self._input_shown = asyncio.Event()
         """Set once a screen whose prompt takes input is drawn (a resumed one: with its conversation)."""
+        self._prompt_waits = pick_session or bool(options.resume or options.continue_latest)
+        """The prompt takes input only once a session is picked, or a resumed one's conversation is drawn."""
+        self._early_keys: list[events.Key] | None = [] if self._prompt_waits else None
+        """Keys typed while the prompt waits to take input, typed into it once it does; None: not waiting."""
 
     def compose(self) -> ComposeResult:
         # Kept: the stream's hot path reaches them thousands of times a turn, without a query.
@@ -130,7 +140,7 @@ class TetherApp(App[int]):
             files=self.complete_files,
             # A new session's prompt takes input at once (what is sent waits for the session); a resumed one's
             # once its conversation is on screen; with the picker, once a session is picked.
-            disabled_prompt=self.pick_session or bool(self.options.resume or self.options.continue_latest),
+            disabled_prompt=self._prompt_waits,
         )
         self._status_line = StatusLine(self.status, id="status")
         yield self._status_line
@@ -313,6 +323,7 @@ class TetherApp(App[int]):
         prompt.disabled = False
         if self.screen is self.screen_stack[0]:
             prompt.focus()
+            self._type_early_keys()
         await self._turn_ended()
 
     async def _show_resumed(self, log: SessionLog) -> None:
@@ -324,16 +335,39 @@ class TetherApp(App[int]):
         self._usage_from_log(log, live_path)
         self._refresh_status()
 
+    def keep_early_key(self, event: events.Key) -> bool:
+        """Keep a key typed while the prompt waits to take input; False if it is not the prompt's to keep.
+
+        Typed before tether put the terminal in raw mode, Enter arrives as a line feed (Ctrl+J): it is kept
+        as the Enter it was.
+        """
+        if self._early_keys is None:
+            return False
+        if event.key == "ctrl+j":
+            event = events.Key("enter", "\r")
+        elif not (event.is_printable or event.key in ("enter", "backspace")):
+            return False
+        self._early_keys.append(event)
+        return True
+
     def _take_input(self, prompt: PromptArea) -> None:
-        """The prompt takes input (what is sent waits for the session)."""
+        """The prompt takes input (what is sent waits for the session), starting with what was typed before."""
         prompt.disabled = False
         prompt.focus()
+        self._type_early_keys()
         # Once the screen shows the conversation and a prompt that takes input, threads import the SDK and
         # ready code highlighting while the sandbox starts (before, they would slow that screen down).
         self.call_after_refresh(self._warm_up)
 
+    def _type_early_keys(self) -> None:
+        # Posted after the focus moves to the prompt (also a posted message): they reach it in order.
+        keys, self._early_keys = self._early_keys or [], None
+        for key in keys:
+            self.post_message(events.Key(key.key, key.character))
+
     async def _start_failed(self, message: str, prompt: PromptArea) -> None:
         """Start-up cannot go on: say why on screen (never a silent hang) and take no prompts."""
+        self._early_keys = None
         self.status.sandbox_state = "unavailable"
         prompt.disabled = True
         await self._mount(ErrorMessage(message))

@@ -144,21 +144,22 @@ def test_esc_during_a_long_command_kills_it_in_the_sandbox(
         time.sleep(0.05)
 
 
-def test_what_is_typed_while_a_continued_session_is_drawn_reaches_the_prompt(
-    fake_api: FakeMessagesAPI, tether_env: TetherEnv
+@pytest.mark.parametrize("continued", [False, True], ids=["new session", "tether -c"])
+def test_what_is_typed_as_tether_starts_reaches_the_prompt_enter_included(
+    fake_api: FakeMessagesAPI, tether_env: TetherEnv, continued: bool
 ) -> None:
     fake_api.script(reply(text("The first answer.")), reply(text("The second answer.")))
     api_env = {"ANTHROPIC_BASE_URL": fake_api.base_url, "ANTHROPIC_API_KEY": "sk-test"}
     first = tether_env.run("-p", "the first prompt", env=api_env)
     assert first.returncode == 0, first.stderr
-    term = start_terminal(tether_env, fake_api, "-c")
+    term = start_terminal(tether_env, fake_api, *(["-c"] if continued else []))
     try:
-        # Typed at once: the keys wait in the terminal until tether reads them, before its prompt takes
-        # input (that waits for the conversation to be drawn).
+        # Typed at once: the keys wait in the terminal, still in cooked mode (Enter becomes a line feed),
+        # until tether reads them; with -c, before the conversation is drawn.
         term.keys("-l", "typed at once")
         term.keys("Enter")
         screen = term.wait_for(lambda s: "The second answer." in s, "the answer to what was typed at once")
-        assert "the first prompt" in screen and "The first answer." in screen, "the session was continued"
+        assert ("The first answer." in screen) == continued, "-c continues the session; a new one starts empty"
     finally:
         term.close()
     sent = fake_api.message_requests[-1].body["messages"][-1]

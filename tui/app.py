@@ -125,25 +125,41 @@ class TetherApp(App[int]):
         """Set once the first screen is drawn: start-up's imports wait for it rather than share the CPU with it."""
         self._input_shown = asyncio.Event()
         """Set once a screen whose prompt takes input is drawn (a resumed one: with its conversation)."""
-        self._prompt_waits = pick_session or bool(options.resume or options.continue_latest)
-        """The prompt takes input only once a session is picked, or a resumed one's conversation is drawn."""
-        self._early_keys: list[events.Key] | None = [] if self._prompt_waits else None
+        self._start_error = ""
+        self._history_composed = False
+        """A resumed conversation was composed with the first screen."""
+        """Why the session named on the command line cannot be resumed (shown once the screen is up)."""
+        self._early_keys: list[events.Key] | None = [] if pick_session else None
         """Keys typed while the prompt waits to take input, typed into it once it does; None: not waiting."""
 
     def compose(self) -> ComposeResult:
         # Kept: the stream's hot path reaches them thousands of times a turn, without a query.
-        self._transcript = Transcript(id="transcript")
+        # A session resumed from the command line is composed with the screen: its first paint shows the
+        # conversation, with a prompt that takes input (one layout and one paint, not two).
+        resumed = self._open_resumed() if not self.pick_session else None
+        self._history_composed = resumed is not None
+        self._transcript = Transcript(id="transcript", history=resumed.live_path() if resumed is not None else None)
         yield self._transcript
         yield PromptBox(
             history=PromptHistory.for_project(self.options.project_dir),
             commands=COMMANDS.complete,
             files=self.complete_files,
-            # A new session's prompt takes input at once (what is sent waits for the session); a resumed one's
-            # once its conversation is on screen; with the picker, once a session is picked.
-            disabled_prompt=self._prompt_waits,
+            # A new or resumed session's prompt takes input at once (what is sent waits for the session); with
+            # the picker, once a session is picked; never when the session to resume cannot be opened.
+            disabled_prompt=self.pick_session or bool(self._start_error),
         )
         self._status_line = StatusLine(self.status, id="status")
         yield self._status_line
+
+    def _open_resumed(self) -> SessionLog | None:
+        """The session ``-r``/``-c`` names, opened (None: a new session, or it cannot be: ``_start_error`` says why)."""
+        if self._harness is not None:
+            return None
+        try:
+            self.options.resumed_log = self.options.open_resumed()
+        except HarnessError as exc:
+            self._start_error = str(exc)
+        return self.options.resumed_log
 
     @property
     def harness(self) -> Harness:
@@ -191,10 +207,17 @@ class TetherApp(App[int]):
         """Keys and the mouse come first: background imports pause while the user is active."""
         if _is_interaction(event):
             note_interaction()  # the driver has said so in a terminal; not in tests' headless one
+            if isinstance(event, events.Key) and event.key == "ctrl+j" and not self._input_shown.is_set():
+                # Typed ahead, before the terminal was put in raw mode, Enter arrives as a line feed.
+                event = events.Key("enter", "\r")
         await super().on_event(event)
 
     def on_mount(self) -> None:
-        self.query_one(Transcript).mount(Notice(HINTS, id="hints"))
+        resumed = self.options.resumed_log
+        if resumed is not None and self._harness is None:
+            self._usage_from_log(resumed, resumed.live_path())
+        elif not self._start_error:
+            self.query_one(Transcript).mount(Notice(HINTS, id="hints"))
         self._refresh_status()
         if not self.prompt_area.disabled:
             self.prompt_area.focus()
@@ -270,7 +293,13 @@ class TetherApp(App[int]):
         prompt = self.query_one("#prompt", PromptArea)
         shown = False
         if self._harness is None:
-            if self.options.resume or self.options.continue_latest:
+            if self._start_error:
+                await self._start_failed(self._start_error, prompt)
+                return
+            if self._history_composed:
+                shown = True
+                self._take_input(prompt)
+            elif self.options.resume or self.options.continue_latest:
                 # A resumed conversation needs only the session store: it is drawn, and the prompt takes
                 # input, before the harness is imported.
                 try:
@@ -336,16 +365,8 @@ class TetherApp(App[int]):
         self._refresh_status()
 
     def keep_early_key(self, event: events.Key) -> bool:
-        """Keep a key typed while the prompt waits to take input; False if it is not the prompt's to keep.
-
-        Typed before tether put the terminal in raw mode, Enter arrives as a line feed (Ctrl+J): it is kept
-        as the Enter it was.
-        """
-        if self._early_keys is None:
-            return False
-        if event.key == "ctrl+j":
-            event = events.Key("enter", "\r")
-        elif not (event.is_printable or event.key in ("enter", "backspace")):
+        """Keep a key typed while the prompt waits for a picked session to be drawn; False if not the prompt's."""
+        if self._early_keys is None or not (event.is_printable or event.key in ("enter", "backspace")):
             return False
         self._early_keys.append(event)
         return True

@@ -14,6 +14,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from textual._styles_cache import StylesCache
+from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widget import Widget
 
@@ -64,8 +65,10 @@ class Transcript(VerticalScroll):
     }
     """
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, *, id: str | None = None, history: list[Event] | None = None) -> None:
         super().__init__(id=id)
+        self._history = history
+        """A resumed session's live path, composed with the transcript (so the first screen shows it)."""
         self.answer: MarkdownView | None = None
         """The assistant text still streaming, if any."""
         self.thinking: ThinkingBlock | None = None
@@ -84,6 +87,11 @@ class Transcript(VerticalScroll):
         self._to_colour: list[MarkdownView] = []
         self._colouring = False
         self._prefetching = False
+
+    def compose(self) -> ComposeResult:
+        if self._history is not None:
+            yield from self._resumed_entries(self._history)
+            self._history = None
 
     def on_mount(self) -> None:
         """Stay at the bottom while the user has not scrolled up; reaching the top shows earlier entries."""
@@ -216,13 +224,17 @@ class Transcript(VerticalScroll):
 
     async def show_history(self, events: Iterable[Event]) -> None:
         """Show a resumed session's live path: its newest entries, enough to fill the screen; the rest on PageUp."""
+        await self.mount_all(self._resumed_entries(events))
+        self.scroll_end(animate=False, immediate=True)
+
+    def _resumed_entries(self, events: Iterable[Event]) -> list[Widget]:
+        """The newest entries of a live path, enough to fill the screen; the rest are built on scrolling up."""
         entries = history_entries(events)
         widgets = self._newest(entries, RESUME_ENTRIES, RESUME_SCREENS)
         self._earlier = entries[: len(entries) - len(widgets)]
         if self._earlier:
             widgets.insert(0, Notice(self._earlier_note(), classes="pruned earlier"))
-        await self.mount_all(widgets)
-        self.scroll_end(animate=False, immediate=True)
+        return widgets
 
     def code_languages(self) -> list[str]:
         """The languages of the code blocks shown, each once."""

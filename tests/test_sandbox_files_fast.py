@@ -158,7 +158,9 @@ async def test_a_write_cancelled_while_a_batch_is_written_leaves_no_temp_file(lo
     async with SandboxClient(local_host.target, local_host.token) as client:
         sandbox = await client.provision(local_host.recipe)
     workspace = host_workspace(local_host, sandbox.sandbox_id)
-    header = pb.WriteFileHeader(sandbox_id=sandbox.sandbox_id, path="partial.bin")
+    # The size is announced, as tether's client does: without it, a cancellation the host learns of only
+    # after the stream has ended can still be taken for the end of a whole file (see write_file).
+    header = pb.WriteFileHeader(sandbox_id=sandbox.sandbox_id, path="partial.bin", size=4 * transfers.WRITE_BATCH_BYTES)
     never = asyncio.Event()
 
     async def messages() -> AsyncIterator[pb.WriteFileRequest]:

@@ -133,12 +133,16 @@ class TetherApp(App[int]):
         """Keys typed while the prompt waits to take input, typed into it once it does; None: not waiting."""
 
     def compose(self) -> ComposeResult:
-        # Kept: the stream's hot path reaches them thousands of times a turn, without a query.
         # A session resumed from the command line is composed with the screen: its first paint shows the
-        # conversation, with a prompt that takes input (one layout and one paint, not two).
+        # conversation and its usage, with a prompt that takes input (one layout and one paint, not two).
         resumed = self._open_resumed() if not self.pick_session else None
-        self._history_composed = resumed is not None
-        self._transcript = Transcript(id="transcript", history=resumed.live_path() if resumed is not None else None)
+        live_path = None
+        if resumed is not None:
+            live_path = resumed.live_path()
+            self._usage_from_log(resumed, live_path)
+        self._history_composed = live_path is not None
+        # Kept: the stream's hot path reaches them thousands of times a turn, without a query.
+        self._transcript = Transcript(id="transcript", history=live_path)
         yield self._transcript
         yield PromptBox(
             history=PromptHistory.for_project(self.options.project_dir),
@@ -213,10 +217,7 @@ class TetherApp(App[int]):
         await super().on_event(event)
 
     def on_mount(self) -> None:
-        resumed = self.options.resumed_log
-        if resumed is not None and self._harness is None:
-            self._usage_from_log(resumed, resumed.live_path())
-        elif not self._start_error:
+        if not (self._history_composed or self._start_error):
             self.query_one(Transcript).mount(Notice(HINTS, id="hints"))
         self._refresh_status()
         if not self.prompt_area.disabled:
